@@ -1,0 +1,69 @@
+"""Shared benchmark plumbing: timing, tables, JSON. Every benchmark measures ampkit and the
+torch-native baseline side by side in one run and reports ratios; absolute numbers only mean
+something on the GPU machine."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke test)")
+    p.add_argument("--repeats", type=int, default=None)
+    return p
+
+
+def time_fn(fn: Callable[[], object], device: str, repeats: int, warmup: int = 3) -> float:
+    """Median seconds per call. CUDA: events around each call; CPU: perf_counter."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def environment(device: str) -> dict:
+    env = {"torch": torch.__version__, "device": device, "machine": platform.machine(), "threads": torch.get_num_threads()}
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+    else:
+        env["cpu"] = platform.processor() or platform.machine()
+    return env
+
+
+def report(title: str, rows: list[dict], columns: list[str], args, extra: dict | None = None) -> None:
+    print(f"\n{title}  ({environment(args.device)})")
+    widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print("  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(columns, widths)))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"title": title, "environment": environment(args.device), "rows": rows, **(extra or {})},
+                      handle, indent=2)

@@ -1,0 +1,39 @@
+#include "ops/multi_tensor_scale.h"
+
+#include <torch/library.h>
+
+#include "ops/validation.h"
+
+namespace ampkit::detail {
+
+c10::Device check_multi_tensor_scale_args(at::TensorList inputs, at::TensorList outputs, const at::Tensor& scale,
+                                          const at::Tensor& found_inf) {
+  const char* op = kMultiTensorScaleOp;
+  const c10::Device device = *check_tensor_list(op, "inputs", inputs);
+  check_tensor_list(op, "outputs", outputs);
+  check_matching_lists(op, "inputs", inputs, "outputs", outputs);
+  check_device(op, "outputs[0]", outputs[0], device, "inputs[0]");
+  check_scalar_tensor(op, "scale", scale);
+  check_scalar_tensor(op, "found_inf", found_inf);
+  check_device(op, "scale", scale, device, "inputs[0]");
+  check_device(op, "found_inf", found_inf, device, "inputs[0]");
+  return device;
+}
+
+namespace {
+
+// Meta: the op returns nothing and changes no metadata, so checking the arguments is all there is.
+void multi_tensor_scale_meta(at::TensorList inputs, at::TensorList outputs, const at::Tensor& scale,
+                             const at::Tensor& found_inf) {
+  check_multi_tensor_scale_args(inputs, outputs, scale, found_inf);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ampkit, Meta, m) { m.impl("multi_tensor_scale_", &multi_tensor_scale_meta); }
+// Sparse tensors reach no kernel; routing them to the checks turns the dispatcher's generic
+// "could not run with the SparseCPU backend" into an error that names the argument.
+TORCH_LIBRARY_IMPL(ampkit, SparseCPU, m) { m.impl("multi_tensor_scale_", &multi_tensor_scale_meta); }
+TORCH_LIBRARY_IMPL(ampkit, SparseCUDA, m) { m.impl("multi_tensor_scale_", &multi_tensor_scale_meta); }
+
+}  // namespace ampkit::detail

@@ -1,0 +1,27 @@
+"""ampkit: mixed-precision training for PyTorch.
+
+Every numeric step is a call into ``torch.ops.ampkit.*`` (registered by the compiled library);
+this package adds the ergonomics.
+"""
+from __future__ import annotations
+
+import torch as _torch
+
+from ._loader import load_compiled as _load_compiled
+
+_C, _BUILD_INFO = _load_compiled()
+
+__version__: str = _BUILD_INFO["version"]
+
+from .ops import multi_tensor_scale_  # noqa: E402
+
+
+def build_info() -> dict:
+    """How this ampkit was built: version, torch it was compiled against, CUDA kernels and archs."""
+    info = dict(_C.build_info())
+    info["cuda_architectures"] = [a for a in info["cuda_architectures"].replace(";", " ").split() if a]
+    info["torch_runtime"] = _torch.__version__
+    return info
+
+
+__all__ = ["__version__", "build_info", "multi_tensor_scale_"]

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Configures and builds everything (library, Python extension, tests, examples) with CMake.
+# The Python extension lands in python/ampkit/, so `PYTHONPATH=python` imports the build.
+#   AMPKIT_CUDA=AUTO|ON|OFF   AMPKIT_CUDA_ARCHITECTURES="90"   AMPKIT_SANITIZE=address,undefined
+#   AMPKIT_BUILD_DIR=...      extra CMake arguments after the script's name
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+args=(
+  -S "$ROOT" -B "$BUILD_DIR" -G Ninja
+  -DCMAKE_BUILD_TYPE="${AMPKIT_BUILD_TYPE:-Release}"
+  -DPython3_EXECUTABLE="$PYTHON"
+  -DAMPKIT_PYTHON_OUTPUT_DIR="$ROOT/python/ampkit"
+  -DAMPKIT_CUDA="${AMPKIT_CUDA:-AUTO}"
+  -DAMPKIT_SANITIZE="${AMPKIT_SANITIZE:-}"
+)
+[[ -n "${AMPKIT_CUDA_ARCHITECTURES:-}" ]] && args+=(-DCMAKE_CUDA_ARCHITECTURES="$AMPKIT_CUDA_ARCHITECTURES")
+cmake "${args[@]}" "$@"
+cmake --build "$BUILD_DIR" -j "$JOBS"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Bootstraps, builds and runs every test: Catch2 (C++), the find_package consumer, the C++
+# examples and pytest; then the same with AMPKIT_CUDA=OFF, the build a machine without nvcc gets.
+#   AMPKIT_TEST_CUDA=1   also run the CUDA tests (the GPU machine)
+#   AMPKIT_SKIP_CUDA_OFF=1  skip the second (CPU-only) build
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$ROOT"
+bash scripts/bootstrap.sh
+
+# Where nvcc exists the CUDA sources must compile and link; a test asserts it.
+if [[ "${AMPKIT_CUDA:-AUTO}" != OFF ]] && { command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; }; then
+  export PATH="$PATH:/usr/local/cuda/bin"
+  export AMPKIT_EXPECT_CUDA_BUILD=1
+fi
+
+echo "== build (AMPKIT_CUDA=${AMPKIT_CUDA:-AUTO}) =="
+bash scripts/build.sh
+echo "== C++ tests, find_package consumer, C++ examples =="
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j 2
+echo "== Python tests =="
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/python
+
+if [[ "${AMPKIT_SKIP_CUDA_OFF:-0}" != 1 && "${AMPKIT_CUDA:-AUTO}" != OFF ]]; then
+  echo "== build and tests with AMPKIT_CUDA=OFF =="
+  off_dir="$ROOT/build/cuda-off"
+  AMPKIT_CUDA=OFF AMPKIT_BUILD_DIR="$off_dir" bash scripts/build.sh -DAMPKIT_PYTHON_OUTPUT_DIR="$off_dir/python/ampkit"
+  ctest --test-dir "$off_dir" --output-on-failure -j 2 -E find_package_consumer
+  AMPKIT_EXPECT_CUDA_BUILD=0 PYTHONPATH="$off_dir/python" "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow" tests/python
+fi
+echo "== all tests passed =="

@@ -1,0 +1,32 @@
+"""Shared fixtures: which devices the tests run on.
+
+CPU always. CUDA when AMPKIT_TEST_CUDA=1 and torch sees a GPU (the GPU machine's run); without
+them, tests marked `cuda` are skipped with the reason.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import ampkit  # noqa: F401  (loads torch.ops.ampkit.*)
+
+CUDA_REQUESTED = os.environ.get("AMPKIT_TEST_CUDA") == "1"
+CUDA_USABLE = CUDA_REQUESTED and torch.cuda.is_available()
+DEVICES = ["cpu"] + (["cuda"] if CUDA_USABLE else [])
+
+
+def pytest_collection_modifyitems(config, items):
+    if CUDA_USABLE:
+        return
+    reason = "needs AMPKIT_TEST_CUDA=1 and a CUDA GPU" if not CUDA_REQUESTED else "AMPKIT_TEST_CUDA=1 but no CUDA GPU"
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    return request.param
