@@ -52,14 +52,20 @@ class CMakeBuild(build_ext):
         configure += shlex.split(os.environ.get("AMPKIT_CMAKE_ARGS", ""))
         subprocess.run(configure, check=True)
         subprocess.run(["cmake", "--build", build_dir, "--target", "ampkit", "ampkit_python"], check=True)
-        os.makedirs(target_dir, exist_ok=True)
-        for name in os.listdir(staging):
-            if name.endswith(".so") or name == "_build_info.json":
-                # Write beside, then rename: a process that has the old library mapped keeps it intact.
-                destination = os.path.join(target_dir, name)
-                temporary = destination + ".tmp"
-                shutil.copy2(os.path.join(staging, name), temporary)
-                os.replace(temporary, destination)
+        destinations = {target_dir}
+        if self.inplace or getattr(self, "editable_mode", False):
+            # An editable install imports the package from the source tree: libampkit.so and the
+            # build description must sit there beside _C (setuptools itself only copies _C).
+            destinations.add(os.path.join(ROOT, "python", "ampkit"))
+        for directory in destinations:
+            os.makedirs(directory, exist_ok=True)
+            for name in os.listdir(staging):
+                if name.endswith(".so") or name == "_build_info.json":
+                    # Write beside, then rename: a process that has the old library mapped keeps it intact.
+                    destination = os.path.join(directory, name)
+                    temporary = destination + ".tmp"
+                    shutil.copy2(os.path.join(staging, name), temporary)
+                    os.replace(temporary, destination)
 
 
 setup(

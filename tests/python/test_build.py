@@ -57,19 +57,40 @@ def test_python_dash_m_prints_environment():
     assert "CUDA kernels compiled:" in result.stdout
 
 
+def tracked_copy(destination) -> str:
+    """The repository's tracked files, as a fresh clone would have them, without build outputs."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, (f.decode() for f in files)):
+        target = os.path.join(destination, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(os.path.join(REPO, name), target)
+    return str(destination)
+
+
 @pytest.mark.slow
-def test_pip_install_builds_a_working_package(tmp_path):
-    target = tmp_path / "site"
-    env = {**os.environ, "AMPKIT_BUILD_DIR": str(tmp_path / "build"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    # The CUDA kernels are covered by the main build; the CPU-only variant keeps this build short.
-    env.setdefault("AMPKIT_CUDA", "OFF")
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--target", str(target), REPO],
-        capture_output=True, text=True, env=env, timeout=1800)
+def test_pip_install_and_editable_install_build_working_packages(tmp_path):
+    source = tracked_copy(tmp_path / "src")
+    # One build folder for both installs: the second reuses the first's objects. The CUDA kernels
+    # are covered by the main build; the CPU-only variant keeps this build short.
+    env = {**os.environ, "AMPKIT_BUILD_DIR": str(tmp_path / "build"), "AMPKIT_CUDA": "OFF",
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "CCACHE_BASEDIR": source}
+    pip = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q"]
+    smoke = ("import ampkit, torch; x=[torch.ones(3)]; f=ampkit.multi_tensor_scale_(x, scale=0.5);"
+             "print(ampkit.__file__, x[0].tolist(), f.item(), ampkit.build_info()['cuda'])")
+
+    result = subprocess.run(pip + ["--target", str(tmp_path / "site"), source], capture_output=True, text=True,
+                            env=env, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    check = run_python(
-        "import ampkit, torch; x=[torch.ones(3)]; f=ampkit.multi_tensor_scale_(x, scale=0.5);"
-        "print(ampkit.__file__, x[0].tolist(), f.item())",
-        PYTHONPATH=str(target))
+    check = run_python(smoke, PYTHONPATH=str(tmp_path / "site"))
     assert check.returncode == 0, check.stderr
-    assert str(target) in check.stdout and "[0.5, 0.5, 0.5] 0.0" in check.stdout
+    assert f"{tmp_path / 'site'}/ampkit/__init__.py [0.5, 0.5, 0.5] 0.0 False" in check.stdout
+
+    prefix = tmp_path / "prefix"
+    result = subprocess.run(pip + ["--prefix", str(prefix), "-e", source], capture_output=True, text=True,
+                            env=env, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    site_dir = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    check = run_python(f"import site; site.addsitedir({str(site_dir)!r}); " + smoke)
+    assert check.returncode == 0, check.stderr
+    # Editable: the package is imported from the source tree, with the compiled parts built beside it.
+    assert f"{source}/python/ampkit/__init__.py [0.5, 0.5, 0.5] 0.0 False" in check.stdout
