@@ -14,7 +14,8 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+# Appended, so a PYTHONPATH that points at a build (scripts/env.sh) takes precedence.
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Configures and builds everything (library, Python extension, tests, examples) with CMake.
-# The Python extension lands in python/ampkit/, so `PYTHONPATH=python` imports the build.
+# The default build puts the Python extension in python/ampkit/ (`PYTHONPATH=python` imports it);
+# with AMPKIT_BUILD_DIR set, a complete package goes to $AMPKIT_BUILD_DIR/python instead.
 #   AMPKIT_CUDA=AUTO|ON|OFF   AMPKIT_CUDA_ARCHITECTURES="90"   AMPKIT_SANITIZE=address,undefined
 #   AMPKIT_BUILD_DIR=...      extra CMake arguments after the script's name
 set -euo pipefail
@@ -9,7 +10,7 @@ args=(
   -S "$ROOT" -B "$BUILD_DIR" -G Ninja
   -DCMAKE_BUILD_TYPE="${AMPKIT_BUILD_TYPE:-Release}"
   -DPython3_EXECUTABLE="$PYTHON"
-  -DAMPKIT_PYTHON_OUTPUT_DIR="$ROOT/python/ampkit"
+  -DAMPKIT_PYTHON_OUTPUT_DIR="$PYTHON_PACKAGE_ROOT/ampkit"
   -DAMPKIT_CUDA="${AMPKIT_CUDA:-AUTO}"
   -DAMPKIT_SANITIZE="${AMPKIT_SANITIZE:-}"
 )

@@ -24,7 +24,7 @@ echo "== Python tests =="
 if [[ "${AMPKIT_SKIP_CUDA_OFF:-0}" != 1 && "${AMPKIT_CUDA:-AUTO}" != OFF ]]; then
   echo "== build and tests with AMPKIT_CUDA=OFF =="
   off_dir="$ROOT/build/cuda-off"
-  AMPKIT_CUDA=OFF AMPKIT_BUILD_DIR="$off_dir" bash scripts/build.sh -DAMPKIT_PYTHON_OUTPUT_DIR="$off_dir/python/ampkit"
+  AMPKIT_CUDA=OFF AMPKIT_BUILD_DIR="$off_dir" bash scripts/build.sh
   ctest --test-dir "$off_dir" --output-on-failure -j 2 -E find_package_consumer
   AMPKIT_EXPECT_CUDA_BUILD=0 PYTHONPATH="$off_dir/python" "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow" tests/python
 fi
