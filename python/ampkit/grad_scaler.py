@@ -289,6 +289,8 @@ class GradScaler:
     def _combined_found_inf(self, optimizer_state, device: torch.device) -> torch.Tensor:
         found = [f.to(device, non_blocking=True) for f in optimizer_state["found_inf_per_device"].values()]
         if not found:
+            # Nothing was unscaled, so the optimizer may go back to the start of its iteration.
+            optimizer_state["stage"] = OptState.READY
             raise RuntimeError("step(): no inf checks were recorded for this optimizer: none of its parameters has a "
                                ".grad (did backward() run on the scaled loss before step()?)")
         combined = found[0]

@@ -250,6 +250,11 @@ def test_step_on_an_optimizer_without_grads_is_an_error():
         with pytest.raises(RuntimeError, match="no inf checks were recorded for this optimizer: none of its "
                                                "parameters has a .grad"):
             scaler.step(optimizer)
+        # Nothing was consumed: once grads exist, the same iteration goes on normally.
+        _scaled_backward(scaler, model)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def test_calls_out_of_order_are_errors():
