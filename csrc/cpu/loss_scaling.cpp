@@ -157,6 +157,69 @@ __attribute__((target("avx2,f16c,fma"))) bool block_f16_f16c(void* raw, int64_t 
   return found;
 }
 
+// bf16 <-> fp32 with AVX2 integer ops: widening is a 16-bit shift; narrowing rounds to nearest
+// even and maps NaN to 0x7FC0, exactly as c10::BFloat16's conversion does.
+__attribute__((target("avx2,fma"))) bool block_bf16_avx2(void* raw, int64_t begin, int64_t end, float factor,
+                                                          bool write, bool norm, double& sum_of_squares) {
+  c10::BFloat16* data = static_cast<c10::BFloat16*>(raw);
+  const __m256 factors = _mm256_set1_ps(factor);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i rounding_base = _mm256_set1_epi32(0x7FFF);
+  const __m256i quiet_nan = _mm256_set1_epi32(0x7FC0);
+  __m256 non_finite = _mm256_setzero_ps();
+  __m256d squares_low = _mm256_setzero_pd();
+  __m256d squares_high = _mm256_setzero_pd();
+  int64_t i = begin;
+  for (; i + 8 <= end; i += 8) {
+    __m128i narrow = _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + i));
+    const __m256 values = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(narrow), 16));
+    non_finite = _mm256_add_ps(non_finite, _mm256_sub_ps(values, values));
+    __m256 unscaled = values;
+    if (write) {
+      const __m256 product = _mm256_mul_ps(values, factors);
+      const __m256i bits = _mm256_castps_si256(product);
+      const __m256i bias = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 16), one), rounding_base);
+      __m256i high_halves = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
+      const __m256 is_nan = _mm256_cmp_ps(product, product, _CMP_UNORD_Q);
+      high_halves = _mm256_blendv_epi8(high_halves, quiet_nan, _mm256_castps_si256(is_nan));
+      narrow = _mm_packus_epi32(_mm256_castsi256_si128(high_halves), _mm256_extracti128_si256(high_halves, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(data + i), narrow);
+      unscaled = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(narrow), 16));
+    }
+    if (norm) {
+      const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(unscaled));
+      const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(unscaled, 1));
+      squares_low = _mm256_fmadd_pd(low, low, squares_low);
+      squares_high = _mm256_fmadd_pd(high, high, squares_high);
+    }
+  }
+  alignas(32) float non_finite_lanes[8];
+  alignas(32) double low_lanes[4];
+  alignas(32) double high_lanes[4];
+  _mm256_store_ps(non_finite_lanes, non_finite);
+  _mm256_store_pd(low_lanes, squares_low);
+  _mm256_store_pd(high_lanes, squares_high);
+  bool found = false;
+  sum_of_squares = 0.0;
+  for (float lane : non_finite_lanes) found |= lane != 0.0f;
+  for (int lane = 0; lane < 4; ++lane) sum_of_squares += low_lanes[lane] + high_lanes[lane];
+  for (; i < end; ++i) {  // the tail
+    const float value = static_cast<float>(data[i]);
+    found |= is_non_finite(value);
+    if (write) data[i] = static_cast<c10::BFloat16>(value * factor);
+    if (norm) {
+      const double unscaled = static_cast<float>(data[i]);
+      sum_of_squares += unscaled * unscaled;
+    }
+  }
+  return found;
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported;
+}
+
 bool cpu_has_f16c() {
   static const bool supported =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
@@ -182,6 +245,7 @@ FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float f
   const BlockFn block_fn = select_block_fn(dtype, write, norm);
 #if AMPKIT_X86_DISPATCH
   const bool use_f16c = dtype == at::kHalf && cpu_has_f16c();
+  const bool use_bf16_avx2 = dtype == at::kBFloat16 && cpu_has_avx2_fma();
 #endif
   const int64_t num_blocks = (numel + kGrainSize - 1) / kGrainSize;
   std::vector<double> partials(num_blocks, 0.0);
@@ -194,6 +258,10 @@ FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float f
 #if AMPKIT_X86_DISPATCH
       if (use_f16c) {
         non_finite |= block_f16_f16c(data, begin, end, factor, write, norm, partials[block]);
+        continue;
+      }
+      if (use_bf16_avx2) {
+        non_finite |= block_bf16_avx2(data, begin, end, factor, write, norm, partials[block]);
         continue;
       }
 #endif

@@ -279,3 +279,16 @@ def test_runs_under_torch_compile():
     for a, b in zip(expected[0], got[0]):
         assert torch.equal(a, b)
     assert torch.equal(expected[1], got[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("factor", [2.0 ** -24 * 3, 0.75, 1.5 + 2.0 ** -10, 2.0 ** 10])
+def test_rounding_edge_cases_bitwise(device, dtype, factor):
+    # Every finite bit pattern of the dtype plus inf/NaN: subnormal results, ties, overflow to
+    # inf, NaN payloads. The vectorised conversions must round exactly as torch's .to(dtype).
+    every_value = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16).view(dtype).to(device)
+    grad = every_value.clone()
+    found_inf = torch.zeros(1, device=device)
+    op([grad], found_inf, scalar(factor, device))
+    assert_bitwise(grad, expected_unscaled(every_value, factor))
+    assert found_inf.item() == 1.0  # the patterns include inf and NaN
