@@ -496,10 +496,6 @@ def test_cuda_matches_cpu_run():
     config = dict(init_scale=2.0 ** 12, growth_interval=3)
     cpu = train(ampkit.GradScaler("cpu", **config), OPTIMIZERS["sgd-momentum"])
 
-    def make_cuda_optimizers(model):
-        model.cuda()
-        return OPTIMIZERS["sgd-momentum"](model)
-
     # Same scale history and skips; parameters close (GEMMs differ between devices).
     scaler = ampkit.GradScaler("cuda", **config)
     model = make_model().cuda()

@@ -292,3 +292,16 @@ def test_rounding_edge_cases_bitwise(device, dtype, factor):
     op([grad], found_inf, scalar(factor, device))
     assert_bitwise(grad, expected_unscaled(every_value, factor))
     assert found_inf.item() == 1.0  # the patterns include inf and NaN
+
+
+@pytest.mark.cuda
+def test_cuda_scalars_on_the_cpu_are_clear_errors():
+    grads = [torch.ones(4, device="cuda")]
+    with pytest.raises(RuntimeError, match=r"inv_scale must be on cuda:0 \(the device of grads\[0\]\), got cpu"):
+        op(grads, torch.zeros(1, device="cuda"), torch.ones(1), None)
+    with pytest.raises(RuntimeError, match=r"found_inf must be on cuda:0 \(the device of grads\[0\]\), got cpu"):
+        op(grads, torch.zeros(1), torch.ones(1, device="cuda"), None)
+    scale = torch.ones((), device="cuda")
+    trackers = torch.zeros((), dtype=torch.int32, device="cuda")
+    with pytest.raises(RuntimeError, match=r"found_inf must be on cuda:0 \(the device of scale\), got cpu"):
+        torch.ops.ampkit.update_scale_(scale, trackers, trackers.clone(), torch.zeros(()), 2.0, 0.5, 10)
