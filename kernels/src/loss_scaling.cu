@@ -71,7 +71,25 @@ struct UnscaleOp {
     if (reinterpret_cast<uintptr_t>(data) % 16 == 0) {
       const int64_t num_vectors = n / kVec;
       Vec16<T>* vectors = reinterpret_cast<Vec16<T>*>(data);
-      for (int64_t v = threadIdx.x; v < num_vectors; v += blockDim.x) {
+      const int64_t stride = blockDim.x;
+      // 16 elements per thread and iteration whatever the dtype; more would push the 16-bit
+      // variants past 42 registers, and 512-thread blocks then no longer fit three to an SM.
+      constexpr int kUnroll = 16 / kVec;
+      int64_t v = threadIdx.x;
+      // kUnroll independent 16-byte loads in flight per thread before any store: a memory-bound
+      // pass needs the outstanding requests more than it needs more threads.
+      for (; v + (kUnroll - 1) * stride < num_vectors; v += kUnroll * stride) {
+        Vec16<T> packs[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) packs[u] = vectors[v + u * stride];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) visit(packs[u].values[i], factor, write, non_finite, sum_of_squares);
+          if (write) vectors[v + u * stride] = packs[u];
+        }
+      }
+      for (; v < num_vectors; v += stride) {
         Vec16<T> pack = vectors[v];
 #pragma unroll
         for (int i = 0; i < kVec; ++i) visit(pack.values[i], factor, write, non_finite, sum_of_squares);
