@@ -7,4 +7,17 @@ TORCH_LIBRARY(ampkit, m) {
   // 1.0 when any input element is inf/NaN (never cleared here). inputs and outputs may be the
   // same tensors. scale and found_inf are one-element float32 tensors on the tensors' device.
   m.def("multi_tensor_scale_(Tensor[] inputs, Tensor(a!)[] outputs, Tensor scale, Tensor(b!) found_inf) -> ()");
+
+  // ---- dynamic loss scaling (GradScaler) ----
+  // grads[i] *= inv_scale in place (fp32 math, one rounding to each grad's dtype; grads may mix
+  // fp32/fp16/bf16 and be non-contiguous); found_inf is set to 1.0 when any element is inf/NaN
+  // (never cleared here). When inv_scale is exactly 1 the grads are only checked, not written.
+  // norm_out, when given, receives the global L2 norm of the unscaled grads from the same pass.
+  m.def("unscale_and_check_(Tensor(a!)[] grads, Tensor(b!) found_inf, Tensor inv_scale, Tensor(c!)? norm_out=None) -> ()");
+  // Device-side loss-scale update from found_inf; with hysteresis=1 and no bounds it is
+  // torch._amp_update_scale_ bit for bit. Never reads a value back to the host. The schema
+  // language has no `inf` literal: the max_scale default is the largest float32, i.e. no bound.
+  m.def("update_scale_(Tensor(a!) scale, Tensor(b!) growth_tracker, Tensor(c!) hysteresis_tracker, Tensor found_inf, "
+        "float growth_factor, float backoff_factor, int growth_interval, int hysteresis=1, float min_scale=0., "
+        "float max_scale=3.4028234663852886e+38) -> ()");
 }

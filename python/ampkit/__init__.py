@@ -15,6 +15,9 @@ __version__: str = _BUILD_INFO["version"]
 
 from .ops import multi_tensor_scale_  # noqa: E402
 
+# ---- dynamic loss scaling (GradScaler) ----
+from .grad_scaler import GradScaler  # noqa: E402
+
 
 def build_info() -> dict:
     """How this ampkit was built: version, torch it was compiled against, CUDA kernels and archs."""
@@ -25,3 +28,4 @@ def build_info() -> dict:
 
 
 __all__ = ["__version__", "build_info", "multi_tensor_scale_"]
+__all__ += ["GradScaler"]

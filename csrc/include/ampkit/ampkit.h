@@ -3,3 +3,6 @@
 
 #include "ampkit/build_info.h"
 #include "ampkit/ops.h"
+// ---- dynamic loss scaling (GradScaler) ----
+#include "ampkit/grad_scaler.h"
+#include "ampkit/loss_scaling.h"

@@ -1,0 +1,111 @@
+"""unscale_and_check_ vs torch._amp_foreach_non_finite_check_and_unscale_, side by side.
+
+Cases: (a) one 256M-element tensor, (b) the parameter shapes of GPT-2 small (148 tensors, 124M
+elements); fp32 and fp16 against torch, bf16 too (torch's CUDA kernel has no bf16 path, so there
+ampkit runs alone). Also: the same pass producing the global grad norm, against torch's unscale
+followed by torch.nn.utils.get_total_norm (a second read of the grads).
+
+Effective bandwidth counts what an in-place unscale must move: every element read once and
+written once. The device-to-device copy of case (a) (`dst.copy_(src)`, also one read and one
+write per element) is the yardstick: `of_copy` is ampkit's bandwidth as a fraction of it.
+"""
+from __future__ import annotations
+
+import torch
+
+from common import parser, report, time_fn
+
+import ampkit  # noqa: F401,E402  (registers torch.ops.ampkit.*)
+
+# The smallest float32 above 1: every element is rewritten (an inv_scale of exactly 1 would let
+# ampkit skip the stores), yet repeated runs do not drift the values towards denormals.
+INV_SCALE = 1.0 + 2.0 ** -23
+
+
+def gpt2_small_shapes(quick: bool) -> list[tuple[int, ...]]:
+    vocab, context, width, layers = (1000, 128, 64, 12) if quick else (50257, 1024, 768, 12)
+    shapes = [(vocab, width), (context, width)]
+    for _ in range(layers):
+        shapes += [(width,), (width,),                       # ln_1
+                   (width, 3 * width), (3 * width,),         # attn.c_attn
+                   (width, width), (width,),                 # attn.c_proj
+                   (width,), (width,),                       # ln_2
+                   (width, 4 * width), (4 * width,),         # mlp.c_fc
+                   (4 * width, width), (width,)]             # mlp.c_proj
+    return shapes + [(width,), (width,)]                     # ln_f
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--big-numel", type=int, default=None, help="elements of case (a) (default 2**28, quick 2**20)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (torch.set_num_threads); 1 gives stable figures on a shared machine")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (5 if args.quick else 20)
+    device = args.device
+    big = args.big_numel or (1 << (20 if args.quick else 28))
+    cases = {"(a) one tensor": [(big,)], "(b) gpt2-small": gpt2_small_shapes(args.quick)}
+
+    # The yardstick: a device-to-device copy of case (a)'s fp32 tensor.
+    src = torch.randn(big, device=device)
+    dst = torch.empty_like(src)
+    t_copy = time_fn(lambda: dst.copy_(src), device, repeats)
+    copy_gbps = 2 * src.numel() * src.element_size() / t_copy / 1e9
+    del src, dst
+
+    rows = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for name, shapes in cases.items():
+            grads = [torch.randn(shape, device=device).to(dtype) for shape in shapes]
+            numel = sum(g.numel() for g in grads)
+            inv_scale = torch.full((), INV_SCALE, device=device)
+            found_inf = torch.zeros((), device=device)
+            norm = torch.zeros((), device=device)
+
+            def ours():
+                torch.ops.ampkit.unscale_and_check_(grads, found_inf, inv_scale)
+
+            def ours_with_norm():
+                torch.ops.ampkit.unscale_and_check_(grads, found_inf, inv_scale, norm)
+
+            def theirs():
+                torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+
+            def theirs_with_norm():
+                torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+                return torch.nn.utils.get_total_norm(grads)
+
+            torch_supported = True
+            try:
+                theirs()
+            except RuntimeError:  # bf16 on CUDA
+                torch_supported = False
+            moved = 2 * numel * grads[0].element_size()
+            for variant, ours_fn, theirs_fn in (("unscale", ours, theirs), ("unscale+norm", ours_with_norm,
+                                                                               theirs_with_norm)):
+                t_ours = time_fn(ours_fn, device, repeats)
+                t_theirs = time_fn(theirs_fn, device, repeats) if torch_supported else None
+                row = {"dtype": str(dtype).replace("torch.", ""), "case": name, "op": variant,
+                       "tensors": len(grads), "numel": numel,
+                       "ampkit_ms": round(t_ours * 1e3, 3),
+                       "torch_ms": round(t_theirs * 1e3, 3) if t_theirs else "n/a",
+                       "speedup": round(t_theirs / t_ours, 2) if t_theirs else "n/a",
+                       "ampkit_GBps": round(moved / t_ours / 1e9, 1),
+                       "torch_GBps": round(moved / t_theirs / 1e9, 1) if t_theirs else "n/a",
+                       "of_copy": round(moved / t_ours / 1e9 / copy_gbps, 2)}
+                rows.append(row)
+            del grads
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+
+    report(f"unscale_and_check_ vs torch._amp_foreach_non_finite_check_and_unscale_ "
+           f"(copy of case (a): {copy_gbps:.1f} GB/s)", rows,
+           ["dtype", "case", "op", "tensors", "numel", "ampkit_ms", "torch_ms", "speedup", "ampkit_GBps",
+            "torch_GBps", "of_copy"], args,
+           extra={"copy_GBps": round(copy_gbps, 1), "copy_numel": big, "inv_scale": INV_SCALE})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+#include "ampkit/grad_scaler.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <limits>
+
+#include "ampkit/loss_scaling.h"
+
+namespace ampkit {
+namespace {
+
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+constexpr double kFloatMax = static_cast<double>(std::numeric_limits<float>::max());
+
+void check_config(const char* where, const char* scale_name, double scale, double growth_factor,
+                  double backoff_factor, int64_t growth_interval, int64_t hysteresis, double min_scale,
+                  double max_scale) {
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0, where, ": ", scale_name, " must be a finite number > 0, got ",
+                    scale);
+  TORCH_CHECK_VALUE(std::isfinite(growth_factor) && growth_factor > 1.0, where,
+                    ": growth_factor must be a finite number > 1, got ", growth_factor);
+  TORCH_CHECK_VALUE(backoff_factor > 0.0 && backoff_factor < 1.0, where, ": backoff_factor must be in (0, 1), got ",
+                    backoff_factor);
+  TORCH_CHECK_VALUE(growth_interval >= 1 && growth_interval <= kInt32Max, where,
+                    ": growth_interval must be in [1, 2^31-1], got ", growth_interval);
+  TORCH_CHECK_VALUE(hysteresis >= 1 && hysteresis <= kInt32Max, where, ": hysteresis must be in [1, 2^31-1], got ",
+                    hysteresis);
+  TORCH_CHECK_VALUE(std::isfinite(min_scale) && min_scale >= 0.0, where,
+                    ": min_scale must be a finite number >= 0, got ", min_scale);
+  TORCH_CHECK_VALUE(max_scale > 0.0, where, ": max_scale must be > 0 (inf for no bound), got ", max_scale);
+  TORCH_CHECK_VALUE(min_scale <= max_scale, where, ": min_scale (", min_scale, ") must not exceed max_scale (",
+                    max_scale, ")");
+}
+
+at::Tensor scalar_tensor(double value, at::ScalarType dtype, const c10::Device& device) {
+  return at::full({}, value, at::TensorOptions().dtype(dtype).device(device));
+}
+
+}  // namespace
+
+bool GradScalerState::operator==(const GradScalerState& other) const {
+  return scale == other.scale && growth_factor == other.growth_factor && backoff_factor == other.backoff_factor &&
+         growth_interval == other.growth_interval && growth_tracker == other.growth_tracker &&
+         hysteresis == other.hysteresis && hysteresis_tracker == other.hysteresis_tracker &&
+         min_scale == other.min_scale && max_scale == other.max_scale && skipped_steps == other.skipped_steps &&
+         overflow_events == other.overflow_events;
+}
+
+GradScaler::GradScaler(GradScalerOptions options) : options_(std::move(options)) {
+  check_config("ampkit::GradScaler", "init_scale", options_.init_scale(), options_.growth_factor(),
+               options_.backoff_factor(), options_.growth_interval(), options_.hysteresis(), options_.min_scale(),
+               options_.max_scale());
+}
+
+void GradScaler::lazy_init(const c10::Device& device) {
+  scale_ = scalar_tensor(options_.init_scale(), at::kFloat, device);
+  growth_tracker_ = scalar_tensor(static_cast<double>(init_growth_tracker_), at::kInt, device);
+  hysteresis_tracker_ = scalar_tensor(static_cast<double>(init_hysteresis_tracker_), at::kInt, device);
+  skipped_steps_ = scalar_tensor(static_cast<double>(init_skipped_steps_), at::kLong, device);
+  overflow_events_ = scalar_tensor(static_cast<double>(init_overflow_events_), at::kLong, device);
+}
+
+const at::Tensor& GradScaler::require_scale(const char* funcname) const {
+  TORCH_CHECK(scale_.defined(), "ampkit::GradScaler: attempted ", funcname,
+              " but the scale was never initialised. This may indicate your loop did not call scaler.scale(loss) "
+              "earlier in the iteration.");
+  return scale_;
+}
+
+at::Tensor GradScaler::scale(const at::Tensor& outputs) {
+  if (!is_enabled()) return outputs;
+  TORCH_CHECK(outputs.defined(), "ampkit::GradScaler::scale: outputs must be a tensor, got an undefined tensor");
+  if (!scale_.defined()) lazy_init(outputs.device());
+  return outputs * scale_.to(outputs.device(), /*non_blocking=*/true);
+}
+
+at::Tensor GradScaler::unscale_impl(torch::optim::Optimizer& optimizer, bool compute_norm) {
+  const at::Tensor& scale = require_scale("unscale_");
+  OptimizerState& state = per_optimizer_[&optimizer];
+  TORCH_CHECK(state.stage != Stage::Unscaled,
+              "ampkit::GradScaler: unscale_() has already been called on this optimizer since the last update().");
+  TORCH_CHECK(state.stage != Stage::Stepped, "ampkit::GradScaler: unscale_() is being called after step().");
+  // The reciprocal in double, as torch's scaler computes it, so results match torch bitwise.
+  const at::Tensor inv_scale = scale.to(at::kDouble).reciprocal().to(at::kFloat);
+
+  std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> per_device;
+  for (auto& group : optimizer.param_groups()) {
+    for (auto& param : group.params()) {
+      const at::Tensor& grad = param.grad();
+      if (!grad.defined()) continue;
+      TORCH_CHECK(!grad.is_sparse(), "ampkit::GradScaler: sparse gradients are not supported by the C++ scaler");
+      auto it = std::find_if(per_device.begin(), per_device.end(),
+                             [&](const auto& entry) { return entry.first == grad.device(); });
+      if (it == per_device.end()) {
+        per_device.emplace_back(grad.device(), std::vector<at::Tensor>{});
+        it = std::prev(per_device.end());
+      }
+      it->second.push_back(grad);
+    }
+  }
+
+  const c10::AutoGradMode no_grad(false);
+  state.found_inf_per_device.clear();
+  std::vector<at::Tensor> norms;
+  for (auto& [device, grads] : per_device) {
+    at::Tensor found_inf = scalar_tensor(0.0, at::kFloat, device);
+    std::optional<at::Tensor> norm;
+    if (compute_norm) norm = scalar_tensor(0.0, at::kFloat, device);
+    unscale_and_check_(grads, found_inf, inv_scale.to(device, /*non_blocking=*/true), norm);
+    state.found_inf_per_device.emplace_back(device, found_inf);
+    if (norm) norms.push_back(norm->to(scale.device(), /*non_blocking=*/true));
+  }
+  state.stage = Stage::Unscaled;
+  if (!compute_norm) return {};
+  if (norms.empty()) return scalar_tensor(0.0, at::kFloat, scale.device());
+  if (norms.size() == 1) return norms[0];
+  return at::linalg_vector_norm(at::stack(norms));
+}
+
+void GradScaler::unscale_(torch::optim::Optimizer& optimizer) {
+  if (is_enabled()) unscale_impl(optimizer, /*compute_norm=*/false);
+}
+
+at::Tensor GradScaler::unscale_with_norm_(torch::optim::Optimizer& optimizer) {
+  TORCH_CHECK(is_enabled(), "ampkit::GradScaler::unscale_with_norm_: the scaler is disabled; compute the norm with "
+                            "torch::nn::utils::clip_grad_norm_ instead");
+  return unscale_impl(optimizer, /*compute_norm=*/true);
+}
+
+at::Tensor GradScaler::combined_found_inf(OptimizerState& state) const {
+  // Nothing was unscaled, so the optimizer may go back to the start of its iteration.
+  if (state.found_inf_per_device.empty()) state.stage = Stage::Ready;
+  TORCH_CHECK(!state.found_inf_per_device.empty(),
+              "ampkit::GradScaler: step(): no inf checks were recorded for this optimizer: none of its parameters has "
+              "a gradient (did backward() run on the scaled loss before step()?)");
+  at::Tensor combined;
+  for (const auto& entry : state.found_inf_per_device) {
+    at::Tensor found = entry.second.to(scale_.device(), /*non_blocking=*/true);
+    combined = combined.defined() ? combined + found : found;
+  }
+  return combined;
+}
+
+bool GradScaler::step(torch::optim::Optimizer& optimizer) {
+  if (!is_enabled()) {
+    optimizer.step();
+    return true;
+  }
+  require_scale("step");
+  {
+    const OptimizerState& state = per_optimizer_[&optimizer];
+    TORCH_CHECK(state.stage != Stage::Stepped,
+                "ampkit::GradScaler: step() has already been called since the last update().");
+    if (state.stage == Stage::Ready) unscale_(optimizer);
+  }
+  OptimizerState& state = per_optimizer_[&optimizer];
+  const at::Tensor found_inf = combined_found_inf(state);
+  // The one host read: a torch::optim optimizer cannot skip its step on the device.
+  const bool clean = found_inf.item<float>() == 0.0f;
+  if (clean) {
+    optimizer.step();
+  } else {
+    skipped_steps_.add_(1);
+  }
+  state.stage = Stage::Stepped;
+  return clean;
+}
+
+void GradScaler::update() {
+  if (!is_enabled()) return;
+  const at::Tensor& scale = require_scale("update");
+  at::Tensor combined;
+  for (const auto& entry : per_optimizer_) {
+    for (const auto& device_found : entry.second.found_inf_per_device) {
+      at::Tensor found = device_found.second.to(scale.device(), /*non_blocking=*/true);
+      combined = combined.defined() ? combined + found : found;
+    }
+  }
+  TORCH_CHECK(combined.defined(),
+              "ampkit::GradScaler: update(): no inf checks were recorded prior to update(): call scaler.step(optimizer) "
+              "(or scaler.unscale_(optimizer)) in this iteration first");
+  update_scale_(scale, growth_tracker_, hysteresis_tracker_, combined, options_.growth_factor(),
+                options_.backoff_factor(), options_.growth_interval(), options_.hysteresis(), options_.min_scale(),
+                std::min(options_.max_scale(), kFloatMax));
+  overflow_events_.add_(combined.gt(0).to(at::kLong));
+  last_found_inf_ = combined;
+  per_optimizer_.clear();
+}
+
+void GradScaler::update(double new_scale) {
+  if (!is_enabled()) return;
+  const at::Tensor& scale = require_scale("update");
+  TORCH_CHECK_VALUE(std::isfinite(new_scale) && new_scale > 0.0,
+                    "ampkit::GradScaler: update(): new_scale must be a finite number > 0, got ", new_scale);
+  scale.fill_(new_scale);
+  per_optimizer_.clear();
+}
+
+double GradScaler::get_scale() const {
+  if (!is_enabled()) return 1.0;
+  return scale_.defined() ? static_cast<double>(scale_.item<float>()) : options_.init_scale();
+}
+
+at::Tensor GradScaler::skipped_steps() const {
+  return skipped_steps_.defined() ? skipped_steps_ : at::scalar_tensor(init_skipped_steps_, at::kLong);
+}
+
+at::Tensor GradScaler::overflow_events() const {
+  return overflow_events_.defined() ? overflow_events_ : at::scalar_tensor(init_overflow_events_, at::kLong);
+}
+
+GradScalerState GradScaler::state_dict() const {
+  GradScalerState state;
+  state.scale = get_scale();
+  state.growth_factor = options_.growth_factor();
+  state.backoff_factor = options_.backoff_factor();
+  state.growth_interval = options_.growth_interval();
+  state.growth_tracker = growth_tracker_.defined() ? growth_tracker_.item<int32_t>() : init_growth_tracker_;
+  state.hysteresis = options_.hysteresis();
+  state.hysteresis_tracker =
+      hysteresis_tracker_.defined() ? hysteresis_tracker_.item<int32_t>() : init_hysteresis_tracker_;
+  state.min_scale = options_.min_scale();
+  state.max_scale = options_.max_scale();
+  state.skipped_steps = skipped_steps().item<int64_t>();
+  state.overflow_events = overflow_events().item<int64_t>();
+  return state;
+}
+
+void GradScaler::load_state_dict(const GradScalerState& state) {
+  if (!is_enabled()) return;
+  const char* where = "ampkit::GradScaler::load_state_dict";
+  check_config(where, "scale", state.scale, state.growth_factor, state.backoff_factor, state.growth_interval,
+               state.hysteresis, state.min_scale, state.max_scale);
+  TORCH_CHECK_VALUE(state.growth_tracker >= 0 && state.growth_tracker <= kInt32Max, where,
+                    ": growth_tracker must be in [0, 2^31-1], got ", state.growth_tracker);
+  TORCH_CHECK_VALUE(state.hysteresis_tracker >= 0 && state.hysteresis_tracker <= kInt32Max, where,
+                    ": hysteresis_tracker must be in [0, 2^31-1], got ", state.hysteresis_tracker);
+  TORCH_CHECK_VALUE(state.skipped_steps >= 0, where, ": skipped_steps must be >= 0, got ", state.skipped_steps);
+  TORCH_CHECK_VALUE(state.overflow_events >= 0, where, ": overflow_events must be >= 0, got ", state.overflow_events);
+  options_.init_scale(state.scale)
+      .growth_factor(state.growth_factor)
+      .backoff_factor(state.backoff_factor)
+      .growth_interval(state.growth_interval)
+      .hysteresis(state.hysteresis)
+      .min_scale(state.min_scale)
+      .max_scale(state.max_scale);
+  init_growth_tracker_ = state.growth_tracker;
+  init_hysteresis_tracker_ = state.hysteresis_tracker;
+  init_skipped_steps_ = state.skipped_steps;
+  init_overflow_events_ = state.overflow_events;
+  if (scale_.defined()) {
+    // In place: tensors handed out earlier (skipped_steps(), ...) stay the scaler's own.
+    scale_.fill_(state.scale);
+    growth_tracker_.fill_(state.growth_tracker);
+    hysteresis_tracker_.fill_(state.hysteresis_tracker);
+    skipped_steps_.fill_(state.skipped_steps);
+    overflow_events_.fill_(state.overflow_events);
+  }
+}
+
+}  // namespace ampkit

@@ -1,0 +1,353 @@
+// CPU kernels of unscale_and_check_ and update_scale_.
+//
+// The norm is accumulated in double: each fixed block of kGrainSize elements produces a double
+// partial, and the partials are summed in block order. Double keeps the result within an ulp of
+// the exact norm of the fp32 values for any realistic size (fp32 running sums lose ~log2(n)
+// bits), and fixed blocks summed in order make it independent of the number of threads, so a
+// run is reproducible on any machine.
+#include <ATen/ops/empty.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "cpu/cpu_loops.h"
+#include "ops/loss_scaling.h"
+
+namespace ampkit::cpu {
+namespace {
+
+struct FlatResult {
+  bool non_finite = false;
+  double sum_of_squares = 0.0;
+};
+
+// x86-64 builds compile the hot loops twice, for AVX2/FMA (x86-64-v3) and for the baseline, and
+// pick one when the library loads: LibTorch users get vector code without -march flags.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER)
+#define AMPKIT_X86_DISPATCH 1
+#define AMPKIT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define AMPKIT_X86_DISPATCH 0
+#define AMPKIT_CPU_CLONES
+#endif
+
+// One block [begin, end). Written so that the compiler vectorises it: independent lanes, the
+// non-finite test as a float sum (x - x is 0 for finite x, NaN otherwise), and the squares
+// summed in a second loop over the same (L1-resident) sub-block so the stores and the double
+// accumulation do not block each other. Returns the block's flag and sum of squares.
+template <typename T, bool Write, bool Norm>
+__attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin, int64_t end, float factor,
+                                                         double& sum_of_squares) {
+  constexpr int kLanes = 8;
+  constexpr int64_t kSubBlock = 512;
+  float non_finite_lanes[kLanes] = {};
+  double square_lanes[kLanes] = {};
+  for (int64_t sub = begin; sub < end; sub += kSubBlock) {
+    const int64_t sub_end = std::min(end, sub + kSubBlock);
+    int64_t i = sub;
+    for (; i + kLanes <= sub_end; i += kLanes) {
+      for (int lane = 0; lane < kLanes; ++lane) {
+        const float value = static_cast<float>(data[i + lane]);
+        non_finite_lanes[lane] += value - value;
+        if (Write) data[i + lane] = static_cast<T>(value * factor);
+      }
+    }
+    for (; i < sub_end; ++i) {
+      const float value = static_cast<float>(data[i]);
+      non_finite_lanes[0] += value - value;
+      if (Write) data[i] = static_cast<T>(value * factor);
+    }
+    if (Norm) {
+      i = sub;
+      for (; i + kLanes <= sub_end; i += kLanes) {
+        for (int lane = 0; lane < kLanes; ++lane) {
+          const double unscaled = static_cast<float>(data[i + lane]);
+          square_lanes[lane] += unscaled * unscaled;
+        }
+      }
+      for (; i < sub_end; ++i) {
+        const double unscaled = static_cast<float>(data[i]);
+        square_lanes[0] += unscaled * unscaled;
+      }
+    }
+  }
+  bool non_finite = false;
+  sum_of_squares = 0.0;
+  for (int lane = 0; lane < kLanes; ++lane) {
+    non_finite |= non_finite_lanes[lane] != 0.0f;  // NaN != 0 too
+    sum_of_squares += square_lanes[lane];
+  }
+  return non_finite;
+}
+
+using BlockFn = bool (*)(void* data, int64_t begin, int64_t end, float factor, double& sum_of_squares);
+
+#define AMPKIT_DEFINE_BLOCK_FN(NAME, T, WRITE, NORM)                                                  \
+  AMPKIT_CPU_CLONES bool NAME(void* data, int64_t begin, int64_t end, float factor, double& squares) { \
+    return unscale_block<T, WRITE, NORM>(static_cast<T*>(data), begin, end, factor, squares);          \
+  }
+AMPKIT_DEFINE_BLOCK_FN(block_f32_w, float, true, false)
+AMPKIT_DEFINE_BLOCK_FN(block_f32_wn, float, true, true)
+AMPKIT_DEFINE_BLOCK_FN(block_f32_r, float, false, false)
+AMPKIT_DEFINE_BLOCK_FN(block_f32_rn, float, false, true)
+AMPKIT_DEFINE_BLOCK_FN(block_f16_w, c10::Half, true, false)
+AMPKIT_DEFINE_BLOCK_FN(block_f16_wn, c10::Half, true, true)
+AMPKIT_DEFINE_BLOCK_FN(block_f16_r, c10::Half, false, false)
+AMPKIT_DEFINE_BLOCK_FN(block_f16_rn, c10::Half, false, true)
+AMPKIT_DEFINE_BLOCK_FN(block_bf16_w, c10::BFloat16, true, false)
+AMPKIT_DEFINE_BLOCK_FN(block_bf16_wn, c10::BFloat16, true, true)
+AMPKIT_DEFINE_BLOCK_FN(block_bf16_r, c10::BFloat16, false, false)
+AMPKIT_DEFINE_BLOCK_FN(block_bf16_rn, c10::BFloat16, false, true)
+#undef AMPKIT_DEFINE_BLOCK_FN
+
+#if AMPKIT_X86_DISPATCH
+// fp16 <-> fp32 through F16C: c10::Half's portable conversion does not vectorise. The hardware
+// conversion rounds to nearest even, as c10::Half's does, so results are identical.
+__attribute__((target("avx2,f16c,fma"))) bool block_f16_f16c(void* raw, int64_t begin, int64_t end, float factor,
+                                                                bool write, bool norm, double& sum_of_squares) {
+  c10::Half* data = static_cast<c10::Half*>(raw);
+  const __m256 factors = _mm256_set1_ps(factor);
+  __m256 non_finite = _mm256_setzero_ps();
+  __m256d squares_low = _mm256_setzero_pd();
+  __m256d squares_high = _mm256_setzero_pd();
+  int64_t i = begin;
+  for (; i + 8 <= end; i += 8) {
+    __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + i));
+    const __m256 values = _mm256_cvtph_ps(halves);
+    non_finite = _mm256_add_ps(non_finite, _mm256_sub_ps(values, values));
+    if (write) {
+      halves = _mm256_cvtps_ph(_mm256_mul_ps(values, factors), _MM_FROUND_TO_NEAREST_INT);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(data + i), halves);
+    }
+    if (norm) {
+      const __m256 unscaled = write ? _mm256_cvtph_ps(halves) : values;
+      const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(unscaled));
+      const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(unscaled, 1));
+      squares_low = _mm256_fmadd_pd(low, low, squares_low);
+      squares_high = _mm256_fmadd_pd(high, high, squares_high);
+    }
+  }
+  alignas(32) float non_finite_lanes[8];
+  alignas(32) double low_lanes[4];
+  alignas(32) double high_lanes[4];
+  _mm256_store_ps(non_finite_lanes, non_finite);
+  _mm256_store_pd(low_lanes, squares_low);
+  _mm256_store_pd(high_lanes, squares_high);
+  bool found = false;
+  sum_of_squares = 0.0;
+  for (float lane : non_finite_lanes) found |= lane != 0.0f;
+  for (int lane = 0; lane < 4; ++lane) sum_of_squares += low_lanes[lane] + high_lanes[lane];
+  for (; i < end; ++i) {  // the tail
+    const float value = static_cast<float>(data[i]);
+    found |= is_non_finite(value);
+    if (write) data[i] = static_cast<c10::Half>(value * factor);
+    if (norm) {
+      const double unscaled = static_cast<float>(data[i]);
+      sum_of_squares += unscaled * unscaled;
+    }
+  }
+  return found;
+}
+
+// bf16 <-> fp32 with AVX2 integer ops: widening is a 16-bit shift; narrowing rounds to nearest
+// even and maps NaN to 0x7FC0, exactly as c10::BFloat16's conversion does.
+__attribute__((target("avx2,fma"))) bool block_bf16_avx2(void* raw, int64_t begin, int64_t end, float factor,
+                                                          bool write, bool norm, double& sum_of_squares) {
+  c10::BFloat16* data = static_cast<c10::BFloat16*>(raw);
+  const __m256 factors = _mm256_set1_ps(factor);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i rounding_base = _mm256_set1_epi32(0x7FFF);
+  const __m256i quiet_nan = _mm256_set1_epi32(0x7FC0);
+  __m256 non_finite = _mm256_setzero_ps();
+  __m256d squares_low = _mm256_setzero_pd();
+  __m256d squares_high = _mm256_setzero_pd();
+  int64_t i = begin;
+  for (; i + 8 <= end; i += 8) {
+    __m128i narrow = _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + i));
+    const __m256 values = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(narrow), 16));
+    non_finite = _mm256_add_ps(non_finite, _mm256_sub_ps(values, values));
+    __m256 unscaled = values;
+    if (write) {
+      const __m256 product = _mm256_mul_ps(values, factors);
+      const __m256i bits = _mm256_castps_si256(product);
+      const __m256i bias = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 16), one), rounding_base);
+      __m256i high_halves = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
+      const __m256 is_nan = _mm256_cmp_ps(product, product, _CMP_UNORD_Q);
+      high_halves = _mm256_blendv_epi8(high_halves, quiet_nan, _mm256_castps_si256(is_nan));
+      narrow = _mm_packus_epi32(_mm256_castsi256_si128(high_halves), _mm256_extracti128_si256(high_halves, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(data + i), narrow);
+      unscaled = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(narrow), 16));
+    }
+    if (norm) {
+      const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(unscaled));
+      const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(unscaled, 1));
+      squares_low = _mm256_fmadd_pd(low, low, squares_low);
+      squares_high = _mm256_fmadd_pd(high, high, squares_high);
+    }
+  }
+  alignas(32) float non_finite_lanes[8];
+  alignas(32) double low_lanes[4];
+  alignas(32) double high_lanes[4];
+  _mm256_store_ps(non_finite_lanes, non_finite);
+  _mm256_store_pd(low_lanes, squares_low);
+  _mm256_store_pd(high_lanes, squares_high);
+  bool found = false;
+  sum_of_squares = 0.0;
+  for (float lane : non_finite_lanes) found |= lane != 0.0f;
+  for (int lane = 0; lane < 4; ++lane) sum_of_squares += low_lanes[lane] + high_lanes[lane];
+  for (; i < end; ++i) {  // the tail
+    const float value = static_cast<float>(data[i]);
+    found |= is_non_finite(value);
+    if (write) data[i] = static_cast<c10::BFloat16>(value * factor);
+    if (norm) {
+      const double unscaled = static_cast<float>(data[i]);
+      sum_of_squares += unscaled * unscaled;
+    }
+  }
+  return found;
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported;
+}
+
+bool cpu_has_f16c() {
+  static const bool supported =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+  return supported;
+}
+#endif
+
+BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
+  switch (dtype) {
+    case at::kFloat: return write ? (norm ? block_f32_wn : block_f32_w) : (norm ? block_f32_rn : block_f32_r);
+    case at::kHalf: return write ? (norm ? block_f16_wn : block_f16_w) : (norm ? block_f16_rn : block_f16_r);
+    case at::kBFloat16: return write ? (norm ? block_bf16_wn : block_bf16_w) : (norm ? block_bf16_rn : block_bf16_r);
+    default: TORCH_CHECK_TYPE(false, "ampkit.unscale_and_check_: no CPU kernel for dtype ", dtype);
+  }
+}
+
+// One pass over `numel` elements stored flat at `data`, in fixed blocks of kGrainSize elements
+// run in parallel. Each block's sum of squares lands in its own slot and the slots are added in
+// block order, so the norm does not depend on the thread count.
+FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float factor, bool write, bool norm) {
+  FlatResult result;
+  if (numel == 0) return result;
+  const BlockFn block_fn = select_block_fn(dtype, write, norm);
+#if AMPKIT_X86_DISPATCH
+  const bool use_f16c = dtype == at::kHalf && cpu_has_f16c();
+  const bool use_bf16_avx2 = dtype == at::kBFloat16 && cpu_has_avx2_fma();
+#endif
+  const int64_t num_blocks = (numel + kGrainSize - 1) / kGrainSize;
+  std::vector<double> partials(num_blocks, 0.0);
+  std::atomic<bool> found{false};
+  at::parallel_for(0, num_blocks, 1, [&](int64_t first_block, int64_t last_block) {
+    bool non_finite = false;
+    for (int64_t block = first_block; block < last_block; ++block) {
+      const int64_t begin = block * kGrainSize;
+      const int64_t end = std::min(numel, begin + kGrainSize);
+#if AMPKIT_X86_DISPATCH
+      if (use_f16c) {
+        non_finite |= block_f16_f16c(data, begin, end, factor, write, norm, partials[block]);
+        continue;
+      }
+      if (use_bf16_avx2) {
+        non_finite |= block_bf16_avx2(data, begin, end, factor, write, norm, partials[block]);
+        continue;
+      }
+#endif
+      non_finite |= block_fn(data, begin, end, factor, partials[block]);
+    }
+    if (non_finite) found.store(true, std::memory_order_relaxed);
+  });
+  result.non_finite = found.load();
+  for (double partial : partials) result.sum_of_squares += partial;
+  return result;
+}
+
+void unscale_and_check_cpu(at::TensorList grads, const at::Tensor& found_inf, const at::Tensor& inv_scale,
+                           const std::optional<at::Tensor>& norm_out) {
+  detail::check_unscale_and_check_args(grads, found_inf, inv_scale, norm_out);
+  const float factor = *inv_scale.const_data_ptr<float>();
+  // Multiplying by exactly 1 changes no value: the pass then only reads (a check-only pass, as
+  // GradScaler needs for optimizers that unscale inside their own step).
+  const bool write = factor != 1.0f;
+  const bool norm = norm_out.has_value();
+  bool any_non_finite = false;
+  double sum_of_squares = 0.0;
+  for (const at::Tensor& grad : grads) {
+    if (grad.numel() == 0) continue;
+    // A strided slice is not one flat run: work on a contiguous copy and copy the result back.
+    const bool flat = detail::is_flat_in_memory(grad);
+    at::Tensor work = flat ? grad : grad.contiguous();
+    const FlatResult result = unscale_flat(work.data_ptr(), work.scalar_type(), work.numel(), factor, write, norm);
+    any_non_finite |= result.non_finite;
+    sum_of_squares += result.sum_of_squares;
+    if (!flat && write) const_cast<at::Tensor&>(grad).copy_(work);
+  }
+  if (any_non_finite) *found_inf.mutable_data_ptr<float>() = 1.0f;
+  if (norm) *norm_out->mutable_data_ptr<float>() = static_cast<float>(std::sqrt(sum_of_squares));
+}
+
+// The update rule; the CUDA kernel (kernels/src/update_scale.cu) implements the same steps.
+void update_scale_cpu(const at::Tensor& scale, const at::Tensor& growth_tracker, const at::Tensor& hysteresis_tracker,
+                      const at::Tensor& found_inf, double growth_factor, double backoff_factor, int64_t growth_interval,
+                      int64_t hysteresis, double min_scale, double max_scale) {
+  detail::check_update_scale_args(scale, growth_tracker, hysteresis_tracker, found_inf,
+                                  {growth_factor, backoff_factor, growth_interval, hysteresis, min_scale, max_scale});
+  float* scale_ptr = scale.mutable_data_ptr<float>();
+  int32_t* growth_ptr = growth_tracker.mutable_data_ptr<int32_t>();
+  int32_t* hysteresis_ptr = hysteresis_tracker.mutable_data_ptr<int32_t>();
+  const float found = *found_inf.const_data_ptr<float>();
+  const float current = *scale_ptr;
+  // Bounds at or beyond float32's range are no bounds: that keeps the default (max_scale =
+  // FLT_MAX, min_scale = 0) identical to torch._amp_update_scale_, which never clamps.
+  const bool has_max = max_scale < static_cast<double>(std::numeric_limits<float>::max());
+  const bool has_min = min_scale > 0.0;
+  if (found != 0.0f) {
+    *growth_ptr = 0;
+    // Consecutive overflow steps so far, saturating at `hysteresis`.
+    const int32_t overflows = std::min<int32_t>(*hysteresis_ptr, static_cast<int32_t>(hysteresis) - 1) + 1;
+    *hysteresis_ptr = overflows;
+    if (overflows >= hysteresis) {
+      // The product in double, rounded once to float: what torch does.
+      double backed_off = static_cast<double>(current) * backoff_factor;
+      if (has_min && backed_off < min_scale) backed_off = min_scale;
+      const float next = static_cast<float>(backed_off);
+      // After ~150 back-offs in a row the product underflows to 0: keep the last positive scale.
+      if (next > 0.0f) *scale_ptr = next;
+    }
+  } else {
+    *hysteresis_ptr = 0;
+    const int32_t successful = *growth_ptr + 1;
+    // >= rather than ==: a tracker loaded from a run with a longer interval still grows.
+    if (successful >= growth_interval) {
+      double grown = static_cast<double>(current) * growth_factor;
+      if (has_max && grown > max_scale) grown = max_scale;
+      const float next = static_cast<float>(grown);
+      // Never grow past float32's range to inf.
+      if (std::isfinite(next)) *scale_ptr = next;
+      *growth_ptr = 0;
+    } else {
+      *growth_ptr = successful;
+    }
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ampkit, CPU, m) {
+  m.impl("unscale_and_check_", &unscale_and_check_cpu);
+  m.impl("update_scale_", &update_scale_cpu);
+}
+
+}  // namespace ampkit::cpu

@@ -1,0 +1,120 @@
+#include "ops/loss_scaling.h"
+
+#include <ATen/MemoryOverlap.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "ops/validation.h"
+
+namespace ampkit::detail {
+namespace {
+
+void check_int32_scalar_tensor(const char* op, const char* name, const at::Tensor& tensor) {
+  TORCH_CHECK(tensor.defined(), op, ": ", name, " must be a one-element int32 tensor, got an undefined tensor");
+  TORCH_CHECK_TYPE(tensor.scalar_type() == at::kInt, op, ": ", name, " must be a one-element int32 tensor, got dtype ",
+                   dtype_name(tensor.scalar_type()));
+  TORCH_CHECK(tensor.numel() == 1, op, ": ", name, " must be a one-element int32 tensor, got ", tensor.numel(),
+              " elements (shape ", tensor.sizes(), ")");
+}
+
+}  // namespace
+
+bool is_flat_in_memory(const at::Tensor& tensor) {
+  return tensor.is_contiguous() || tensor.is_non_overlapping_and_dense();
+}
+
+c10::Device check_unscale_and_check_args(at::TensorList grads, const at::Tensor& found_inf,
+                                         const at::Tensor& inv_scale, const std::optional<at::Tensor>& norm_out) {
+  const char* op = kUnscaleAndCheckOp;
+  // An empty list is allowed (an optimizer whose grads all live on another device): nothing to do.
+  ListRules rules;
+  rules.allow_empty = true;
+  rules.require_contiguous = false;  // non-contiguous grads are handled (see is_flat_in_memory)
+  rules.require_same_dtype = false;  // mixed lists are grouped by dtype by the kernels
+  check_scalar_tensor(op, "found_inf", found_inf);
+  const std::optional<c10::Device> grads_device = check_tensor_list(op, "grads", grads, rules);
+  const c10::Device device = grads_device.value_or(found_inf.device());
+  const std::string reference = grads_device ? "grads[0]" : "found_inf";
+  for (size_t i = 0; i < grads.size(); ++i) {
+    // An in-place multiply through an expanded (stride 0) view would scale shared elements repeatedly.
+    TORCH_CHECK(at::has_internal_overlap(grads[i]) != at::MemOverlap::Yes, op, ": ", indexed("grads", i),
+                " must not have internally overlapping memory (e.g. an expand()ed view), got shape ",
+                grads[i].sizes(), " with strides ", grads[i].strides());
+  }
+  check_device(op, "found_inf", found_inf, device, reference);
+  check_scalar_tensor(op, "inv_scale", inv_scale);
+  check_device(op, "inv_scale", inv_scale, device, reference);
+  if (norm_out.has_value()) {
+    check_scalar_tensor(op, "norm_out", *norm_out);
+    check_device(op, "norm_out", *norm_out, device, reference);
+  }
+  return device;
+}
+
+c10::Device check_update_scale_args(const at::Tensor& scale, const at::Tensor& growth_tracker,
+                                    const at::Tensor& hysteresis_tracker, const at::Tensor& found_inf,
+                                    const UpdateScaleConfig& config) {
+  const char* op = kUpdateScaleOp;
+  check_scalar_tensor(op, "scale", scale);
+  const c10::Device device = scale.device();
+  check_int32_scalar_tensor(op, "growth_tracker", growth_tracker);
+  check_device(op, "growth_tracker", growth_tracker, device, "scale");
+  check_int32_scalar_tensor(op, "hysteresis_tracker", hysteresis_tracker);
+  check_device(op, "hysteresis_tracker", hysteresis_tracker, device, "scale");
+  check_scalar_tensor(op, "found_inf", found_inf);
+  check_device(op, "found_inf", found_inf, device, "scale");
+
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK_VALUE(std::isfinite(config.growth_factor) && config.growth_factor > 1.0, op,
+                    ": growth_factor must be a finite number > 1, got ", config.growth_factor);
+  TORCH_CHECK_VALUE(config.backoff_factor > 0.0 && config.backoff_factor < 1.0, op,
+                    ": backoff_factor must be in (0, 1), got ", config.backoff_factor);
+  TORCH_CHECK_VALUE(config.growth_interval > 0 && config.growth_interval <= kInt32Max, op,
+                    ": growth_interval must be in [1, 2^31-1] (growth_tracker is int32), got ",
+                    config.growth_interval);
+  TORCH_CHECK_VALUE(config.hysteresis > 0 && config.hysteresis <= kInt32Max, op,
+                    ": hysteresis must be in [1, 2^31-1] (hysteresis_tracker is int32), got ", config.hysteresis);
+  TORCH_CHECK_VALUE(std::isfinite(config.min_scale) && config.min_scale >= 0.0, op,
+                    ": min_scale must be a finite number >= 0, got ", config.min_scale);
+  TORCH_CHECK_VALUE(!std::isnan(config.max_scale) && config.max_scale > 0.0, op,
+                    ": max_scale must be > 0 (inf for no bound), got ", config.max_scale);
+  TORCH_CHECK_VALUE(config.min_scale <= config.max_scale, op, ": min_scale (", config.min_scale,
+                    ") must not exceed max_scale (", config.max_scale, ")");
+  return device;
+}
+
+namespace {
+
+// Meta kernels: both ops return nothing and change no metadata, so the checks are all there is.
+void unscale_and_check_meta(at::TensorList grads, const at::Tensor& found_inf, const at::Tensor& inv_scale,
+                            const std::optional<at::Tensor>& norm_out) {
+  check_unscale_and_check_args(grads, found_inf, inv_scale, norm_out);
+}
+
+void update_scale_meta(const at::Tensor& scale, const at::Tensor& growth_tracker, const at::Tensor& hysteresis_tracker,
+                       const at::Tensor& found_inf, double growth_factor, double backoff_factor,
+                       int64_t growth_interval, int64_t hysteresis, double min_scale, double max_scale) {
+  check_update_scale_args(scale, growth_tracker, hysteresis_tracker, found_inf,
+                          {growth_factor, backoff_factor, growth_interval, hysteresis, min_scale, max_scale});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ampkit, Meta, m) {
+  m.impl("unscale_and_check_", &unscale_and_check_meta);
+  m.impl("update_scale_", &update_scale_meta);
+}
+// Sparse tensors reach no kernel; routing them to the checks gives an error naming the argument.
+TORCH_LIBRARY_IMPL(ampkit, SparseCPU, m) {
+  m.impl("unscale_and_check_", &unscale_and_check_meta);
+  m.impl("update_scale_", &update_scale_meta);
+}
+TORCH_LIBRARY_IMPL(ampkit, SparseCUDA, m) {
+  m.impl("unscale_and_check_", &unscale_and_check_meta);
+  m.impl("update_scale_", &update_scale_meta);
+}
+
+}  // namespace ampkit::detail

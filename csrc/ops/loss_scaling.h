@@ -1,0 +1,37 @@
+// Argument checks of the dynamic loss-scaling ops (unscale_and_check_, update_scale_), shared by
+// their CPU, CUDA and Meta kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace ampkit::detail {
+
+constexpr const char* kUnscaleAndCheckOp = "ampkit.unscale_and_check_";
+constexpr const char* kUpdateScaleOp = "ampkit.update_scale_";
+
+// Returns the device every argument is on (grads[0]'s, or found_inf's for an empty list).
+c10::Device check_unscale_and_check_args(at::TensorList grads, const at::Tensor& found_inf,
+                                         const at::Tensor& inv_scale, const std::optional<at::Tensor>& norm_out);
+
+struct UpdateScaleConfig {
+  double growth_factor;
+  double backoff_factor;
+  int64_t growth_interval;
+  int64_t hysteresis;
+  double min_scale;
+  double max_scale;
+};
+
+// Returns the device of scale (every tensor argument is on it).
+c10::Device check_update_scale_args(const at::Tensor& scale, const at::Tensor& growth_tracker,
+                                    const at::Tensor& hysteresis_tracker, const at::Tensor& found_inf,
+                                    const UpdateScaleConfig& config);
+
+// Grads are processed as flat runs of numel elements starting at data_ptr(). True when that
+// covers exactly the tensor's elements: contiguous, or dense in another order (a transpose).
+// Any other layout (a strided slice) goes through a contiguous copy that is copied back.
+bool is_flat_in_memory(const at::Tensor& tensor);
+
+}  // namespace ampkit::detail

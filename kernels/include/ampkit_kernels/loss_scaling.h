@@ -1,0 +1,39 @@
+// Framework-free entry points of dynamic loss scaling: the fused unscale + non-finite check (+
+// optional L2 norm) and the device-side scale update. Pointers are device pointers; every
+// entry point enqueues on `stream` and returns the launch status; none synchronises.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "ampkit_kernels/common.h"
+
+namespace ampkit_kernels {
+
+// How many float partials unscale_and_check needs for tensors of these sizes (one per chunk).
+int64_t unscale_norm_partial_count(const std::vector<int64_t>& numels);
+
+// tensors.lists = {grads} (one dtype, flat runs of numels[t] elements). grads[t][i] *= *inv_scale
+// (fp32 math, one rounding; no store at all when *inv_scale == 1). *found_inf = 1.0f if any
+// element is inf/NaN (never cleared). When norm_partials is not null it receives, for each chunk,
+// the sum of squares of the unscaled values: unscale_norm_partial_count(numels) floats.
+Result unscale_and_check(const TensorLists& tensors, DType dtype, const float* inv_scale, float* found_inf,
+                         float* norm_partials, cudaStream_t stream);
+
+// *norm_out = sqrt(sum of partials[0..count)), summed in double in a fixed order (deterministic).
+Result finish_norm(const float* partials, int64_t count, float* norm_out, cudaStream_t stream);
+
+struct ScaleUpdateConfig {
+  double growth_factor;
+  double backoff_factor;
+  int growth_interval;
+  int hysteresis;
+  double min_scale;  // 0: no lower bound
+  double max_scale;  // >= FLT_MAX: no upper bound
+};
+
+// One-thread kernel: the update rule of ampkit.update_scale_ (see csrc/cpu/loss_scaling.cpp).
+Result update_scale(float* scale, int* growth_tracker, int* hysteresis_tracker, const float* found_inf,
+                    const ScaleUpdateConfig& config, cudaStream_t stream);
+
+}  // namespace ampkit_kernels

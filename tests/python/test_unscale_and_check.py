@@ -1,0 +1,307 @@
+"""unscale_and_check_ against plain-torch references, on every device under test."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ampkit  # noqa: F401  (registers torch.ops.ampkit.*)
+
+FLOATS = [torch.float32, torch.float16, torch.bfloat16]
+# Sizes: empty, one element, below one 16-byte vector, odd, several 65536-element chunks.
+NUMELS = [0, 1, 3, 1001, 70000, 200003]
+INV_SCALE = 2.0 ** -13 * 1.5  # not a power of two, so the fp16/bf16 results need rounding
+op = torch.ops.ampkit.unscale_and_check_
+
+
+def make(numels, dtype, device, seed=0, magnitude=1000.0):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, generator=generator) * magnitude).to(dtype=dtype, device=device) for n in numels]
+
+
+def scalar(value, device):
+    return torch.full((), value, dtype=torch.float32, device=device)
+
+
+def expected_unscaled(grad, inv_scale):
+    # The kernel's arithmetic: fp32 multiply, one rounding to the grad's dtype.
+    return (grad.float() * torch.tensor(inv_scale, dtype=torch.float32, device=grad.device)).to(grad.dtype)
+
+
+def assert_bitwise(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def reference_norm(grads):
+    if not grads:
+        return 0.0
+    return torch.linalg.vector_norm(torch.cat([g.detach().double().flatten().cpu() for g in grads])).item()
+
+
+# Tolerance of the fused norm against a float64 reference. CPU accumulates in double, so only
+# the final rounding to fp32 (2^-24 relative) remains. CUDA sums squares in fp32 per thread
+# (<= 128 terms) and per block before a double finish: relative error below ~256 * 2^-24.
+def norm_rtol(device):
+    return 1e-6 if device == "cpu" else 2e-5
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_unscale_matches_reference_bitwise(device, dtype):
+    grads = make(NUMELS, dtype, device)
+    originals = [g.clone() for g in grads]
+    found_inf = torch.zeros(1, device=device)
+    op(grads, found_inf, scalar(INV_SCALE, device))
+    for before, after in zip(originals, grads):
+        assert_bitwise(after, expected_unscaled(before, INV_SCALE))
+    assert found_inf.item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_matches_torch_amp_foreach_unscale(device, dtype):
+    if device == "cuda" and dtype == torch.bfloat16:
+        pytest.skip("torch's CUDA kernel has no bfloat16 path (pytorch/pytorch#127176)")
+    ours = make([5, 4097, 70001], dtype, device, seed=3)
+    ours[1][100] = float("nan")
+    ours[2][-1] = float("-inf")
+    theirs = [g.clone() for g in ours]
+    found_ours, found_theirs = torch.zeros((), device=device), torch.zeros((), device=device)
+    inv_scale = scalar(INV_SCALE, device)
+    op(ours, found_ours, inv_scale)
+    torch._amp_foreach_non_finite_check_and_unscale_(theirs, found_theirs, inv_scale)
+    for a, b in zip(ours, theirs):
+        assert_bitwise(a, b)
+    assert found_ours.item() == found_theirs.item() == 1.0
+
+
+def test_mixed_dtypes_in_one_call(device):
+    grads = []
+    for i, dtype in enumerate(FLOATS * 3):
+        grads += make([1000 + 37 * i, 65536 + i], dtype, device, seed=i)
+    originals = [g.clone() for g in grads]
+    found_inf, norm = torch.zeros(1, device=device), torch.zeros(1, device=device)
+    op(grads, found_inf, scalar(INV_SCALE, device), norm)
+    for before, after in zip(originals, grads):
+        assert after.dtype == before.dtype
+        assert_bitwise(after, expected_unscaled(before, INV_SCALE))
+    assert found_inf.item() == 0.0
+    assert norm.item() == pytest.approx(reference_norm(grads), rel=norm_rtol(device))
+
+
+def test_empty_list_and_empty_tensors(device):
+    found_inf, norm = torch.zeros(1, device=device), torch.full((1,), 7.0, device=device)
+    op([], found_inf, scalar(0.5, device), norm)
+    assert found_inf.item() == 0.0 and norm.item() == 0.0
+    empties = [torch.empty(0, device=device), torch.empty(0, 3, dtype=torch.float16, device=device)]
+    op(empties, found_inf, scalar(0.5, device), norm)
+    assert found_inf.item() == 0.0 and norm.item() == 0.0
+
+
+def test_one_huge_tensor(device):
+    # 2^25 + 5 fp16 elements: 513 chunks, more blocks than one launch table holds (320), so one
+    # tensor is split across launches; the odd tail exercises the scalar path.
+    n = (1 << 25) + 5
+    grad = torch.full((n,), 1024.0, dtype=torch.float16, device=device)
+    grad[-1] = 2048.0
+    grad[n // 2] = -512.0
+    found_inf, norm = torch.zeros(1, device=device), torch.zeros(1, device=device)
+    op([grad], found_inf, scalar(2.0 ** -10, device), norm)
+    assert grad[-1].item() == 2.0 and grad[n // 2].item() == -0.5
+    assert (grad[: n // 2] == 1.0).all().item() and (grad[n // 2 + 1 : -1] == 1.0).all().item()
+    expected_norm = ((n - 2) * 1.0 + 4.0 + 0.25) ** 0.5
+    assert norm.item() == pytest.approx(expected_norm, rel=norm_rtol(device))
+    assert found_inf.item() == 0.0
+
+
+def test_many_small_tensors(device):
+    # 2500 tensors: far more than one launch table's 110 (or 64 with the norm) tensors.
+    numels = [1 + (i * 7919) % 300 for i in range(2500)]
+    grads = make(numels, torch.bfloat16, device, seed=5)
+    originals = [g.clone() for g in grads]
+    found_inf, norm = torch.zeros(1, device=device), torch.zeros(1, device=device)
+    op(grads, found_inf, scalar(INV_SCALE, device), norm)
+    for before, after in zip(originals, grads):
+        assert_bitwise(after, expected_unscaled(before, INV_SCALE))
+    assert norm.item() == pytest.approx(reference_norm(grads), rel=norm_rtol(device))
+    grads[2345][0] = float("inf")
+    op(grads, found_inf, scalar(1.0, device))
+    assert found_inf.item() == 1.0
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_non_contiguous_grads(device, dtype):
+    base = make([64 * 96], dtype, device, seed=7)[0].view(64, 96)
+    storage_before = base.clone()
+    transposed = base[:, :48].t()  # neither contiguous nor dense: a slice, then transposed
+    dense_transpose = make([33 * 17], dtype, device, seed=8)[0].view(33, 17).t()
+    channels_last = make([2 * 3 * 5 * 7], dtype, device, seed=9)[0].view(2, 3, 5, 7).to(
+        memory_format=torch.channels_last)
+    every_other = make([1000], dtype, device, seed=10)[0][::2]
+    grads = [transposed, dense_transpose, channels_last, every_other]
+    originals = [g.clone() for g in grads]
+    found_inf, norm = torch.zeros(1, device=device), torch.zeros(1, device=device)
+    op(grads, found_inf, scalar(INV_SCALE, device), norm)
+    for before, after in zip(originals, grads):
+        assert_bitwise(after, expected_unscaled(before, INV_SCALE))
+    # Elements outside the slice are untouched.
+    assert_bitwise(base[:, 48:], storage_before[:, 48:])
+    assert norm.item() == pytest.approx(reference_norm(grads), rel=norm_rtol(device))
+    assert found_inf.item() == 0.0
+
+
+@pytest.mark.parametrize("special", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_non_finite_sets_found_inf(device, special, dtype, where):
+    grads = make([10, 70000, 7], dtype, device, seed=11)
+    tensor, index = {"first": (0, 0), "middle": (1, 65537), "last": (2, 6)}[where]
+    grads[tensor][index] = special
+    originals = [g.clone() for g in grads]
+    found_inf, norm = torch.zeros(1, device=device), torch.zeros(1, device=device)
+    op(grads, found_inf, scalar(INV_SCALE, device), norm)
+    assert found_inf.item() == 1.0
+    # Every element is still unscaled, as torch does (the caller skips the step anyway).
+    for before, after in zip(originals, grads):
+        assert_bitwise(after, expected_unscaled(before, INV_SCALE))
+    assert torch.isnan(norm).item() if special != special else norm.item() == float("inf")
+
+
+def test_overflow_to_inf_in_fp16_by_the_multiply_is_not_flagged(device):
+    # found_inf reports non-finite *inputs* (torch's semantics): a finite fp16 value that a scale
+    # below 1 pushes past 65504 becomes inf in the output but is not an overflow of the grads.
+    grad = torch.tensor([60000.0, 1.0], dtype=torch.float16, device=device)
+    found_inf = torch.zeros(1, device=device)
+    op([grad], found_inf, scalar(4.0, device))
+    assert grad[0].item() == float("inf") and grad[1].item() == 4.0
+    assert found_inf.item() == 0.0
+
+
+def test_inv_scale_one_checks_without_changing_values(device):
+    grads = make([1000, 70001], torch.float16, device, seed=12)
+    originals = [g.clone() for g in grads]
+    found_inf, norm = torch.zeros(1, device=device), torch.zeros(1, device=device)
+    op(grads, found_inf, scalar(1.0, device), norm)
+    for before, after in zip(originals, grads):
+        assert_bitwise(after, before)
+    assert norm.item() == pytest.approx(reference_norm(originals), rel=norm_rtol(device))
+    grads[1][-1] = float("nan")
+    op(grads, found_inf, scalar(1.0, device))
+    assert found_inf.item() == 1.0
+
+
+def test_found_inf_is_never_cleared(device):
+    found_inf = torch.ones(1, device=device)
+    op([torch.ones(4, device=device)], found_inf, scalar(0.5, device))
+    assert found_inf.item() == 1.0
+
+
+def test_norm_is_deterministic(device):
+    grads = make([300000, 5, 123457], torch.float32, device, seed=13)
+    norms = []
+    for _ in range(3):
+        copies = [g.clone() for g in grads]
+        norm = torch.zeros(1, device=device)
+        op(copies, torch.zeros(1, device=device), scalar(INV_SCALE, device), norm)
+        norms.append(norm.item())
+    assert norms[0] == norms[1] == norms[2]
+
+
+def test_norm_does_not_depend_on_thread_count():
+    grads = make([1 << 20], torch.float32, "cpu", seed=14)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, max(2, threads)):
+            torch.set_num_threads(count)
+            norm = torch.zeros(1)
+            op([grads[0].clone()], torch.zeros(1), scalar(INV_SCALE, "cpu"), norm)
+            results.append(norm.item())
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0] == results[1]
+
+
+BAD_INPUTS = [
+    ("inv_scale on another device", lambda: ([torch.ones(4)], torch.zeros(1), torch.ones(1, device="meta"), None),
+     RuntimeError, "inv_scale must be on cpu (the device of grads[0]), got meta"),
+    ("inv_scale float64", lambda: ([torch.ones(4)], torch.zeros(1), torch.ones(1, dtype=torch.float64), None),
+     TypeError, "inv_scale must be a one-element float32 tensor, got dtype float64"),
+    ("inv_scale of two elements", lambda: ([torch.ones(4)], torch.zeros(1), torch.ones(2), None),
+     RuntimeError, "inv_scale must be a one-element float32 tensor, got 2 elements"),
+    ("found_inf float16", lambda: ([torch.ones(4)], torch.zeros(1, dtype=torch.float16), torch.ones(1), None),
+     TypeError, "found_inf must be a one-element float32 tensor, got dtype float16"),
+    ("found_inf on another device", lambda: ([torch.ones(4)], torch.zeros(1, device="meta"), torch.ones(1), None),
+     RuntimeError, "found_inf must be on cpu (the device of grads[0]), got meta"),
+    ("norm_out int32", lambda: ([torch.ones(4)], torch.zeros(1), torch.ones(1), torch.zeros(1, dtype=torch.int32)),
+     TypeError, "norm_out must be a one-element float32 tensor, got dtype int32"),
+    ("norm_out on another device", lambda: ([torch.ones(4)], torch.zeros(1), torch.ones(1),
+                                            torch.zeros(1, device="meta")),
+     RuntimeError, "norm_out must be on cpu (the device of grads[0]), got meta"),
+    ("integer grad", lambda: ([torch.ones(4), torch.ones(4, dtype=torch.int64)], torch.zeros(1), torch.ones(1), None),
+     TypeError, "grads[1] must have dtype float32, float16 or bfloat16, got int64"),
+    ("float64 grad", lambda: ([torch.ones(4, dtype=torch.float64)], torch.zeros(1), torch.ones(1), None),
+     TypeError, "grads[0] must have dtype float32, float16 or bfloat16, got float64"),
+    ("grads on two devices", lambda: ([torch.ones(4), torch.ones(4, device="meta")], torch.zeros(1), torch.ones(1),
+                                      None),
+     RuntimeError, "grads[1] must be on cpu (the device of grads[0]), got meta"),
+    ("expanded grad", lambda: ([torch.ones(1, 4).expand(3, 4)], torch.zeros(1), torch.ones(1), None),
+     RuntimeError, "grads[0] must not have internally overlapping memory"),
+    ("sparse grad", lambda: ([torch.ones(4).to_sparse()], torch.zeros(1), torch.ones(1), None),
+     RuntimeError, "grads[0] must be a dense (strided) tensor"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_a_clear_error(case):
+    _, make_args, error, message = case
+    grads, found_inf, inv_scale, norm_out = make_args()
+    with pytest.raises(error) as info:
+        op(grads, found_inf, inv_scale, norm_out)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_opcheck(device, with_norm):
+    grads = make([5, 300], torch.float16, device) + make([17], torch.bfloat16, device)
+    norm = torch.zeros(1, device=device) if with_norm else None
+    args = (grads, torch.zeros(1, device=device), scalar(0.5, device), norm)
+    torch.library.opcheck(op.default, args)
+
+
+def test_runs_under_torch_compile():
+    def step(grads, found_inf, inv_scale, norm):
+        torch.ops.ampkit.unscale_and_check_(grads, found_inf, inv_scale, norm)
+        return [g * 2 for g in grads], norm * 1
+
+    grads = make([8, 33], torch.float32, "cpu")
+    expected_grads = [g.clone() for g in grads]
+    expected = step(expected_grads, torch.zeros(1), torch.full((1,), 0.25), torch.zeros(1))
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = compiled(grads, torch.zeros(1), torch.full((1,), 0.25), torch.zeros(1))
+    for a, b in zip(expected[0], got[0]):
+        assert torch.equal(a, b)
+    assert torch.equal(expected[1], got[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("factor", [2.0 ** -24 * 3, 0.75, 1.5 + 2.0 ** -10, 2.0 ** 10])
+def test_rounding_edge_cases_bitwise(device, dtype, factor):
+    # Every finite bit pattern of the dtype plus inf/NaN: subnormal results, ties, overflow to
+    # inf, NaN payloads. The vectorised conversions must round exactly as torch's .to(dtype).
+    every_value = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16).view(dtype).to(device)
+    grad = every_value.clone()
+    found_inf = torch.zeros(1, device=device)
+    op([grad], found_inf, scalar(factor, device))
+    assert_bitwise(grad, expected_unscaled(every_value, factor))
+    assert found_inf.item() == 1.0  # the patterns include inf and NaN
+
+
+@pytest.mark.cuda
+def test_cuda_scalars_on_the_cpu_are_clear_errors():
+    grads = [torch.ones(4, device="cuda")]
+    with pytest.raises(RuntimeError, match=r"inv_scale must be on cuda:0 \(the device of grads\[0\]\), got cpu"):
+        op(grads, torch.zeros(1, device="cuda"), torch.ones(1), None)
+    with pytest.raises(RuntimeError, match=r"found_inf must be on cuda:0 \(the device of grads\[0\]\), got cpu"):
+        op(grads, torch.zeros(1), torch.ones(1, device="cuda"), None)
+    scale = torch.ones((), device="cuda")
+    trackers = torch.zeros((), dtype=torch.int32, device="cuda")
+    with pytest.raises(RuntimeError, match=r"found_inf must be on cuda:0 \(the device of scale\), got cpu"):
+        torch.ops.ampkit.update_scale_(scale, trackers, trackers.clone(), torch.zeros(()), 2.0, 0.5, 10)
