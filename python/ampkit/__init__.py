@@ -25,3 +25,6 @@ def build_info() -> dict:
 
 
 __all__ = ["__version__", "build_info", "multi_tensor_scale_"]
+
+# ---- FP32-master-weight optimizers (issue 4) ----
+from . import optim  # noqa: E402
