@@ -3,3 +3,5 @@
 
 #include "ampkit/build_info.h"
 #include "ampkit/ops.h"
+// FP32-master-weight optimizers (issue 4)
+#include "ampkit/optim.h"
