@@ -32,10 +32,11 @@ constexpr int64_t kDefaultChunkSize = 65536;
 // Elements each thread handles per iteration; with 16-byte aligned fp32 this is a 16-byte load.
 constexpr int kIlp = 4;
 
-// Capacities chosen so sizeof(LaunchTable<Depth>) stays below 4 KiB for every depth <= 5.
+// Capacities chosen so sizeof(LaunchTable<Depth>) stays below 4 KiB for every depth <= 6.
 template <int Depth>
 struct TableCapacity {
-  static constexpr int kMaxTensors = Depth == 1 ? 110 : Depth == 2 ? 64 : Depth == 3 ? 48 : Depth == 4 ? 36 : 30;
+  static constexpr int kMaxTensors =
+      Depth == 1 ? 110 : Depth == 2 ? 64 : Depth == 3 ? 48 : Depth == 4 ? 36 : Depth == 5 ? 30 : 32;
   static constexpr int kMaxBlocks = 320;
 };
 
@@ -54,6 +55,7 @@ static_assert(sizeof(LaunchTable<2>) <= 4096, "launch table exceeds kernel param
 static_assert(sizeof(LaunchTable<3>) <= 4096, "launch table exceeds kernel parameter space");
 static_assert(sizeof(LaunchTable<4>) <= 4096, "launch table exceeds kernel parameter space");
 static_assert(sizeof(LaunchTable<5>) <= 4096, "launch table exceeds kernel parameter space");
+static_assert(sizeof(LaunchTable<6>) <= 4096, "launch table exceeds kernel parameter space");
 
 template <int Depth, typename Op>
 __global__ void __launch_bounds__(kThreadsPerBlock)

@@ -29,3 +29,6 @@ def build_info() -> dict:
 
 __all__ = ["__version__", "build_info", "multi_tensor_scale_"]
 __all__ += ["GradScaler"]
+
+# ---- FP32-master-weight optimizers (issue 4) ----
+from . import optim  # noqa: E402

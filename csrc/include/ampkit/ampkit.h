@@ -6,3 +6,5 @@
 // ---- dynamic loss scaling (GradScaler) ----
 #include "ampkit/grad_scaler.h"
 #include "ampkit/loss_scaling.h"
+// FP32-master-weight optimizers (issue 4)
+#include "ampkit/optim.h"

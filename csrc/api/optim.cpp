@@ -1,0 +1,418 @@
+#include "ampkit/optim.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/core/GradMode.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include <cmath>
+#include <map>
+#include <utility>
+#include <tuple>
+
+namespace ampkit {
+
+void master_sgd_step_(at::TensorList params, at::TensorList master_params, at::TensorList grads,
+                      at::TensorList momentum_buffers, at::TensorList steps, const at::Tensor& lr,
+                      const at::Tensor& inv_scale, const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
+                      double momentum, double dampening, double weight_decay, bool nesterov, bool maximize) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("ampkit::master_sgd_step_", "")
+          .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                      double, double, double, bool, bool)>();
+  op.call(params, master_params, grads, momentum_buffers, steps, lr, inv_scale, clip_coef, found_inf, momentum,
+          dampening, weight_decay, nesterov, maximize);
+}
+
+void master_adam_step_(at::TensorList params, at::TensorList master_params, at::TensorList grads,
+                       at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps, const at::Tensor& lr,
+                       const at::Tensor& inv_scale, const at::Tensor& clip_coef,
+                       const std::optional<at::Tensor>& found_inf, double beta1, double beta2, double eps,
+                       double weight_decay, bool decoupled_weight_decay, bool maximize) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("ampkit::master_adam_step_", "")
+          .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                      at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                      const std::optional<at::Tensor>&, double, double, double, double, bool, bool)>();
+  op.call(params, master_params, grads, exp_avgs, exp_avg_sqs, steps, lr, inv_scale, clip_coef, found_inf, beta1,
+          beta2, eps, weight_decay, decoupled_weight_decay, maximize);
+}
+
+namespace optim {
+namespace {
+
+using torch::optim::OptimizerOptions;
+using torch::optim::OptimizerParamGroup;
+
+bool is_supported_dtype(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
+}
+
+void check_range(const char* optimizer, const char* name, double value, double low, bool low_inclusive,
+                 std::optional<double> high = std::nullopt) {
+  const bool ok = !std::isnan(value) && (low_inclusive ? value >= low : value > low) && (!high || value < *high);
+  TORCH_CHECK_VALUE(ok, "ampkit::optim::", optimizer, ": ", name, " must be ", low_inclusive ? ">= " : "> ", low,
+                    high ? " and < " + std::to_string(*high) : std::string(), ", got ", value);
+}
+
+template <typename Options>
+const Options& options_as(const OptimizerOptions& options, const char* optimizer, const char* expected) {
+  const auto* typed = dynamic_cast<const Options*>(&options);
+  TORCH_CHECK_TYPE(typed != nullptr, "ampkit::optim::", optimizer, ": parameter group options must be ", expected);
+  return *typed;
+}
+
+// Archive keys.
+std::string group_key(size_t group, const char* what) { return "group." + std::to_string(group) + "." + what; }
+std::string state_key(size_t group, size_t index, const char* what) {
+  return "state." + std::to_string(group) + "." + std::to_string(index) + "." + what;
+}
+
+// The state tensors of a parameter, by name; undefined ones are absent.
+std::vector<std::pair<const char*, at::Tensor*>> named_state(MasterParamState& state) {
+  std::vector<std::pair<const char*, at::Tensor*>> result;
+  auto add = [&](const char* name, at::Tensor& tensor) {
+    if (tensor.defined()) result.emplace_back(name, &tensor);
+  };
+  add("step", state.step());
+  add("master", state.master());
+  add("momentum_buffer", state.momentum_buffer());
+  add("exp_avg", state.exp_avg());
+  add("exp_avg_sq", state.exp_avg_sq());
+  return result;
+}
+
+double read_double(torch::serialize::InputArchive& archive, const std::string& key) {
+  c10::IValue value;
+  archive.read(key, value);
+  return value.toDouble();
+}
+
+bool read_bool(torch::serialize::InputArchive& archive, const std::string& key) {
+  c10::IValue value;
+  archive.read(key, value);
+  return value.toBool();
+}
+
+}  // namespace
+
+// ---- options serialisation ----
+
+void SGDOptions::serialize(torch::serialize::OutputArchive& archive) const {
+  archive.write("lr", c10::IValue(lr()));
+  archive.write("momentum", c10::IValue(momentum()));
+  archive.write("dampening", c10::IValue(dampening()));
+  archive.write("weight_decay", c10::IValue(weight_decay()));
+  archive.write("nesterov", c10::IValue(nesterov()));
+  archive.write("maximize", c10::IValue(maximize()));
+  archive.write("master_weights", c10::IValue(master_weights()));
+}
+
+void SGDOptions::serialize(torch::serialize::InputArchive& archive) {
+  lr(read_double(archive, "lr"));
+  momentum(read_double(archive, "momentum"));
+  dampening(read_double(archive, "dampening"));
+  weight_decay(read_double(archive, "weight_decay"));
+  nesterov(read_bool(archive, "nesterov"));
+  maximize(read_bool(archive, "maximize"));
+  master_weights(read_bool(archive, "master_weights"));
+}
+
+void AdamOptions::serialize(torch::serialize::OutputArchive& archive) const {
+  archive.write("lr", c10::IValue(lr()));
+  archive.write("beta1", c10::IValue(std::get<0>(betas())));
+  archive.write("beta2", c10::IValue(std::get<1>(betas())));
+  archive.write("eps", c10::IValue(eps()));
+  archive.write("weight_decay", c10::IValue(weight_decay()));
+  archive.write("maximize", c10::IValue(maximize()));
+  archive.write("master_weights", c10::IValue(master_weights()));
+}
+
+void AdamOptions::serialize(torch::serialize::InputArchive& archive) {
+  lr(read_double(archive, "lr"));
+  betas(std::make_tuple(read_double(archive, "beta1"), read_double(archive, "beta2")));
+  eps(read_double(archive, "eps"));
+  weight_decay(read_double(archive, "weight_decay"));
+  maximize(read_bool(archive, "maximize"));
+  master_weights(read_bool(archive, "master_weights"));
+}
+
+// ---- MasterWeightOptimizer ----
+
+MasterWeightOptimizer::MasterWeightOptimizer(const std::vector<OptimizerParamGroup>& param_groups,
+                                             std::unique_ptr<OptimizerOptions> defaults)
+    : torch::optim::Optimizer(param_groups, std::move(defaults)) {}
+
+void MasterWeightOptimizer::initialise() {
+  check_options(defaults());
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    auto& group = param_groups_[g];
+    check_options(group.options());
+    std::optional<c10::Device> device;
+    for (size_t i = 0; i < group.params().size(); ++i) {
+      const auto& param = group.params()[i];
+      TORCH_CHECK_TYPE(param.defined() && is_supported_dtype(param.scalar_type()), "ampkit::optim::", name(),
+                       ": params[", i, "] of group ", g, " must be float32, float16 or bfloat16, got ",
+                       param.defined() ? c10::toString(param.scalar_type()) : "an undefined tensor");
+      if (!device) device = param.device();
+      TORCH_CHECK_VALUE(param.device() == *device, "ampkit::optim::", name(),
+                        ": the params of one group must be on one device: params[0] of group ", g, " is on ",
+                        *device, ", params[", i, "] on ", param.device());
+    }
+    for (const auto& param : group.params()) state_for(param, group);
+  }
+}
+
+MasterParamState& MasterWeightOptimizer::state_for(const at::Tensor& param, const OptimizerParamGroup& group) {
+  auto& slot = state_[param.unsafeGetTensorImpl()];
+  if (!slot) {
+    const at::NoGradGuard no_grad;
+    auto state = std::make_unique<MasterParamState>();
+    state->step(at::zeros({}, param.options().dtype(at::kFloat)));
+    if (master_weights(group.options()) && param.scalar_type() != at::kFloat) {
+      state->master(param.detach().to(at::kFloat, /*non_blocking=*/false, /*copy=*/true));
+    }
+    init_state(*state, param, group.options());
+    slot = std::move(state);
+  }
+  return static_cast<MasterParamState&>(*slot);
+}
+
+void MasterWeightOptimizer::set_grad_scaling(const at::Tensor& grad_scale, const at::Tensor& found_inf) {
+  grad_scale_ = grad_scale;
+  found_inf_ = found_inf;
+}
+
+void MasterWeightOptimizer::set_clip_coef(const at::Tensor& clip_coef) { clip_coef_ = clip_coef; }
+
+std::vector<at::Tensor> MasterWeightOptimizer::master_params() {
+  std::vector<at::Tensor> result;
+  for (auto& group : param_groups_) {
+    for (auto& param : group.params()) {
+      auto& state = state_for(param, group);
+      result.push_back(state.master().defined() ? state.master() : param);
+    }
+  }
+  return result;
+}
+
+torch::Tensor MasterWeightOptimizer::step(LossClosure closure) {
+  at::Tensor loss;
+  if (closure) {
+    const at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  const at::NoGradGuard no_grad;
+  // The scaling inputs apply to this step only.
+  const at::Tensor grad_scale = std::exchange(grad_scale_, at::Tensor());
+  const at::Tensor found_inf = std::exchange(found_inf_, at::Tensor());
+  const at::Tensor clip_coef = std::exchange(clip_coef_, at::Tensor());
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    auto& group = param_groups_[g];
+    check_options(group.options());
+    // Bucket by (device, param dtype, grad dtype, has master): each bucket is one fused launch.
+    std::map<std::tuple<std::string, int, int, bool>, Bucket> buckets;
+    for (size_t i = 0; i < group.params().size(); ++i) {
+      const auto& param = group.params()[i];
+      const at::Tensor& grad = param.grad();
+      if (!grad.defined()) continue;
+      TORCH_CHECK(!grad.is_sparse(), "ampkit::optim::", name(), ": params[", i, "] of group ", g,
+                  " has a sparse gradient; sparse gradients are not supported");
+      TORCH_CHECK_TYPE(is_supported_dtype(grad.scalar_type()), "ampkit::optim::", name(), ": params[", i,
+                       "] of group ", g, " has a ", c10::toString(grad.scalar_type()),
+                       " gradient; supported: float32, float16, bfloat16");
+      auto& state = state_for(param, group);
+      auto& bucket = buckets[{param.device().str(), static_cast<int>(param.scalar_type()),
+                              static_cast<int>(grad.scalar_type()), state.master().defined()}];
+      bucket.params.push_back(param);
+      if (state.master().defined()) bucket.masters.push_back(state.master());
+      bucket.grads.push_back(grad);
+      bucket.steps.push_back(state.step());
+      collect_state(state, bucket);
+    }
+    for (auto& entry : buckets) {
+      const Bucket& bucket = entry.second;
+      const auto options = at::TensorOptions().dtype(at::kFloat).device(bucket.params[0].device());
+      auto device_scalar = [&](const at::Tensor& value, double fallback) {
+        if (!value.defined()) return at::full({1}, fallback, options);
+        return value.to(options, /*non_blocking=*/true).reshape({1});
+      };
+      Scalars scalars;
+      scalars.lr = at::full({1}, group.options().get_lr(), options);
+      // As torch.amp.GradScaler.unscale_: the reciprocal in double, then float32, on the device.
+      scalars.inv_scale = grad_scale.defined()
+                              ? grad_scale.to(bucket.params[0].device(), at::kDouble).reciprocal().to(at::kFloat).reshape({1})
+                              : at::full({1}, 1.0, options);
+      scalars.clip_coef = device_scalar(clip_coef, 1.0);
+      if (found_inf.defined()) scalars.found_inf = device_scalar(found_inf, 0.0);
+      launch(group.options(), bucket, scalars);
+    }
+  }
+  return loss;
+}
+
+void MasterWeightOptimizer::save(torch::serialize::OutputArchive& archive) const {
+  archive.write("ampkit_optimizer", c10::IValue(std::string(name())));
+  archive.write("group_count", c10::IValue(static_cast<int64_t>(param_groups_.size())));
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    const auto& group = param_groups_[g];
+    torch::serialize::OutputArchive options_archive(archive.compilation_unit());
+    group.options().serialize(options_archive);
+    archive.write(group_key(g, "options"), options_archive);
+    archive.write(group_key(g, "size"), c10::IValue(static_cast<int64_t>(group.params().size())));
+    for (size_t i = 0; i < group.params().size(); ++i) {
+      const auto found = state_.find(group.params()[i].unsafeGetTensorImpl());
+      if (found == state_.end()) continue;
+      auto& state = static_cast<MasterParamState&>(*found->second);
+      for (const auto& [key, tensor] : named_state(state)) archive.write(state_key(g, i, key), *tensor);
+    }
+  }
+}
+
+void MasterWeightOptimizer::load(torch::serialize::InputArchive& archive) {
+  c10::IValue origin;
+  const bool has_origin = archive.try_read("ampkit_optimizer", origin) && origin.isString();
+  TORCH_CHECK_VALUE(has_origin && origin.toStringRef() == name(), "ampkit::optim::", name(),
+                    "::load: the archive comes from ",
+                    has_origin ? "ampkit::optim::" + origin.toStringRef() : std::string("a non-ampkit optimizer"),
+                    ", expected one from ampkit::optim::", name());
+  c10::IValue group_count;
+  archive.read("group_count", group_count);
+  TORCH_CHECK_VALUE(group_count.toInt() == static_cast<int64_t>(param_groups_.size()), "ampkit::optim::", name(),
+                    "::load: the archive has ", group_count.toInt(), " parameter groups, this optimizer has ",
+                    param_groups_.size());
+  // Read and check everything before changing anything.
+  std::vector<std::pair<at::Tensor*, at::Tensor>> copies;
+  std::vector<std::unique_ptr<OptimizerOptions>> new_options;
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    auto& group = param_groups_[g];
+    c10::IValue size;
+    archive.read(group_key(g, "size"), size);
+    TORCH_CHECK_VALUE(size.toInt() == static_cast<int64_t>(group.params().size()), "ampkit::optim::", name(),
+                      "::load: group ", g, " of the archive has ", size.toInt(), " params, this optimizer's has ",
+                      group.params().size());
+    torch::serialize::InputArchive options_archive;
+    archive.read(group_key(g, "options"), options_archive);
+    auto options = group.options().clone();
+    options->serialize(options_archive);
+    check_options(*options);
+    new_options.push_back(std::move(options));
+    for (size_t i = 0; i < group.params().size(); ++i) {
+      auto& state = state_for(group.params()[i], group);
+      for (const auto& [key, tensor] : named_state(state)) {
+        at::Tensor saved;
+        TORCH_CHECK_VALUE(archive.try_read(state_key(g, i, key), saved), "ampkit::optim::", name(),
+                          "::load: the archive has no '", key, "' for params[", i, "] of group ", g,
+                          " (a different optimizer configuration, master_weights or parameter dtype)");
+        TORCH_CHECK_VALUE(saved.sizes() == tensor->sizes(), "ampkit::optim::", name(), "::load: '", key,
+                          "' of params[", i, "] of group ", g, " has shape ", saved.sizes(),
+                          " in the archive, but the parameter needs ", tensor->sizes(), " (a model of another shape?)");
+        copies.emplace_back(tensor, saved);
+      }
+    }
+  }
+  const at::NoGradGuard no_grad;
+  for (auto& [target, saved] : copies) target->copy_(saved);
+  for (size_t g = 0; g < param_groups_.size(); ++g) param_groups_[g].set_options(std::move(new_options[g]));
+}
+
+// ---- SGD ----
+
+SGD::SGD(const std::vector<OptimizerParamGroup>& param_groups, SGDOptions defaults)
+    : MasterWeightOptimizer(param_groups, std::make_unique<SGDOptions>(defaults)) {
+  initialise();
+}
+
+SGD::SGD(std::vector<at::Tensor> params, SGDOptions defaults)
+    : SGD(std::vector<OptimizerParamGroup>{OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+
+void SGD::check_options(const OptimizerOptions& options) const {
+  const auto& o = options_as<SGDOptions>(options, "SGD", "ampkit::optim::SGDOptions");
+  check_range("SGD", "lr", o.lr(), 0.0, true);
+  check_range("SGD", "momentum", o.momentum(), 0.0, true);
+  check_range("SGD", "weight_decay", o.weight_decay(), 0.0, true);
+  TORCH_CHECK_VALUE(!o.nesterov() || (o.momentum() > 0 && o.dampening() == 0),
+                    "ampkit::optim::SGD: nesterov momentum needs momentum > 0 and dampening == 0, got momentum ",
+                    o.momentum(), " and dampening ", o.dampening());
+}
+
+bool SGD::master_weights(const OptimizerOptions& options) const {
+  return static_cast<const SGDOptions&>(options).master_weights();
+}
+
+void SGD::init_state(MasterParamState& state, const at::Tensor& param, const OptimizerOptions& options) const {
+  if (static_cast<const SGDOptions&>(options).momentum() != 0) {
+    state.momentum_buffer(at::zeros(param.sizes(), param.options().dtype(at::kFloat)));
+  }
+}
+
+void SGD::collect_state(MasterParamState& state, Bucket& bucket) const {
+  if (state.momentum_buffer().defined()) bucket.state0.push_back(state.momentum_buffer());
+}
+
+void SGD::launch(const OptimizerOptions& options, const Bucket& bucket, const Scalars& scalars) {
+  const auto& o = static_cast<const SGDOptions&>(options);
+  TORCH_CHECK(o.momentum() == 0 || bucket.state0.size() == bucket.params.size(),
+              "ampkit::optim::SGD: momentum was switched on after the optimizer was built; build a new optimizer");
+  master_sgd_step_(bucket.params, bucket.masters, bucket.grads, o.momentum() != 0 ? bucket.state0 : std::vector<at::Tensor>{},
+                   bucket.steps, scalars.lr, scalars.inv_scale, scalars.clip_coef, scalars.found_inf, o.momentum(),
+                   o.dampening(), o.weight_decay(), o.nesterov(), o.maximize());
+}
+
+// ---- Adam, AdamW ----
+
+Adam::Adam(const std::vector<OptimizerParamGroup>& param_groups, AdamOptions defaults)
+    : Adam(param_groups, std::move(defaults), /*decoupled=*/false) {}
+
+Adam::Adam(std::vector<at::Tensor> params, AdamOptions defaults)
+    : Adam(std::vector<OptimizerParamGroup>{OptimizerParamGroup(std::move(params))}, std::move(defaults), false) {}
+
+Adam::Adam(const std::vector<OptimizerParamGroup>& param_groups, AdamOptions defaults, bool decoupled)
+    : MasterWeightOptimizer(param_groups, std::make_unique<AdamOptions>(defaults)), decoupled_(decoupled) {
+  initialise();
+}
+
+void Adam::check_options(const OptimizerOptions& options) const {
+  const auto& o = options_as<AdamOptions>(options, name(), "ampkit::optim::AdamOptions or AdamWOptions");
+  check_range(name(), "lr", o.lr(), 0.0, true);
+  check_range(name(), "betas[0]", std::get<0>(o.betas()), 0.0, true, 1.0);
+  check_range(name(), "betas[1]", std::get<1>(o.betas()), 0.0, true, 1.0);
+  check_range(name(), "eps", o.eps(), 0.0, false);
+  check_range(name(), "weight_decay", o.weight_decay(), 0.0, true);
+}
+
+bool Adam::master_weights(const OptimizerOptions& options) const {
+  return static_cast<const AdamOptions&>(options).master_weights();
+}
+
+void Adam::init_state(MasterParamState& state, const at::Tensor& param, const OptimizerOptions& options) const {
+  state.exp_avg(at::zeros(param.sizes(), param.options().dtype(at::kFloat)));
+  state.exp_avg_sq(at::zeros(param.sizes(), param.options().dtype(at::kFloat)));
+}
+
+void Adam::collect_state(MasterParamState& state, Bucket& bucket) const {
+  bucket.state0.push_back(state.exp_avg());
+  bucket.state1.push_back(state.exp_avg_sq());
+}
+
+void Adam::launch(const OptimizerOptions& options, const Bucket& bucket, const Scalars& scalars) {
+  const auto& o = static_cast<const AdamOptions&>(options);
+  master_adam_step_(bucket.params, bucket.masters, bucket.grads, bucket.state0, bucket.state1, bucket.steps,
+                    scalars.lr, scalars.inv_scale, scalars.clip_coef, scalars.found_inf, std::get<0>(o.betas()),
+                    std::get<1>(o.betas()), o.eps(), o.weight_decay(), decoupled_, o.maximize());
+}
+
+AdamW::AdamW(const std::vector<OptimizerParamGroup>& param_groups, AdamOptions defaults)
+    : Adam(param_groups, std::move(defaults), /*decoupled=*/true) {}
+
+AdamW::AdamW(std::vector<at::Tensor> params, AdamOptions defaults)
+    : Adam(std::vector<OptimizerParamGroup>{OptimizerParamGroup(std::move(params))}, std::move(defaults), true) {}
+
+}  // namespace optim
+}  // namespace ampkit

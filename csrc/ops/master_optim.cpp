@@ -1,0 +1,143 @@
+#include "ops/master_optim.h"
+
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "ops/validation.h"
+
+namespace ampkit::detail {
+namespace {
+
+// An FP32 list parallel to params (masters or optimizer state): same length, shapes and device.
+void check_fp32_list(const char* op, const char* name, at::TensorList list, at::TensorList params,
+                     const c10::Device& device, bool allow_empty) {
+  ListRules rules;
+  rules.allow_empty = allow_empty;
+  if (!check_tensor_list(op, name, list, rules)) return;
+  check_matching_lists(op, "params", params, name, list);
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string item = indexed(name, i);
+    TORCH_CHECK_TYPE(list[i].scalar_type() == at::kFloat, op, ": ", item,
+                     " must have dtype float32 (masters and optimizer state are kept in FP32), got ",
+                     dtype_name(list[i].scalar_type()));
+  }
+  check_device(op, indexed(name, 0), list[0], device, "params[0]");
+}
+
+void check_step_scalar(const char* op, const char* name, const at::Tensor& tensor, const c10::Device& device) {
+  check_scalar_tensor(op, name, tensor);
+  check_device(op, name, tensor, device, "params[0]");
+}
+
+// Everything both optimizers take: params, masters, grads, steps and the device scalars.
+MasterStepArgs check_common(const char* op, at::TensorList params, at::TensorList master_params, at::TensorList grads,
+                            at::TensorList steps, const at::Tensor& lr, const at::Tensor& inv_scale,
+                            const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
+                            double weight_decay) {
+  MasterStepArgs args;
+  args.device = *check_tensor_list(op, "params", params);
+  check_fp32_list(op, "master_params", master_params, params, args.device, /*allow_empty=*/true);
+  args.has_masters = !master_params.empty();
+  check_tensor_list(op, "grads", grads);
+  check_matching_lists(op, "params", params, "grads", grads);
+  check_device(op, "grads[0]", grads[0], args.device, "params[0]");
+  TORCH_CHECK(steps.size() == params.size(), op, ": steps must hold as many tensors as params (", params.size(),
+              "), got ", steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const std::string item = indexed("steps", i);
+    check_step_scalar(op, item.c_str(), steps[i], args.device);
+  }
+  check_step_scalar(op, "lr", lr, args.device);
+  check_step_scalar(op, "inv_scale", inv_scale, args.device);
+  check_step_scalar(op, "clip_coef", clip_coef, args.device);
+  if (found_inf.has_value() && found_inf->defined()) check_step_scalar(op, "found_inf", *found_inf, args.device);
+  TORCH_CHECK_VALUE(std::isfinite(weight_decay) && weight_decay >= 0.0, op,
+                    ": weight_decay must be a finite value >= 0, got ", weight_decay);
+  return args;
+}
+
+}  // namespace
+
+MasterStepArgs check_master_sgd_step_args(at::TensorList params, at::TensorList master_params, at::TensorList grads,
+                                          at::TensorList momentum_buffers, at::TensorList steps, const at::Tensor& lr,
+                                          const at::Tensor& inv_scale, const at::Tensor& clip_coef,
+                                          const std::optional<at::Tensor>& found_inf, double momentum,
+                                          double dampening, double weight_decay, bool nesterov) {
+  const char* op = kMasterSgdStepOp;
+  const MasterStepArgs args =
+      check_common(op, params, master_params, grads, steps, lr, inv_scale, clip_coef, found_inf, weight_decay);
+  TORCH_CHECK_VALUE(std::isfinite(momentum) && momentum >= 0.0, op, ": momentum must be a finite value >= 0, got ",
+                    momentum);
+  TORCH_CHECK_VALUE(std::isfinite(dampening), op, ": dampening must be finite, got ", dampening);
+  TORCH_CHECK_VALUE(!nesterov || (momentum > 0.0 && dampening == 0.0), op,
+                    ": nesterov momentum needs momentum > 0 and dampening == 0, got momentum ", momentum,
+                    " and dampening ", dampening);
+  if (momentum != 0.0) {
+    TORCH_CHECK(!momentum_buffers.empty(), op, ": momentum_buffers must hold one FP32 tensor per param when momentum (",
+                momentum, ") is nonzero, got an empty list");
+  }
+  check_fp32_list(op, "momentum_buffers", momentum_buffers, params, args.device, /*allow_empty=*/momentum == 0.0);
+  return args;
+}
+
+MasterStepArgs check_master_adam_step_args(at::TensorList params, at::TensorList master_params, at::TensorList grads,
+                                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps,
+                                           const at::Tensor& lr, const at::Tensor& inv_scale,
+                                           const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
+                                           double beta1, double beta2, double eps, double weight_decay) {
+  const char* op = kMasterAdamStepOp;
+  const MasterStepArgs args =
+      check_common(op, params, master_params, grads, steps, lr, inv_scale, clip_coef, found_inf, weight_decay);
+  TORCH_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, op, ": beta1 must be in [0, 1), got ", beta1);
+  TORCH_CHECK_VALUE(beta2 >= 0.0 && beta2 < 1.0, op, ": beta2 must be in [0, 1), got ", beta2);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0.0, op, ": eps must be a finite value > 0, got ", eps);
+  check_fp32_list(op, "exp_avgs", exp_avgs, params, args.device, /*allow_empty=*/false);
+  check_fp32_list(op, "exp_avg_sqs", exp_avg_sqs, params, args.device, /*allow_empty=*/false);
+  return args;
+}
+
+bool cpu_step_skipped(const std::optional<at::Tensor>& found_inf) {
+  return found_inf.has_value() && found_inf->defined() && *found_inf->const_data_ptr<float>() != 0.0f;
+}
+
+namespace {
+
+// Meta: the ops return nothing and change no metadata, so checking the arguments is all there is.
+void master_sgd_step_meta(at::TensorList params, at::TensorList master_params, at::TensorList grads,
+                          at::TensorList momentum_buffers, at::TensorList steps, const at::Tensor& lr,
+                          const at::Tensor& inv_scale, const at::Tensor& clip_coef,
+                          const std::optional<at::Tensor>& found_inf, double momentum, double dampening,
+                          double weight_decay, bool nesterov, bool maximize) {
+  check_master_sgd_step_args(params, master_params, grads, momentum_buffers, steps, lr, inv_scale, clip_coef,
+                             found_inf, momentum, dampening, weight_decay, nesterov);
+}
+
+void master_adam_step_meta(at::TensorList params, at::TensorList master_params, at::TensorList grads,
+                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps,
+                           const at::Tensor& lr, const at::Tensor& inv_scale, const at::Tensor& clip_coef,
+                           const std::optional<at::Tensor>& found_inf, double beta1, double beta2, double eps,
+                           double weight_decay, bool decoupled_weight_decay, bool maximize) {
+  check_master_adam_step_args(params, master_params, grads, exp_avgs, exp_avg_sqs, steps, lr, inv_scale, clip_coef,
+                              found_inf, beta1, beta2, eps, weight_decay);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ampkit, Meta, m) {
+  m.impl("master_sgd_step_", &master_sgd_step_meta);
+  m.impl("master_adam_step_", &master_adam_step_meta);
+}
+// Sparse gradients reach no kernel; the checks name the argument instead of the dispatcher's
+// generic "could not run with the SparseCPU backend".
+TORCH_LIBRARY_IMPL(ampkit, SparseCPU, m) {
+  m.impl("master_sgd_step_", &master_sgd_step_meta);
+  m.impl("master_adam_step_", &master_adam_step_meta);
+}
+TORCH_LIBRARY_IMPL(ampkit, SparseCUDA, m) {
+  m.impl("master_sgd_step_", &master_sgd_step_meta);
+  m.impl("master_adam_step_", &master_adam_step_meta);
+}
+
+}  // namespace ampkit::detail

@@ -1,0 +1,34 @@
+// Argument checks of master_sgd_step_ / master_adam_step_, shared by the CPU, CUDA and Meta
+// kernels, plus the hyper-parameter structs every device kernel reads.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace ampkit::detail {
+
+constexpr const char* kMasterSgdStepOp = "ampkit.master_sgd_step_";
+constexpr const char* kMasterAdamStepOp = "ampkit.master_adam_step_";
+
+struct MasterStepArgs {
+  c10::Device device = c10::kCPU;
+  bool has_masters = false;  // false: params are the weights themselves (read and written)
+};
+
+MasterStepArgs check_master_sgd_step_args(at::TensorList params, at::TensorList master_params, at::TensorList grads,
+                                          at::TensorList momentum_buffers, at::TensorList steps, const at::Tensor& lr,
+                                          const at::Tensor& inv_scale, const at::Tensor& clip_coef,
+                                          const std::optional<at::Tensor>& found_inf, double momentum,
+                                          double dampening, double weight_decay, bool nesterov);
+
+MasterStepArgs check_master_adam_step_args(at::TensorList params, at::TensorList master_params, at::TensorList grads,
+                                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps,
+                                           const at::Tensor& lr, const at::Tensor& inv_scale,
+                                           const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
+                                           double beta1, double beta2, double eps, double weight_decay);
+
+// True when found_inf is given and nonzero. Reads the value: only for CPU tensors.
+bool cpu_step_skipped(const std::optional<at::Tensor>& found_inf);
+
+}  // namespace ampkit::detail

@@ -1,0 +1,377 @@
+"""FP32-master-weight optimizers: ``ampkit.optim.SGD``, ``Adam`` and ``AdamW``.
+
+The model may hold its weights in float16 or bfloat16 (half the memory, no per-op weight casts);
+the optimizer keeps an FP32 master copy of every low-precision parameter and FP32 state, and one
+fused pass per step (``torch.ops.ampkit.master_sgd_step_`` / ``master_adam_step_``) reads the
+gradient, unscales and clips it, updates master and state and writes the model copy back. float32
+parameters need no master: they are updated in place. fp32, fp16 and bf16 parameters may be mixed
+in one model and one parameter group.
+
+Formulas and defaults are torch.optim's, so on float32 parameters the results match
+``torch.optim.SGD/Adam/AdamW`` up to rounding.
+
+Loss scaling: the optimizers set ``_step_supports_amp_scaling``, so ``ampkit.GradScaler`` and
+``torch.amp.GradScaler`` hand them ``grad_scale`` and ``found_inf`` instead of unscaling the
+gradients themselves; the kernel multiplies by ``1 / grad_scale`` and skips the whole step on the
+device when ``found_inf`` is set. Nothing in ``step()`` reads a value back to the host, so a step
+can be captured in a CUDA graph when ``lr`` is a tensor.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Normalisation layers keep fp32 weights by default: their statistics and affine parameters are
+# small, and low precision there costs accuracy for no real memory saving.
+DEFAULT_KEEP_FP32: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.RMSNorm,
+)
+
+# Where to_low_precision() leaves a parameter's original fp32 values for the optimizer's master.
+_PENDING_MASTER_ATTR = "_ampkit_fp32_master"
+
+
+def to_low_precision(
+    model: nn.Module,
+    dtype: torch.dtype = torch.bfloat16,
+    keep_fp32: tuple[type[nn.Module], ...] = DEFAULT_KEEP_FP32,
+) -> nn.Module:
+    """Turns `model` into the low-precision-weights form, in place, and returns it.
+
+    Every float32 parameter and floating buffer of a module that is not an instance of one of
+    `keep_fp32` is converted to `dtype` (float16 or bfloat16). The parameters stay the same
+    ``nn.Parameter`` objects, so an optimizer built afterwards sees them; each remembers its exact
+    fp32 values, which an ``ampkit.optim`` optimizer with ``master_weights=True`` takes as that
+    parameter's master (so no precision is lost in the conversion). Run the forward pass under
+    autocast so fp32 layers and low-precision layers meet in the right dtype.
+    """
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"to_low_precision: dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+    if not isinstance(keep_fp32, tuple) or not all(isinstance(t, type) for t in keep_fp32):
+        raise TypeError(f"to_low_precision: keep_fp32 must be a tuple of module classes, got {keep_fp32!r}")
+    for module in model.modules():
+        if isinstance(module, keep_fp32):
+            continue
+        for param in module.parameters(recurse=False):
+            if param.dtype != torch.float32:
+                continue  # already converted (a tied weight) or deliberately another dtype
+            setattr(param, _PENDING_MASTER_ATTR, param.detach().clone())
+            param.data = param.data.to(dtype)
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and buffer.dtype == torch.float32:
+                setattr(module, name, buffer.to(dtype))
+    return model
+
+
+def _check_hyper(name: str, value: Any, *, low: float = 0.0, low_inclusive: bool = True,
+                 high: float | None = None, optimizer: str) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(f"ampkit.optim.{optimizer}: {name} must be a float or a one-element float tensor, "
+                             f"got a {value.dtype} tensor of shape {tuple(value.shape)}")
+        return  # a device tensor's value is not read on the host (that would sync)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"ampkit.optim.{optimizer}: {name} must be a float, got {type(value).__name__}")
+    too_low = value < low if low_inclusive else value <= low
+    too_high = high is not None and value >= high
+    if too_low or too_high or value != value:
+        bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
+        raise ValueError(f"ampkit.optim.{optimizer}: {name} must be {bound}, got {value}")
+
+
+class _MasterWeightOptimizer(Optimizer):
+    """What SGD, Adam and AdamW share: masters, state creation, scalars, the fused launch."""
+
+    # torch.amp.GradScaler / ampkit.GradScaler set `grad_scale` and `found_inf` on the optimizer
+    # and call step() directly instead of unscaling the gradients themselves.
+    _step_supports_amp_scaling = True
+    # FP32 state tensors of every parameter (besides "step" and "master").
+    _state_keys: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable, defaults: dict, master_weights: bool) -> None:
+        if not isinstance(master_weights, bool):
+            raise TypeError(f"ampkit.optim.{type(self).__name__}: master_weights must be a bool, "
+                            f"got {type(master_weights).__name__}")
+        self.master_weights = master_weights
+        self._device_constants: dict[tuple[torch.device, float], torch.Tensor] = {}
+        super().__init__(params, defaults)
+
+    # ---- groups and state ----
+
+    def _check_group(self, group: dict) -> None:
+        raise NotImplementedError
+
+    def _state_keys_for(self, group: dict) -> tuple[str, ...]:
+        return self._state_keys
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        name = type(self).__name__
+        try:
+            self._check_group(group)
+            devices = set()
+            for index, param in enumerate(group["params"]):
+                if param.dtype not in SUPPORTED_DTYPES:
+                    raise TypeError(f"ampkit.optim.{name}: params[{index}] of group {len(self.param_groups) - 1} has "
+                                    f"dtype {param.dtype}; supported: float32, float16, bfloat16")
+                devices.add(param.device)
+            if len(devices) > 1:
+                raise ValueError(f"ampkit.optim.{name}: the params of one group must be on one device, got "
+                                 f"{sorted(str(d) for d in devices)}; put each device's params in its own group")
+        except Exception:
+            self.param_groups.pop()
+            raise
+        for param in group["params"]:
+            self._init_state(param, group)
+
+    def _init_state(self, param: torch.Tensor, group: dict) -> None:
+        """Creates a parameter's state up front, so masters exist (and load) before the first step."""
+        state = self.state[param]
+        if state:
+            return
+        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+        pending = getattr(param, _PENDING_MASTER_ATTR, None)
+        if pending is not None:
+            delattr(param, _PENDING_MASTER_ATTR)
+        if self.master_weights and param.dtype != torch.float32:
+            if pending is not None and pending.shape == param.shape:
+                state["master"] = pending.to(device=param.device, dtype=torch.float32)
+            else:
+                state["master"] = param.detach().to(torch.float32, copy=True)
+        for key in self._state_keys_for(group):
+            state[key] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.contiguous_format)
+
+    def master_params(self) -> list[torch.Tensor]:
+        """The FP32 tensor each parameter's update is applied to, in param_groups order: its master,
+        or the parameter itself when it is float32 (or master_weights=False)."""
+        return [self.state[p].get("master", p) for group in self.param_groups for p in group["params"]]
+
+    # ---- device scalars: built without reading anything back to the host ----
+
+    def _constant(self, value: float, device: torch.device) -> torch.Tensor:
+        key = (device, value)
+        tensor = self._device_constants.get(key)
+        if tensor is None:
+            tensor = torch.full((1,), value, dtype=torch.float32, device=device)
+            self._device_constants[key] = tensor
+        return tensor
+
+    @staticmethod
+    def _as_device_scalar(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
+        return torch.full((1,), float(value), dtype=torch.float32, device=device)
+
+    def _inv_scale(self, device: torch.device) -> torch.Tensor:
+        grad_scale = getattr(self, "grad_scale", None)
+        if grad_scale is None:
+            return self._constant(1.0, device)
+        # As torch.amp.GradScaler.unscale_ does: reciprocal in double, then fp32, on the device.
+        return grad_scale.to(device=device, non_blocking=True).double().reciprocal().float().reshape(1)
+
+    def _found_inf(self, device: torch.device) -> torch.Tensor | None:
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is None:
+            return None
+        return found_inf.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
+
+    # ---- the step ----
+
+    @torch.no_grad()
+    def step(self, closure=None, *, clip_coef: float | torch.Tensor | None = None):
+        """One optimizer step. `clip_coef` (a float or a one-element tensor, e.g. from a gradient-norm
+        clip computed on the device) multiplies every gradient in the same pass."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        name = type(self).__name__
+        for group_index, group in enumerate(self.param_groups):
+            buckets: dict[tuple, list[torch.Tensor]] = {}
+            for index, param in enumerate(group["params"]):
+                grad = param.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse:
+                    raise RuntimeError(f"ampkit.optim.{name}: params[{index}] of group {group_index} has a sparse "
+                                       "gradient; sparse gradients are not supported")
+                if grad.dtype not in SUPPORTED_DTYPES:
+                    raise TypeError(f"ampkit.optim.{name}: params[{index}] of group {group_index} has a {grad.dtype} "
+                                    "gradient; supported: float32, float16, bfloat16")
+                self._init_state(param, group)
+                key = (param.device, param.dtype, grad.dtype, "master" in self.state[param])
+                buckets.setdefault(key, []).append(param)
+            if not buckets:
+                continue
+            if not isinstance(group["lr"], torch.Tensor) and group["lr"] < 0:
+                raise ValueError(f"ampkit.optim.{name}: lr of group {group_index} must be >= 0, got {group['lr']}")
+            for (device, _, _, has_master), params in buckets.items():
+                lr = self._as_device_scalar(group["lr"], device)
+                clip = self._constant(1.0, device) if clip_coef is None else self._as_device_scalar(clip_coef, device)
+                states = [self.state[p] for p in params]
+                self._launch(
+                    group,
+                    params=params,
+                    masters=[s["master"] for s in states] if has_master else [],
+                    grads=[p.grad for p in params],
+                    states=states,
+                    scalars=(lr, self._inv_scale(device), clip, self._found_inf(device)),
+                )
+        return loss
+
+    def _launch(self, group, params, masters, grads, states, scalars) -> None:
+        raise NotImplementedError
+
+    # ---- checkpoints ----
+
+    def state_dict(self) -> dict[str, Any]:
+        result = super().state_dict()
+        result["ampkit"] = {"optimizer": type(self).__name__, "master_weights": self.master_weights}
+        return result
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a state_dict of the same ampkit optimizer over a model of the same shapes. Every
+        check runs before anything is changed; masters and state are copied exactly."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError(f"ampkit.optim.{name}.load_state_dict: expected an optimizer state_dict with 'state' "
+                             f"and 'param_groups', got {type(state_dict).__name__}")
+        origin = state_dict.get("ampkit")
+        if not isinstance(origin, dict) or origin.get("optimizer") != name:
+            found = f"ampkit.optim.{origin['optimizer']}" if isinstance(origin, dict) else "a non-ampkit optimizer"
+            raise ValueError(f"ampkit.optim.{name}.load_state_dict: the state_dict comes from {found}, "
+                             f"expected one from ampkit.optim.{name}")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"ampkit.optim.{name}.load_state_dict: the state_dict has {len(saved_groups)} parameter "
+                             f"groups, this optimizer has {len(self.param_groups)}")
+        id_to_param: dict[int, torch.Tensor] = {}
+        for group_index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(group["params"]) != len(saved["params"]):
+                raise ValueError(f"ampkit.optim.{name}.load_state_dict: group {group_index} of the state_dict has "
+                                 f"{len(saved['params'])} params, this optimizer's has {len(group['params'])}")
+            id_to_param.update(zip(saved["params"], group["params"]))
+        updates: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for saved_id, saved_state in state_dict["state"].items():
+            param = id_to_param.get(saved_id)
+            if param is None:
+                raise ValueError(f"ampkit.optim.{name}.load_state_dict: state for param id {saved_id}, which no "
+                                 "parameter group holds")
+            state = self.state[param]
+            if set(saved_state.keys()) != set(state.keys()):
+                raise ValueError(f"ampkit.optim.{name}.load_state_dict: param id {saved_id} has state "
+                                 f"{sorted(saved_state.keys())} in the state_dict but {sorted(state.keys())} here "
+                                 "(a different optimizer configuration, master_weights or parameter dtype)")
+            for key, value in saved_state.items():
+                if not isinstance(value, torch.Tensor) or value.shape != state[key].shape:
+                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                    raise ValueError(f"ampkit.optim.{name}.load_state_dict: state '{key}' of param id {saved_id} has "
+                                     f"shape {shape} in the state_dict, but the parameter needs "
+                                     f"{tuple(state[key].shape)} (a model of another shape?)")
+                updates.append((state[key], value))
+        new_groups = []
+        for group, saved in zip(self.param_groups, saved_groups):
+            merged = dict(group)
+            merged.update({k: v for k, v in saved.items() if k != "params"})
+            self._check_group(merged)
+            new_groups.append(merged)
+        for target, value in updates:
+            target.copy_(value)
+        for group, merged in zip(self.param_groups, new_groups):
+            group.update(merged)
+
+
+class SGD(_MasterWeightOptimizer):
+    """torch.optim.SGD's update (momentum, dampening, nesterov, weight_decay, maximize) on FP32 masters."""
+
+    def __init__(self, params: Iterable, lr: float | torch.Tensor = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 maximize: bool = False, master_weights: bool = True) -> None:
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                        maximize=maximize)
+        self._check_group(defaults)
+        super().__init__(params, defaults, master_weights)
+
+    def _check_group(self, group: dict) -> None:
+        _check_hyper("lr", group["lr"], optimizer="SGD")
+        _check_hyper("momentum", group["momentum"], optimizer="SGD")
+        _check_hyper("weight_decay", group["weight_decay"], optimizer="SGD")
+        _check_hyper("dampening", group["dampening"], low=float("-inf"), optimizer="SGD")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("ampkit.optim.SGD: nesterov momentum needs momentum > 0 and dampening == 0, got "
+                             f"momentum={group['momentum']}, dampening={group['dampening']}")
+
+    def _state_keys_for(self, group: dict) -> tuple[str, ...]:
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _launch(self, group, params, masters, grads, states, scalars) -> None:
+        lr, inv_scale, clip, found_inf = scalars
+        buffers = []
+        if group["momentum"] != 0:
+            for state, param in zip(states, params):
+                if "momentum_buffer" not in state:  # momentum switched on after the state was made
+                    state["momentum_buffer"] = torch.zeros_like(param, dtype=torch.float32)
+            buffers = [s["momentum_buffer"] for s in states]
+        torch.ops.ampkit.master_sgd_step_(params, masters, grads, buffers, [s["step"] for s in states], lr, inv_scale,
+                                          clip, found_inf, float(group["momentum"]), float(group["dampening"]),
+                                          float(group["weight_decay"]), bool(group["nesterov"]),
+                                          bool(group["maximize"]))
+
+
+class Adam(_MasterWeightOptimizer):
+    """torch.optim.Adam's update (L2 weight decay added to the gradient) on FP32 masters."""
+
+    _state_keys = ("exp_avg", "exp_avg_sq")
+    _decoupled_weight_decay = False
+
+    def __init__(self, params: Iterable, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
+                 master_weights: bool = True) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        self._check_group(defaults)
+        super().__init__(params, defaults, master_weights)
+
+    def _check_group(self, group: dict) -> None:
+        name = type(self).__name__
+        _check_hyper("lr", group["lr"], optimizer=name)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"ampkit.optim.{name}: betas must be a pair of floats, got {betas!r}")
+        _check_hyper("betas[0]", betas[0], high=1.0, optimizer=name)
+        _check_hyper("betas[1]", betas[1], high=1.0, optimizer=name)
+        _check_hyper("eps", group["eps"], low_inclusive=False, optimizer=name)
+        _check_hyper("weight_decay", group["weight_decay"], optimizer=name)
+
+    def _launch(self, group, params, masters, grads, states, scalars) -> None:
+        lr, inv_scale, clip, found_inf = scalars
+        beta1, beta2 = group["betas"]
+        torch.ops.ampkit.master_adam_step_(params, masters, grads, [s["exp_avg"] for s in states],
+                                           [s["exp_avg_sq"] for s in states], [s["step"] for s in states], lr,
+                                           inv_scale, clip, found_inf, float(beta1), float(beta2), float(group["eps"]),
+                                           float(group["weight_decay"]), self._decoupled_weight_decay,
+                                           bool(group["maximize"]))
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW's update (decoupled weight decay, default 1e-2) on FP32 masters."""
+
+    _decoupled_weight_decay = True
+
+    def __init__(self, params: Iterable, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, *, maximize: bool = False,
+                 master_weights: bool = True) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                         master_weights=master_weights)
+
+
+__all__ = ["SGD", "Adam", "AdamW", "to_low_precision", "DEFAULT_KEEP_FP32", "SUPPORTED_DTYPES"]

@@ -1,0 +1,262 @@
+// ampkit::optim::SGD/Adam/AdamW against torch::optim, plus the overflow skip, checkpoints and
+// bad input. Tolerance of the fp32 comparisons (see tests/python/test_optim.py for the measured
+// figures): |ours - torch| <= 1e-6 * max|torch| after 200 steps; torch fuses some multiply-adds
+// into FMAs where ampkit rounds twice, so elements differ by a few float32 ulps, while a wrong
+// formula or step count would be off by orders of magnitude more.
+#include "test_helpers.h"
+
+#include <sstream>
+
+#include "ampkit/ampkit.h"
+
+using ampkit_test::devices_under_test;
+using ampkit_test::throws_with;
+
+namespace {
+
+const std::vector<std::vector<int64_t>> kShapes = {{7}, {33, 17}, {70000}, {1}};
+
+std::vector<torch::Tensor> make_params(torch::Dtype dtype, const torch::Device& device, uint64_t seed = 0) {
+  torch::manual_seed(seed);
+  std::vector<torch::Tensor> params;
+  for (const auto& shape : kShapes) params.push_back(torch::randn(shape).to(device, dtype).requires_grad_(true));
+  return params;
+}
+
+std::vector<torch::Tensor> grads_for_step(int step) {
+  torch::manual_seed(1000 + step);
+  std::vector<torch::Tensor> grads;
+  for (const auto& shape : kShapes) grads.push_back(torch::randn(shape));
+  return grads;
+}
+
+void set_grads(std::vector<torch::Tensor>& params, int step) {
+  auto grads = grads_for_step(step);
+  for (size_t i = 0; i < params.size(); ++i) {
+    params[i].mutable_grad() = grads[i].to(params[i].device(), params[i].scalar_type());
+  }
+}
+
+double max_abs(const std::vector<torch::Tensor>& tensors) {
+  double result = 0;
+  for (const auto& t : tensors) result = std::max(result, t.abs().max().item<double>());
+  return result;
+}
+
+bool close_to_scale(const std::vector<torch::Tensor>& ours, const std::vector<torch::Tensor>& reference) {
+  const double tolerance = 1e-6 * max_abs(reference);
+  for (size_t i = 0; i < ours.size(); ++i) {
+    const double difference = (ours[i].detach().to(torch::kFloat) - reference[i].detach()).abs().max().item<double>();
+    if (difference > tolerance) {
+      UNSCOPED_INFO("tensor " << i << " differs by " << difference << " > " << tolerance);
+      return false;
+    }
+  }
+  return true;
+}
+
+std::vector<torch::Tensor> snapshot(ampkit::optim::MasterWeightOptimizer& optimizer,
+                                    const std::vector<torch::Tensor>& params) {
+  std::vector<torch::Tensor> result;
+  for (const auto& p : params) result.push_back(p.detach().clone());
+  for (const auto& m : optimizer.master_params()) result.push_back(m.clone());
+  for (const auto& p : params) {
+    auto& state = static_cast<ampkit::optim::MasterParamState&>(*optimizer.state().at(p.unsafeGetTensorImpl()));
+    for (const auto& t : {state.step(), state.momentum_buffer(), state.exp_avg(), state.exp_avg_sq()}) {
+      if (t.defined()) result.push_back(t.clone());
+    }
+  }
+  return result;
+}
+
+bool all_equal(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!torch::equal(a[i], b[i])) return false;
+  }
+  return true;
+}
+
+template <typename Ours, typename Reference>
+void run_pair(Ours& ours, std::vector<torch::Tensor>& ours_params, Reference& reference,
+              std::vector<torch::Tensor>& reference_params, int steps) {
+  for (int step = 0; step < steps; ++step) {
+    set_grads(ours_params, step);
+    set_grads(reference_params, step);
+    ours.step();
+    reference.step();
+  }
+}
+
+}  // namespace
+
+TEST_CASE("ampkit::optim matches torch::optim on fp32 for 200 steps", "[optim]") {
+  for (const auto& device : devices_under_test()) {
+    SECTION("SGD with momentum, dampening, weight decay") {
+      auto ours_params = make_params(torch::kFloat, device), ref_params = make_params(torch::kFloat, device);
+      ampkit::optim::SGD ours(ours_params, ampkit::optim::SGDOptions(0.05).momentum(0.9).dampening(0.1).weight_decay(0.01));
+      torch::optim::SGD ref(ref_params, torch::optim::SGDOptions(0.05).momentum(0.9).dampening(0.1).weight_decay(0.01));
+      run_pair(ours, ours_params, ref, ref_params, 200);
+      REQUIRE(close_to_scale(ours_params, ref_params));
+    }
+    SECTION("SGD nesterov") {
+      auto ours_params = make_params(torch::kFloat, device), ref_params = make_params(torch::kFloat, device);
+      ampkit::optim::SGD ours(ours_params, ampkit::optim::SGDOptions(0.02).momentum(0.8).nesterov(true));
+      torch::optim::SGD ref(ref_params, torch::optim::SGDOptions(0.02).momentum(0.8).nesterov(true));
+      run_pair(ours, ours_params, ref, ref_params, 200);
+      REQUIRE(close_to_scale(ours_params, ref_params));
+    }
+    SECTION("Adam with L2 weight decay") {
+      auto ours_params = make_params(torch::kFloat, device), ref_params = make_params(torch::kFloat, device);
+      ampkit::optim::Adam ours(ours_params, ampkit::optim::AdamOptions(2e-3).weight_decay(0.05));
+      torch::optim::Adam ref(ref_params, torch::optim::AdamOptions(2e-3).weight_decay(0.05));
+      run_pair(ours, ours_params, ref, ref_params, 200);
+      REQUIRE(close_to_scale(ours_params, ref_params));
+    }
+    SECTION("AdamW with torch's defaults") {
+      auto ours_params = make_params(torch::kFloat, device), ref_params = make_params(torch::kFloat, device);
+      ampkit::optim::AdamW ours(ours_params);
+      torch::optim::AdamW ref(ref_params);
+      run_pair(ours, ours_params, ref, ref_params, 200);
+      REQUIRE(close_to_scale(ours_params, ref_params));
+      auto& state = static_cast<ampkit::optim::MasterParamState&>(*ours.state().at(ours_params[0].unsafeGetTensorImpl()));
+      REQUIRE(state.step().item<float>() == 200.0f);
+      REQUIRE_FALSE(state.master().defined());  // fp32 params are their own masters
+    }
+  }
+}
+
+TEST_CASE("ampkit::optim keeps FP32 masters of fp16/bf16 params that follow the fp32 update", "[optim]") {
+  for (const auto& device : devices_under_test()) {
+    for (auto dtype : {torch::kHalf, torch::kBFloat16}) {
+      auto params = make_params(dtype, device);
+      std::vector<torch::Tensor> reference;
+      for (const auto& p : params) reference.push_back(p.detach().to(torch::kFloat).requires_grad_(true));
+      ampkit::optim::AdamW ours(params, ampkit::optim::AdamWOptions(1e-2));
+      torch::optim::AdamW ref(reference, torch::optim::AdamWOptions(1e-2));
+      for (int step = 0; step < 20; ++step) {
+        set_grads(params, step);
+        for (size_t i = 0; i < params.size(); ++i) reference[i].mutable_grad() = params[i].grad().to(torch::kFloat);
+        ours.step();
+        ref.step();
+      }
+      const auto masters = ours.master_params();
+      REQUIRE(close_to_scale(masters, reference));
+      for (size_t i = 0; i < params.size(); ++i) {
+        REQUIRE(masters[i].scalar_type() == torch::kFloat);
+        REQUIRE(torch::equal(params[i].detach(), masters[i].to(dtype)));  // the model copy is the rounded master
+      }
+    }
+  }
+}
+
+TEST_CASE("an overflowed step changes nothing, for every optimizer and dtype", "[optim]") {
+  for (const auto& device : devices_under_test()) {
+    for (auto dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16}) {
+      auto run = [&](ampkit::optim::MasterWeightOptimizer& optimizer, std::vector<torch::Tensor>& params) {
+        for (int step = 0; step < 3; ++step) {
+          set_grads(params, step);
+          optimizer.step();
+        }
+        const auto before = snapshot(optimizer, params);
+        set_grads(params, 3);
+        optimizer.set_grad_scaling(torch::full({}, 1024.0, torch::device(device)), torch::ones({}, torch::device(device)));
+        optimizer.step();
+        REQUIRE(all_equal(before, snapshot(optimizer, params)));
+        // The scaling inputs applied to that step only: the next one goes through.
+        optimizer.step();
+        REQUIRE_FALSE(all_equal(before, snapshot(optimizer, params)));
+      };
+      auto sgd_params = make_params(dtype, device);
+      ampkit::optim::SGD sgd(sgd_params, ampkit::optim::SGDOptions(0.1).momentum(0.9));
+      run(sgd, sgd_params);
+      auto adam_params = make_params(dtype, device);
+      ampkit::optim::Adam adam(adam_params, ampkit::optim::AdamOptions(1e-2).weight_decay(0.1));
+      run(adam, adam_params);
+      auto adamw_params = make_params(dtype, device);
+      ampkit::optim::AdamW adamw(adamw_params);
+      run(adamw, adamw_params);
+    }
+  }
+}
+
+TEST_CASE("save after 100 steps, load, 100 more: bitwise equal to 200 steps", "[optim]") {
+  for (auto dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16}) {
+    auto params = make_params(dtype, torch::kCPU);
+    ampkit::optim::AdamW uninterrupted(params, ampkit::optim::AdamWOptions(1e-2));
+    for (int step = 0; step < 200; ++step) {
+      set_grads(params, step);
+      uninterrupted.step();
+    }
+
+    auto first = make_params(dtype, torch::kCPU);
+    ampkit::optim::AdamW first_optimizer(first, ampkit::optim::AdamWOptions(1e-2));
+    for (int step = 0; step < 100; ++step) {
+      set_grads(first, step);
+      first_optimizer.step();
+    }
+    std::stringstream optimizer_stream, params_stream;
+    torch::save(first_optimizer, optimizer_stream);
+    torch::save(first, params_stream);
+
+    std::vector<torch::Tensor> resumed;
+    torch::load(resumed, params_stream);
+    for (auto& p : resumed) p.requires_grad_(true);
+    ampkit::optim::AdamW resumed_optimizer(resumed, ampkit::optim::AdamWOptions(0.5));  // lr comes from the archive
+    torch::load(resumed_optimizer, optimizer_stream);
+    REQUIRE(resumed_optimizer.param_groups()[0].options().get_lr() == 1e-2);
+    for (int step = 100; step < 200; ++step) {
+      set_grads(resumed, step);
+      resumed_optimizer.step();
+    }
+    REQUIRE(all_equal(snapshot(uninterrupted, params), snapshot(resumed_optimizer, resumed)));
+  }
+}
+
+TEST_CASE("ampkit::optim rejects bad options, params and archives with clear errors", "[optim]") {
+  auto params = make_params(torch::kHalf, torch::kCPU);
+  CHECK(throws_with([&] { ampkit::optim::SGD(params, ampkit::optim::SGDOptions(-0.1)); },
+                    "ampkit::optim::SGD: lr must be >= 0, got -0.1"));
+  CHECK(throws_with([&] { ampkit::optim::Adam(params, ampkit::optim::AdamOptions().betas({1.0, 0.999})); },
+                    "ampkit::optim::Adam: betas[0] must be >= 0 and < 1"));
+  CHECK(throws_with([&] { ampkit::optim::AdamW(params, ampkit::optim::AdamWOptions().betas({0.9, -0.5})); },
+                    "ampkit::optim::AdamW: betas[1] must be >= 0 and < 1"));
+  CHECK(throws_with([&] { ampkit::optim::AdamW(params, ampkit::optim::AdamWOptions().eps(0)); },
+                    "ampkit::optim::AdamW: eps must be > 0, got 0"));
+  CHECK(throws_with([&] { ampkit::optim::SGD(params, ampkit::optim::SGDOptions(0.1).nesterov(true)); },
+                    "nesterov momentum needs momentum > 0 and dampening == 0"));
+  CHECK(throws_with([&] { ampkit::optim::Adam({torch::ones({3}, torch::kDouble).requires_grad_(true)}); },
+                    "params[0] of group 0 must be float32, float16 or bfloat16, got Double"));
+  CHECK(throws_with(
+      [&] { ampkit::optim::Adam({torch::ones({3}), torch::ones({3}, torch::device(torch::kMeta))}); },
+      "the params of one group must be on one device: params[0] of group 0 is on cpu, params[1] on meta"));
+
+  // Archives: another optimizer, another model shape, another parameter count.
+  ampkit::optim::AdamW adamw(params);
+  auto load_from = [&](auto& source) {
+    std::stringstream stream;
+    torch::save(source, stream);
+    torch::load(adamw, stream);
+  };
+  auto other_params = make_params(torch::kHalf, torch::kCPU);
+  ampkit::optim::SGD sgd(other_params, ampkit::optim::SGDOptions(0.1).momentum(0.9));
+  CHECK(throws_with([&] { load_from(sgd); }, "the archive comes from ampkit::optim::SGD, expected one from "
+                                              "ampkit::optim::AdamW"));
+  torch::optim::AdamW torch_adamw(other_params);
+  CHECK(throws_with([&] { load_from(torch_adamw); }, "the archive comes from a non-ampkit optimizer"));
+  auto reshaped = make_params(torch::kHalf, torch::kCPU);
+  reshaped[1] = torch::randn({17, 33}, torch::kHalf).requires_grad_(true);
+  ampkit::optim::AdamW other_shape(reshaped);
+  CHECK(throws_with([&] { load_from(other_shape); }, "'master' of params[1] of group 0 has shape [17, 33] in the "
+                                                     "archive, but the parameter needs [33, 17]"));
+  ampkit::optim::AdamW fewer({params[0]});
+  CHECK(throws_with([&] { load_from(fewer); }, "group 0 of the archive has 1 params, this optimizer's has 4"));
+
+  // A gradient dtype the kernels do not take.
+  auto fp32 = torch::ones({4}, torch::requires_grad());
+  ampkit::optim::SGD plain({fp32}, ampkit::optim::SGDOptions(0.1));
+  fp32.set_data(fp32.data().to(torch::kDouble));
+  fp32.mutable_grad() = torch::ones({4}, torch::kDouble);
+  CHECK(throws_with([&] { plain.step(); }, "params[0] of group 0 has a Double gradient; supported: float32, float16, "
+                                           "bfloat16"));
+}
