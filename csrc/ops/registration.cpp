@@ -7,4 +7,13 @@ TORCH_LIBRARY(ampkit, m) {
   // 1.0 when any input element is inf/NaN (never cleared here). inputs and outputs may be the
   // same tensors. scale and found_inf are one-element float32 tensors on the tensors' device.
   m.def("multi_tensor_scale_(Tensor[] inputs, Tensor(a!)[] outputs, Tensor scale, Tensor(b!) found_inf) -> ()");
+
+  // ---- fused linear (cuBLASLt GEMM, fp32 accumulation, bias/activation epilogues); ops/fused_linear.h ----
+  // output = activation(input @ weight.T + bias); activation: "none" | "relu" | "gelu" (tanh approximation).
+  m.def("fused_linear(Tensor input, Tensor weight, Tensor? bias=None, str activation=\"none\") -> Tensor");
+  // The same, also returning what the backward needs (the GELU input; empty otherwise).
+  m.def("fused_linear_forward(Tensor input, Tensor weight, Tensor? bias, str activation) -> (Tensor, Tensor)");
+  // Gradients of fused_linear; saved: fused_linear_forward's second output ("gelu"), the output ("relu").
+  m.def("fused_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, str activation) -> "
+        "(Tensor, Tensor, Tensor)");
 }

@@ -25,3 +25,9 @@ def build_info() -> dict:
 
 
 __all__ = ["__version__", "build_info", "multi_tensor_scale_"]
+
+# ---- fused linear (issue 5) ----
+from . import nn  # noqa: E402
+from .nn import FusedLinear, fuse_linear_activations, fused_linear  # noqa: E402
+
+__all__ += ["nn", "FusedLinear", "fuse_linear_activations", "fused_linear"]

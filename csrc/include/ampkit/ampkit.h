@@ -3,3 +3,6 @@
 
 #include "ampkit/build_info.h"
 #include "ampkit/ops.h"
+// fused linear (issue 5)
+#include "ampkit/fused_linear.h"
+#include "ampkit/nn.h"
