@@ -190,6 +190,10 @@ class FusedLinearFunction : public torch::autograd::Function<FusedLinearFunction
 
 at::Tensor fused_linear_autograd(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, c10::string_view activation) {
+  // Checked here too, so a bad argument (e.g. a sparse tensor, which has no forward kernel) is
+  // reported as such rather than as a missing kernel of the internal ops.
+  parse_activation(kFusedLinearOp, activation);
+  check_fused_linear_args(kFusedLinearOp, input, weight, bias);
   const bool bias_requires_grad = bias.has_value() && bias->defined() && bias->requires_grad();
   if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || bias_requires_grad)) {
     // No graph to record: the plain kernel, which skips saving the pre-activation.
