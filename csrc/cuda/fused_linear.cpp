@@ -62,6 +62,14 @@ ampkit_kernels::Result run_gemm(GemmArgs args, const at::Tensor& like) {
   return ampkit_kernels::cublaslt_gemm(args, current_stream());
 }
 
+// A failed GEMM as an error that says which problem cuBLASLt could not run.
+void check_gemm(const char* op, const ampkit_kernels::Result& result, const GemmArgs& args) {
+  TORCH_CHECK(result.ok(), op, ": cuBLASLt ",
+              result.status == ampkit_kernels::Status::NoAlgorithm ? "has no algorithm for" : "failed on",
+              " the GEMM m=", args.m, " n=", args.n, " k=", args.k, " (", ampkit_kernels::dtype_name(args.ab_dtype),
+              ", epilogue ", ampkit_kernels::epilogue_name(args.epilogue), "): ", ampkit_kernels::describe(result));
+}
+
 at::Tensor apply_activation(const at::Tensor& pre, Activation activation) {
   switch (activation) {
     case Activation::Relu: return at::relu(pre);
@@ -105,8 +113,7 @@ void forward_gemm(const char* op, const at::Tensor& x, const at::Tensor& w, cons
   }
   const ampkit_kernels::Result fused = run_gemm(args, x);
   if (fused.ok()) return;
-  TORCH_CHECK(fused.status == ampkit_kernels::Status::NoAlgorithm, op, ": cuBLASLt GEMM (epilogue ",
-              ampkit_kernels::epilogue_name(args.epilogue), ") failed: ", ampkit_kernels::describe(fused));
+  if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, args);
   // cuBLASLt could not fuse this epilogue at these sizes/alignments: the plain GEMM, then the
   // bias and activation as separate passes (same result, one extra rounding of the pre-activation).
   GemmArgs plain = args;
@@ -114,7 +121,7 @@ void forward_gemm(const char* op, const at::Tensor& x, const at::Tensor& w, cons
   plain.bias = nullptr;
   plain.aux = nullptr;
   plain.ld_aux = 0;
-  check_result(op, run_gemm(plain, x));
+  check_gemm(op, run_gemm(plain, x), plain);
   at::Tensor pre = has_bias ? y.add_(b) : y;
   if (saved != nullptr && act == Activation::Gelu) saved->narrow(1, 0, shape.out_features).copy_(pre);
   y.copy_(apply_activation(pre, act));
@@ -215,7 +222,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(const 
   dgrad.ldb = N;
   dgrad.d = grad_input.data_ptr();
   dgrad.ldd = K;
-  check_result(op, run_gemm(dgrad, x));
+  check_gemm(op, run_gemm(dgrad, x), dgrad);
 
   GemmArgs wgrad;
   wgrad.transpose_b = true;
@@ -233,12 +240,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(const 
   wgrad.bias_grad = grad_bias.data_ptr();
   const ampkit_kernels::Result fused = run_gemm(wgrad, x);
   if (!fused.ok()) {
-    TORCH_CHECK(fused.status == ampkit_kernels::Status::NoAlgorithm, op, ": cuBLASLt GEMM (epilogue bgradb) failed: ",
-                ampkit_kernels::describe(fused));
+    if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, wgrad);
     // No algorithm fuses the bias gradient here: plain GEMM plus a column sum (accumulated in fp32).
     wgrad.epilogue = GemmEpilogue::None;
     wgrad.bias_grad = nullptr;
-    check_result(op, run_gemm(wgrad, x));
+    check_gemm(op, run_gemm(wgrad, x), wgrad);
     grad_bias.copy_(at::sum(grad_pre, {0}, false, at::kFloat));
   }
   return {grad_input.view(input.sizes()), grad_weight, grad_bias};

@@ -267,7 +267,8 @@ Result cublaslt_gemm(const GemmArgs& args, cudaStream_t stream) {
   if (uses_aux(args.epilogue)) {
     AMPKIT_LT_TRY(set_desc(op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, args.aux));
     AMPKIT_LT_TRY(set_desc(op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, args.ld_aux));
-    AMPKIT_LT_TRY(set_desc(op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, static_cast<int32_t>(d_type)));
+    // EPILOGUE_AUX_DATA_TYPE stays unset: its default is D's type, which is what we store, and
+    // setting it is only defined for the fp8 kernels (elsewhere cuBLASLt may answer INVALID_VALUE).
   }
 
   // Layouts as stored (before op()): A is (transpose_a ? k x m : m x k), B likewise.
