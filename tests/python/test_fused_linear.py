@@ -356,10 +356,12 @@ def test_opcheck(device, activation):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_runs_under_torch_compile_without_graph_break(dtype):
+def test_runs_under_torch_compile_without_graph_break(device, dtype):
+    torch.manual_seed(0)
     model = torch.nn.Sequential(ampkit.nn.FusedLinear(16, 32, activation="gelu"),
-                                ampkit.nn.FusedLinear(32, 8, activation="relu"), ampkit.nn.FusedLinear(8, 4)).to(dtype)
-    x = torch.randn(3, 5, 16, dtype=dtype)
+                                ampkit.nn.FusedLinear(32, 8, activation="relu"),
+                                ampkit.nn.FusedLinear(8, 4)).to(device=device, dtype=dtype)
+    x = torch.randn(3, 5, 16, dtype=dtype, device=device)
 
     def step(inputs):
         return model(inputs).float().square().sum()
@@ -374,6 +376,11 @@ def test_runs_under_torch_compile_without_graph_break(dtype):
         assert torch.equal(a, b)
     explanation = torch._dynamo.explain(step)(x)
     assert explanation.graph_break_count == 0
+
+
+def test_ops_are_tagged_pt2_compliant():
+    for name in ("fused_linear", "fused_linear_forward", "fused_linear_backward"):
+        assert torch.Tag.pt2_compliant_tag in getattr(torch.ops.ampkit, name).default.tags
 
 
 # ---- modules ----
