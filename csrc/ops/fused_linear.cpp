@@ -188,6 +188,59 @@ class FusedLinearFunction : public torch::autograd::Function<FusedLinearFunction
   }
 };
 
+// fused_linear_forward / fused_linear_backward are first-order only. Their results get a graph
+// node that refuses to be differentiated, so a double backward (create_graph=True, then a backward
+// through the gradients) is a clear error instead of a silently wrong second derivative.
+[[noreturn]] void refuse_double_backward(const char* op) {
+  TORCH_CHECK(false, op, ": differentiating through it is not supported (fused_linear has no double backward: "
+              "create_graph=True gradients of fused_linear cannot themselves be differentiated)");
+}
+
+class FusedLinearForwardFunction : public torch::autograd::Function<FusedLinearForwardFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                                                const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                                c10::string_view activation) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, saved] = forward_op().call(input, weight, bias, activation);
+    ctx->mark_non_differentiable({saved});
+    return {output, saved};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*, torch::autograd::variable_list) {
+    refuse_double_backward(kFusedLinearForwardOp);
+  }
+};
+
+class FusedLinearBackwardFunction : public torch::autograd::Function<FusedLinearBackwardFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext*, const at::Tensor& grad_output,
+                                                const at::Tensor& input, const at::Tensor& weight,
+                                                const at::Tensor& saved, c10::string_view activation) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_input, grad_weight, grad_bias] = backward_op().call(grad_output, input, weight, saved, activation);
+    return {grad_input, grad_weight, grad_bias};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*, torch::autograd::variable_list) {
+    refuse_double_backward(kFusedLinearBackwardOp);
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> fused_linear_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                                                 const std::optional<at::Tensor>& bias,
+                                                                 c10::string_view activation) {
+  auto outputs = FusedLinearForwardFunction::apply(input, weight, bias, activation);
+  return {outputs[0], outputs[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_autograd(const at::Tensor& grad_output,
+                                                                              const at::Tensor& input,
+                                                                              const at::Tensor& weight,
+                                                                              const at::Tensor& saved,
+                                                                              c10::string_view activation) {
+  auto outputs = FusedLinearBackwardFunction::apply(grad_output, input, weight, saved, activation);
+  return {outputs[0], outputs[1], outputs[2]};
+}
+
 at::Tensor fused_linear_autograd(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, c10::string_view activation) {
   // Checked here too, so a bad argument (e.g. a sparse tensor, which has no forward kernel) is
@@ -225,7 +278,11 @@ TORCH_LIBRARY_IMPL(ampkit, Meta, m) {
 // names the argument.
 TORCH_LIBRARY_IMPL(ampkit, SparseCPU, m) { m.impl("fused_linear", &fused_linear_meta); }
 TORCH_LIBRARY_IMPL(ampkit, SparseCUDA, m) { m.impl("fused_linear", &fused_linear_meta); }
-TORCH_LIBRARY_IMPL(ampkit, Autograd, m) { m.impl("fused_linear", &fused_linear_autograd); }
+TORCH_LIBRARY_IMPL(ampkit, Autograd, m) {
+  m.impl("fused_linear", &fused_linear_autograd);
+  m.impl("fused_linear_forward", &fused_linear_forward_autograd);
+  m.impl("fused_linear_backward", &fused_linear_backward_autograd);
+}
 TORCH_LIBRARY_IMPL(ampkit, AutocastCPU, m) { m.impl("fused_linear", &fused_linear_autocast<c10::DeviceType::CPU>); }
 TORCH_LIBRARY_IMPL(ampkit, AutocastCUDA, m) { m.impl("fused_linear", &fused_linear_autocast<c10::DeviceType::CUDA>); }
 

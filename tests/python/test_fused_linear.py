@@ -224,6 +224,15 @@ def test_autocast_casts_as_torch_linear_does(dtype):
     assert out.dtype == expected.dtype == torch.bfloat16
 
 
+def test_double_backward_is_a_clear_error(device):
+    x, w, b = make_problem((3,), 4, 5, torch.float32, device)
+    x.requires_grad_()
+    w.requires_grad_()
+    (grad_x,) = torch.autograd.grad(ampkit.fused_linear(x, w, b, "gelu").sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="fused_linear has no double backward"):
+        grad_x.sum().backward()
+
+
 def test_no_graph_recorded_without_grad(device):
     x, w, b = make_problem((4,), 8, 8, torch.float16, device)
     out = ampkit.fused_linear(x, w, b, "gelu")
