@@ -38,4 +38,16 @@ TORCH_LIBRARY_FRAGMENT(ampkit, m) {
         "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] steps, Tensor lr, Tensor inv_scale, "
         "Tensor clip_coef, Tensor? found_inf, float beta1, float beta2, float eps, float weight_decay, "
         "bool decoupled_weight_decay, bool maximize) -> ()");
+  // ---- fused linear (cuBLASLt GEMM, fp32 accumulation, bias/activation epilogues); ops/fused_linear.h ----
+  // output = activation(input @ weight.T + bias); activation: "none" | "relu" | "gelu" (tanh approximation).
+  // pt2_compliant: the three pass torch.library.opcheck (tests/python/test_fused_linear.py).
+  m.def("fused_linear(Tensor input, Tensor weight, Tensor? bias=None, str activation=\"none\") -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // The same, also returning what the backward needs (the GELU input; empty otherwise).
+  m.def("fused_linear_forward(Tensor input, Tensor weight, Tensor? bias, str activation) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+  // Gradients of fused_linear; saved: fused_linear_forward's second output ("gelu"), the output ("relu").
+  m.def("fused_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, str activation) -> "
+        "(Tensor, Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
 }

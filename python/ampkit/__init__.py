@@ -32,3 +32,9 @@ __all__ += ["GradScaler"]
 
 # ---- FP32-master-weight optimizers (issue 4) ----
 from . import optim  # noqa: E402
+
+# ---- fused linear (issue 5) ----
+from . import nn  # noqa: E402
+from .nn import FusedLinear, fuse_linear_activations, fused_linear  # noqa: E402
+
+__all__ += ["nn", "FusedLinear", "fuse_linear_activations", "fused_linear"]

@@ -8,3 +8,6 @@
 #include "ampkit/loss_scaling.h"
 // FP32-master-weight optimizers (issue 4)
 #include "ampkit/optim.h"
+// fused linear (issue 5)
+#include "ampkit/fused_linear.h"
+#include "ampkit/nn.h"

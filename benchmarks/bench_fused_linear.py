@@ -1,0 +1,114 @@
+"""fused_linear vs torch, side by side:
+
+  gemm      ampkit.fused_linear(x, w) vs torch.matmul(x, w.T), fp16/bf16 tensors (no autocast)
+  fwd+bwd   under autocast, fp32 parameters: ampkit.fused_linear(x, w, b, "gelu") vs
+            F.gelu(F.linear(x, w, b), approximate="tanh"); forward plus all three gradients
+
+at transformer MLP shapes (tokens 8192: 768->3072, 3072->768, 4096->16384, 16384->4096) and a few
+small/odd ones, reporting TFLOP/s and ratios (>1: ampkit faster). Large GEMMs are also compared
+with the TFLOP/s torch.matmul reaches at 8192^3 in the same dtype on the same device.
+Targets on the GPU machine: gemm >= 0.97x torch; fwd+bwd >= 1.10x at the MLP shapes; large
+GEMMs >= 85% of torch's 8192^3 TFLOP/s.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from common import parser, report, time_fn
+
+import ampkit  # noqa: E402
+
+MLP_SHAPES = [(768, 3072), (3072, 768), (4096, 16384), (16384, 4096)]
+ODD_SHAPES = [(1000, 1023, 4097), (77, 512, 2048), (8, 4096, 4096), (4097, 1024, 1000)]  # (tokens, in, out)
+TARGET_GEMM, TARGET_FWD_BWD, TARGET_PEAK = 0.97, 1.10, 0.85
+
+
+def tflops(flops: float, seconds: float) -> float:
+    return round(flops / seconds / 1e12, 4)
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--tokens", type=int, default=None, help="tokens of the MLP shapes (default 8192; 256 on CPU)")
+    args = p.parse_args()
+    cuda = args.device.startswith("cuda")
+    repeats = args.repeats or (3 if args.quick else (20 if cuda else 5))
+    if args.quick and not cuda:
+        tokens, mlp, odd, peak_n = 64, [(64, 256), (256, 64)], [(7, 33, 65)], 256
+    elif args.quick:
+        tokens, mlp, odd, peak_n = 1024, [(768, 3072), (3072, 768)], [(77, 512, 2048)], 4096
+    else:
+        tokens = args.tokens or (8192 if cuda else 256)
+        mlp, odd, peak_n = MLP_SHAPES, ODD_SHAPES, 8192 if cuda else 1024
+    cases = [("mlp", tokens, k, n) for k, n in mlp] + [("odd", m, k, n) for m, k, n in odd]
+    device_type = "cuda" if cuda else "cpu"
+    generator = torch.Generator(device=args.device).manual_seed(0)
+
+    def randn(*shape, dtype=torch.float32, scale=1.0):
+        return (torch.randn(*shape, device=args.device, generator=generator) * scale).to(dtype)
+
+    rows, peaks, peak_flops = [], {}, {}
+    for dtype in (torch.float16, torch.bfloat16):
+        a, b_ = randn(peak_n, peak_n, dtype=dtype), randn(peak_n, peak_n, dtype=dtype)
+        peak_seconds = time_fn(lambda: torch.matmul(a, b_), args.device, repeats)
+        peak_flops[str(dtype)] = 2 * peak_n ** 3 / peak_seconds
+        peaks[str(dtype).replace("torch.", "")] = tflops(2 * peak_n ** 3, peak_seconds)
+        del a, b_
+        name = str(dtype).replace("torch.", "")
+        for kind, m, k, n in cases:
+            # --- GEMM alone ---
+            x = randn(m, k, dtype=dtype)
+            w = randn(n, k, dtype=dtype, scale=k ** -0.5)
+            t_ours = time_fn(lambda: ampkit.fused_linear(x, w), args.device, repeats)
+            t_torch = time_fn(lambda: torch.matmul(x, w.t()), args.device, repeats)
+            flops = 2 * m * n * k
+            rows.append({"dtype": name, "shape": f"{m}x{k}->{n}", "kind": kind, "what": "gemm",
+                         "ampkit_TFLOPs": tflops(flops, t_ours), "torch_TFLOPs": tflops(flops, t_torch),
+                         "speedup": round(t_torch / t_ours, 3),
+                         "of_torch_peak": round(flops / t_ours / peak_flops[str(dtype)], 3)})
+
+            # --- forward + backward, bias + GELU, under autocast with fp32 parameters ---
+            x_in = x.clone().requires_grad_()
+            w32 = w.float().requires_grad_()
+            b32 = randn(n, scale=0.1).requires_grad_()
+            grad = randn(m, n, dtype=dtype)
+
+            def ours():
+                with torch.autocast(device_type, dtype=dtype):
+                    out = ampkit.fused_linear(x_in, w32, b32, "gelu")
+                return torch.autograd.grad(out, (x_in, w32, b32), grad)
+
+            def baseline():
+                with torch.autocast(device_type, dtype=dtype):
+                    out = F.gelu(F.linear(x_in, w32, b32), approximate="tanh")
+                return torch.autograd.grad(out, (x_in, w32, b32), grad)
+
+            t_ours = time_fn(ours, args.device, repeats)
+            t_torch = time_fn(baseline, args.device, repeats)
+            rows.append({"dtype": name, "shape": f"{m}x{k}->{n}", "kind": kind, "what": "fwd+bwd gelu",
+                         "ampkit_TFLOPs": tflops(3 * flops, t_ours), "torch_TFLOPs": tflops(3 * flops, t_torch),
+                         "speedup": round(t_torch / t_ours, 3), "of_torch_peak": ""})
+            del x, w, x_in, w32, b32, grad
+
+    # Targets, checked where they are defined (the GPU machine at full size).
+    verdicts = {}
+    if cuda and not args.quick:
+        gemm = [r["speedup"] for r in rows if r["what"] == "gemm"]
+        fused = [r["speedup"] for r in rows if r["what"] != "gemm" and r["kind"] == "mlp"]
+        large = [r["of_torch_peak"] for r in rows if r["what"] == "gemm" and r["kind"] == "mlp"]
+        verdicts = {
+            f"gemm >= {TARGET_GEMM}x torch (worst)": (min(gemm), min(gemm) >= TARGET_GEMM),
+            f"fwd+bwd >= {TARGET_FWD_BWD}x torch at MLP shapes (worst)": (min(fused), min(fused) >= TARGET_FWD_BWD),
+            f"large GEMMs >= {TARGET_PEAK:.0%} of torch's 8192^3 (worst)": (min(large), min(large) >= TARGET_PEAK),
+        }
+    report(f"fused_linear vs torch (tokens {tokens}; torch.matmul at {peak_n}^3: {peaks} TFLOP/s)", rows,
+           ["dtype", "shape", "kind", "what", "ampkit_TFLOPs", "torch_TFLOPs", "speedup", "of_torch_peak"], args,
+           extra={"torch_matmul_peak_TFLOPs": peaks, "peak_size": peak_n,
+                  "targets": {k: {"value": v, "met": ok} for k, (v, ok) in verdicts.items()}})
+    for target, (value, met) in verdicts.items():
+        print(f"{'MET ' if met else 'MISSED'}  {target}: {value}")
+
+
+if __name__ == "__main__":
+    main()

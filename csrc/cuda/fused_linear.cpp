@@ -1,0 +1,261 @@
+// fused_linear on CUDA: row-major PyTorch tensors through the column-major cuBLASLt wrapper.
+//
+// The transposition trick: a row-major [r, c] tensor is, byte for byte, the column-major c x r
+// matrix with leading dimension c. So every product below is written for the transposes, and no
+// tensor is ever copied or transposed in memory:
+//   forward  y[M,N] = x[M,K] W[N,K]^T + b   <=>  Y (N x M) = op_T(W: K x N) * X (K x M) + b per row
+//            -> gemm(m=N, n=M, k=K, A=W transposed, lda=K; B=x, ldb=K; D=y, ldd=N), so the bias is a
+//               per-row vector of D (what cuBLASLt's BIAS epilogues add) and the GELU_AUX buffer is
+//               N x M with leading dimension round_up(N, 8) = the row-major saved [M, round_up(N, 8)].
+//   dgrad    dx[M,K] = g[M,N] W[N,K]         <=>  dX (K x M) = W (K x N) * G (N x M)
+//            -> gemm(m=K, n=M, k=N, A=W, lda=K; B=g, ldb=N; D=dx, ldd=K)
+//   wgrad    dW[N,K] = g^T[N,M] x[M,K]       <=>  dW (K x N) = X (K x M) * op_T(G: N x M)
+//            -> gemm(m=K, n=N, k=M, A=x, lda=K; B=g transposed, ldb=N; D=dW, ldd=K) with the BGRADB
+//               epilogue: db[n] = sum over k (= the M rows) of op(B)[:, n] = the column sums of g.
+// Here g is the gradient at the pre-activation: grad_output times the activation's derivative
+// (one elementwise pass reading the saved GELU input or the ReLU output).
+#include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/threshold_backward.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+
+#include <array>
+#include <mutex>
+
+#include "ampkit_kernels/cublaslt_gemm.h"
+#include "cuda/kernel_glue.h"
+#include "ops/fused_linear.h"
+
+namespace ampkit::cuda {
+namespace {
+
+using ampkit_kernels::GemmArgs;
+using ampkit_kernels::GemmEpilogue;
+using detail::Activation;
+using detail::LinearShape;
+
+void check_on_cuda(const char* op, const at::Tensor& input) {
+  TORCH_CHECK(input.is_cuda(), op, ": input (argument 0) must be a CUDA tensor for the CUDA kernel, got ",
+              input.device());
+}
+
+size_t workspace_bytes(int device) {
+  static std::mutex mutex;
+  static std::array<size_t, 64> sizes{};
+  std::lock_guard<std::mutex> lock(mutex);
+  const size_t slot = static_cast<size_t>(device) % sizes.size();
+  if (sizes[slot] == 0) sizes[slot] = ampkit_kernels::recommended_workspace_bytes(device);
+  return sizes[slot];
+}
+
+// Runs one GEMM. The workspace comes from PyTorch's caching allocator on the current stream, so
+// concurrent streams never share one and its reuse is ordered by the allocator's stream semantics.
+ampkit_kernels::Result run_gemm(GemmArgs args, const at::Tensor& like) {
+  const size_t bytes = workspace_bytes(like.get_device());
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+  args.workspace = bytes > 0 ? workspace.data_ptr() : nullptr;
+  args.workspace_bytes = bytes;
+  return ampkit_kernels::cublaslt_gemm(args, current_stream());
+}
+
+// A failed GEMM as an error that says which problem cuBLASLt could not run.
+void check_gemm(const char* op, const ampkit_kernels::Result& result, const GemmArgs& args) {
+  TORCH_CHECK(result.ok(), op, ": cuBLASLt ",
+              result.status == ampkit_kernels::Status::NoAlgorithm ? "has no algorithm for" : "failed on",
+              " the GEMM m=", args.m, " n=", args.n, " k=", args.k, " (", ampkit_kernels::dtype_name(args.ab_dtype),
+              ", epilogue ", ampkit_kernels::epilogue_name(args.epilogue), "): ", ampkit_kernels::describe(result));
+}
+
+at::Tensor apply_activation(const at::Tensor& pre, Activation activation) {
+  switch (activation) {
+    case Activation::Relu: return at::relu(pre);
+    case Activation::Gelu: return at::gelu(pre, "tanh");
+    case Activation::None: return pre;
+  }
+  return pre;
+}
+
+// y (and the GELU input into `saved` when given) for a non-empty problem.
+void forward_gemm(const char* op, const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                  Activation act, const LinearShape& shape, at::Tensor& y, at::Tensor* saved) {
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  GemmArgs args;
+  args.transpose_a = true;
+  args.m = shape.out_features;
+  args.n = shape.rows;
+  args.k = shape.in_features;
+  args.ab_dtype = kernel_dtype(x.scalar_type());
+  args.d_dtype = args.ab_dtype;
+  args.a = w.data_ptr();
+  args.lda = shape.in_features;
+  args.b = x.data_ptr();
+  args.ldb = shape.in_features;
+  args.d = y.data_ptr();
+  args.ldd = shape.out_features;
+  args.bias = has_bias ? b.data_ptr() : nullptr;
+  switch (act) {
+    case Activation::None: args.epilogue = has_bias ? GemmEpilogue::Bias : GemmEpilogue::None; break;
+    case Activation::Relu: args.epilogue = has_bias ? GemmEpilogue::BiasRelu : GemmEpilogue::Relu; break;
+    case Activation::Gelu:
+      if (saved != nullptr) {
+        args.epilogue = has_bias ? GemmEpilogue::BiasGeluAux : GemmEpilogue::GeluAux;
+        args.aux = saved->data_ptr();
+        args.ld_aux = saved->size(1);
+      } else {
+        args.epilogue = has_bias ? GemmEpilogue::BiasGelu : GemmEpilogue::Gelu;
+      }
+      break;
+  }
+  const ampkit_kernels::Result fused = run_gemm(args, x);
+  if (fused.ok()) return;
+  if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, args);
+  // cuBLASLt could not fuse this epilogue at these sizes/alignments: the plain GEMM, then the
+  // bias and activation as separate passes (same result, one extra rounding of the pre-activation).
+  GemmArgs plain = args;
+  plain.epilogue = GemmEpilogue::None;
+  plain.bias = nullptr;
+  plain.aux = nullptr;
+  plain.ld_aux = 0;
+  check_gemm(op, run_gemm(plain, x), plain);
+  at::Tensor pre = has_bias ? y.add_(b) : y;
+  if (saved != nullptr && act == Activation::Gelu) saved->narrow(1, 0, shape.out_features).copy_(pre);
+  y.copy_(apply_activation(pre, act));
+}
+
+at::Tensor forward_impl(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias, Activation act, const LinearShape& shape,
+                        at::Tensor* saved) {
+  check_on_cuda(op, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor y = at::empty({shape.rows, shape.out_features}, input.options());
+  if (shape.rows > 0 && shape.out_features > 0) {
+    if (shape.in_features == 0) {
+      // An empty sum: the output is the activation of the bias (or of zeros).
+      at::Tensor pre = (bias.has_value() && bias->defined()) ? bias->to(at::kFloat).expand_as(y)
+                                                               : at::zeros_like(y, y.options().dtype(at::kFloat));
+      if (saved != nullptr && act == Activation::Gelu) saved->narrow(1, 0, shape.out_features).copy_(pre);
+      y.copy_(apply_activation(pre, act));
+    } else {
+      const at::Tensor x = input.reshape({shape.rows, shape.in_features}).contiguous();
+      const at::Tensor w = weight.contiguous();
+      forward_gemm(op, x, w, bias, act, shape, y, saved);
+    }
+  }
+  return y.view(shape.output_sizes);
+}
+
+at::Tensor fused_linear_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             c10::string_view activation) {
+  const Activation act = detail::parse_activation(detail::kFusedLinearOp, activation);
+  const LinearShape shape = detail::check_fused_linear_args(detail::kFusedLinearOp, input, weight, bias);
+  return forward_impl(detail::kFusedLinearOp, input, weight, bias, act, shape, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
+                                                             const std::optional<at::Tensor>& bias,
+                                                             c10::string_view activation) {
+  const char* op = detail::kFusedLinearForwardOp;
+  const Activation act = detail::parse_activation(op, activation);
+  const LinearShape shape = detail::check_fused_linear_args(op, input, weight, bias);
+  check_on_cuda(op, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor saved = detail::empty_saved(act, shape, input.options());
+  if (act == Activation::Gelu && saved.size(1) > shape.out_features) {
+    // The GEMM writes only the first out_features columns; the padding must not be uninitialised.
+    saved.narrow(1, shape.out_features, saved.size(1) - shape.out_features).zero_();
+  }
+  at::Tensor output = forward_impl(op, input, weight, bias, act, shape, act == Activation::Gelu ? &saved : nullptr);
+  return {output, saved};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(const at::Tensor& grad_output,
+                                                                          const at::Tensor& input,
+                                                                          const at::Tensor& weight,
+                                                                          const at::Tensor& saved,
+                                                                          c10::string_view activation) {
+  const char* op = detail::kFusedLinearBackwardOp;
+  const Activation act = detail::parse_activation(op, activation);
+  const LinearShape shape = detail::check_fused_linear_backward_args(grad_output, input, weight, saved, act);
+  check_on_cuda(op, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t M = shape.rows, N = shape.out_features, K = shape.in_features;
+
+  const at::Tensor grad = grad_output.reshape({M, N}).contiguous();
+  at::Tensor grad_pre;
+  switch (act) {
+    case Activation::Gelu: grad_pre = at::gelu_backward(grad, saved.narrow(1, 0, N), "tanh").contiguous(); break;
+    case Activation::Relu: grad_pre = at::threshold_backward(grad, saved.reshape({M, N}), 0).contiguous(); break;
+    case Activation::None: grad_pre = grad; break;
+  }
+
+  at::Tensor grad_input = at::empty({M, K}, input.options());
+  at::Tensor grad_weight = at::empty({N, K}, weight.options());
+  at::Tensor grad_bias = at::empty({N}, weight.options());
+  if (M == 0 || N == 0 || K == 0) {
+    // Some product is over an empty dimension: sums of nothing are zero.
+    grad_input.zero_();
+    grad_weight.zero_();
+    if (M == 0) {
+      grad_bias.zero_();
+    } else {
+      grad_bias.copy_(at::sum(grad_pre, {0}, false, at::kFloat));
+    }
+    return {grad_input.view(input.sizes()), grad_weight, grad_bias};
+  }
+  const at::Tensor x = input.reshape({M, K}).contiguous();
+  const at::Tensor w = weight.contiguous();
+  const auto dtype = kernel_dtype(input.scalar_type());
+
+  GemmArgs dgrad;
+  dgrad.m = K;
+  dgrad.n = M;
+  dgrad.k = N;
+  dgrad.ab_dtype = dgrad.d_dtype = dtype;
+  dgrad.a = w.data_ptr();
+  dgrad.lda = K;
+  dgrad.b = grad_pre.data_ptr();
+  dgrad.ldb = N;
+  dgrad.d = grad_input.data_ptr();
+  dgrad.ldd = K;
+  check_gemm(op, run_gemm(dgrad, x), dgrad);
+
+  GemmArgs wgrad;
+  wgrad.transpose_b = true;
+  wgrad.m = K;
+  wgrad.n = N;
+  wgrad.k = M;
+  wgrad.ab_dtype = wgrad.d_dtype = dtype;
+  wgrad.a = x.data_ptr();
+  wgrad.lda = K;
+  wgrad.b = grad_pre.data_ptr();
+  wgrad.ldb = N;
+  wgrad.d = grad_weight.data_ptr();
+  wgrad.ldd = K;
+  wgrad.epilogue = GemmEpilogue::BGradB;
+  wgrad.bias_grad = grad_bias.data_ptr();
+  const ampkit_kernels::Result fused = run_gemm(wgrad, x);
+  if (!fused.ok()) {
+    if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, wgrad);
+    // No algorithm fuses the bias gradient here: plain GEMM plus a column sum (accumulated in fp32).
+    wgrad.epilogue = GemmEpilogue::None;
+    wgrad.bias_grad = nullptr;
+    check_gemm(op, run_gemm(wgrad, x), wgrad);
+    grad_bias.copy_(at::sum(grad_pre, {0}, false, at::kFloat));
+  }
+  return {grad_input.view(input.sizes()), grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ampkit, CUDA, m) {
+  m.impl("fused_linear", &fused_linear_cuda);
+  m.impl("fused_linear_forward", &fused_linear_forward_cuda);
+  m.impl("fused_linear_backward", &fused_linear_backward_cuda);
+}
+
+}  // namespace ampkit::cuda

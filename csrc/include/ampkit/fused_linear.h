@@ -1,0 +1,19 @@
+// C++ entry point of torch.ops.ampkit.fused_linear (through the dispatcher, so autograd, autocast
+// and the CPU/CUDA/Meta kernels behave exactly as they do from Python).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string_view>
+
+namespace ampkit {
+
+// activation(input @ weight.T + bias) with fp32 accumulation; input [..., in_features], weight
+// [out_features, in_features], bias [out_features] or none; activation "none", "relu" or "gelu"
+// (tanh approximation). fp16/bf16 (or fp32) tensors of one dtype; under autocast fp32 tensors run
+// in the autocast dtype. Differentiable in input, weight and bias.
+at::Tensor fused_linear(const at::Tensor& input, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias = std::nullopt, std::string_view activation = "none");
+
+}  // namespace ampkit

@@ -1,0 +1,289 @@
+#include "ops/fused_linear.h"
+
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "ops/validation.h"
+
+namespace ampkit::detail {
+
+Activation parse_activation(const char* op, c10::string_view name) {
+  if (name == "none") return Activation::None;
+  if (name == "relu") return Activation::Relu;
+  if (name == "gelu") return Activation::Gelu;
+  TORCH_CHECK_VALUE(false, op, ": activation must be one of 'none', 'relu', 'gelu' (tanh approximation), got '",
+                    std::string(name), "'");
+}
+
+namespace {
+
+std::string sizes_text(at::IntArrayRef sizes) {
+  std::ostringstream out;
+  out << sizes;
+  return out.str();
+}
+
+void check_same_dtype(const char* op, const char* name, const at::Tensor& tensor, const at::Tensor& input) {
+  TORCH_CHECK_TYPE(tensor.scalar_type() == input.scalar_type(), op, ": ", name, " must have the dtype of input (",
+                   dtype_name(input.scalar_type()), "), got ", dtype_name(tensor.scalar_type()),
+                   "; cast it, or run under autocast");
+}
+
+}  // namespace
+
+LinearShape check_fused_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias) {
+  check_float_tensor(op, "input (argument 0)", input);
+  check_float_tensor(op, "weight (argument 1)", weight);
+  TORCH_CHECK(input.dim() >= 1, op, ": input (argument 0) must have at least one dimension [..., in_features], got a "
+              "0-dimensional tensor");
+  TORCH_CHECK(weight.dim() == 2, op, ": weight (argument 1) must be 2-D [out_features, in_features], got shape ",
+              weight.sizes());
+  check_same_dtype(op, "weight (argument 1)", weight, input);
+  check_device(op, "weight (argument 1)", weight, input.device(), "input");
+  const int64_t in_features = input.size(-1);
+  TORCH_CHECK(weight.size(1) == in_features, op, ": weight (argument 1) must have shape [out_features, ", in_features,
+              "] to match the last dimension of input ", input.sizes(), ", got ", weight.sizes());
+  LinearShape shape;
+  shape.in_features = in_features;
+  shape.out_features = weight.size(0);
+  shape.rows = 1;
+  for (int64_t d = 0; d + 1 < input.dim(); ++d) shape.rows *= input.size(d);
+  shape.output_sizes.assign(input.sizes().begin(), input.sizes().end() - 1);
+  shape.output_sizes.push_back(shape.out_features);
+  if (bias.has_value() && bias->defined()) {
+    check_float_tensor(op, "bias (argument 2)", *bias);
+    check_same_dtype(op, "bias (argument 2)", *bias, input);
+    check_device(op, "bias (argument 2)", *bias, input.device(), "input");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == shape.out_features, op, ": bias (argument 2) must have shape [",
+                shape.out_features, "] (out_features of weight ", weight.sizes(), "), got ", sizes_text(bias->sizes()));
+  }
+  return shape;
+}
+
+int64_t saved_width(Activation activation, int64_t out_features) {
+  return activation == Activation::Gelu ? (out_features + 7) / 8 * 8 : 0;
+}
+
+at::Tensor empty_saved(Activation activation, const LinearShape& shape, const at::TensorOptions& options) {
+  if (activation != Activation::Gelu) return at::empty({0}, options);
+  return at::empty({shape.rows, saved_width(activation, shape.out_features)}, options);
+}
+
+LinearShape check_fused_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                             const at::Tensor& weight, const at::Tensor& saved, Activation activation) {
+  const char* op = kFusedLinearBackwardOp;
+  check_float_tensor(op, "grad_output (argument 0)", grad_output);
+  LinearShape shape = check_fused_linear_args(op, input, weight, std::nullopt);
+  check_same_dtype(op, "grad_output (argument 0)", grad_output, input);
+  check_device(op, "grad_output (argument 0)", grad_output, input.device(), "input");
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(shape.output_sizes), op,
+              ": grad_output (argument 0) must have the output's shape ", sizes_text(shape.output_sizes), ", got ",
+              grad_output.sizes());
+  check_float_tensor(op, "saved (argument 3)", saved);
+  check_same_dtype(op, "saved (argument 3)", saved, input);
+  check_device(op, "saved (argument 3)", saved, input.device(), "input");
+  std::vector<int64_t> expected;
+  switch (activation) {
+    case Activation::Gelu: expected = {shape.rows, saved_width(activation, shape.out_features)}; break;
+    case Activation::Relu: expected = shape.output_sizes; break;
+    case Activation::None: expected = {0}; break;
+  }
+  TORCH_CHECK(saved.sizes() == at::IntArrayRef(expected), op, ": saved (argument 3) must have shape ",
+              sizes_text(expected), " for this activation (what fused_linear_forward returns), got ", saved.sizes());
+  return shape;
+}
+
+namespace {
+
+// ---- Meta: shapes and dtypes only (torch.compile, opcheck, FakeTensor) ----
+at::Tensor fused_linear_meta(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             c10::string_view activation) {
+  parse_activation(kFusedLinearOp, activation);
+  const LinearShape shape = check_fused_linear_args(kFusedLinearOp, input, weight, bias);
+  return at::empty(shape.output_sizes, input.options());
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_linear_forward_meta(const at::Tensor& input, const at::Tensor& weight,
+                                                             const std::optional<at::Tensor>& bias,
+                                                             c10::string_view activation) {
+  const Activation act = parse_activation(kFusedLinearForwardOp, activation);
+  const LinearShape shape = check_fused_linear_args(kFusedLinearForwardOp, input, weight, bias);
+  return {at::empty(shape.output_sizes, input.options()), empty_saved(act, shape, input.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_meta(const at::Tensor& grad_output,
+                                                                          const at::Tensor& input,
+                                                                          const at::Tensor& weight,
+                                                                          const at::Tensor& saved,
+                                                                          c10::string_view activation) {
+  const Activation act = parse_activation(kFusedLinearBackwardOp, activation);
+  const LinearShape shape = check_fused_linear_backward_args(grad_output, input, weight, saved, act);
+  return {at::empty(input.sizes(), input.options()), at::empty(weight.sizes(), weight.options()),
+          at::empty({shape.out_features}, weight.options())};
+}
+
+// ---- Autograd ----
+const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view)>&
+forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("ampkit::fused_linear_forward", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                       const std::optional<at::Tensor>&,
+                                                                       c10::string_view)>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view)>&
+backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("ampkit::fused_linear_backward", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 c10::string_view)>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                          c10::string_view)>&
+fused_linear_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("ampkit::fused_linear", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                               c10::string_view)>();
+  return op;
+}
+
+// The backward is one registered op, so torch.compile traces it as a node and C++ users get it
+// through the same autograd graph as Python users.
+class FusedLinearFunction : public torch::autograd::Function<FusedLinearFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, c10::string_view activation) {
+    const Activation act = parse_activation(kFusedLinearOp, activation);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, saved] = forward_op().call(input, weight, bias, activation);
+    ctx->save_for_backward({input, weight, act == Activation::Relu ? output : saved});
+    ctx->saved_data["activation"] = std::string(activation);
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return output;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    auto [grad_input, grad_weight, grad_bias] =
+        backward_op().call(grad_outputs[0], saved[0], saved[1], saved[2], activation);
+    if (!ctx->saved_data["has_bias"].toBool()) grad_bias = at::Tensor();
+    return {grad_input, grad_weight, grad_bias, at::Tensor()};
+  }
+};
+
+// fused_linear_forward / fused_linear_backward are first-order only. Their results get a graph
+// node that refuses to be differentiated, so a double backward (create_graph=True, then a backward
+// through the gradients) is a clear error instead of a silently wrong second derivative.
+[[noreturn]] void refuse_double_backward(const char* op) {
+  TORCH_CHECK(false, op, ": differentiating through it is not supported (fused_linear has no double backward: "
+              "create_graph=True gradients of fused_linear cannot themselves be differentiated)");
+}
+
+class FusedLinearForwardFunction : public torch::autograd::Function<FusedLinearForwardFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                                                const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                                c10::string_view activation) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, saved] = forward_op().call(input, weight, bias, activation);
+    ctx->mark_non_differentiable({saved});
+    return {output, saved};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*, torch::autograd::variable_list) {
+    refuse_double_backward(kFusedLinearForwardOp);
+  }
+};
+
+class FusedLinearBackwardFunction : public torch::autograd::Function<FusedLinearBackwardFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext*, const at::Tensor& grad_output,
+                                                const at::Tensor& input, const at::Tensor& weight,
+                                                const at::Tensor& saved, c10::string_view activation) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_input, grad_weight, grad_bias] = backward_op().call(grad_output, input, weight, saved, activation);
+    return {grad_input, grad_weight, grad_bias};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*, torch::autograd::variable_list) {
+    refuse_double_backward(kFusedLinearBackwardOp);
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> fused_linear_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                                                 const std::optional<at::Tensor>& bias,
+                                                                 c10::string_view activation) {
+  auto outputs = FusedLinearForwardFunction::apply(input, weight, bias, activation);
+  return {outputs[0], outputs[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_autograd(const at::Tensor& grad_output,
+                                                                              const at::Tensor& input,
+                                                                              const at::Tensor& weight,
+                                                                              const at::Tensor& saved,
+                                                                              c10::string_view activation) {
+  auto outputs = FusedLinearBackwardFunction::apply(grad_output, input, weight, saved, activation);
+  return {outputs[0], outputs[1], outputs[2]};
+}
+
+at::Tensor fused_linear_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, c10::string_view activation) {
+  // Checked here too, so a bad argument (e.g. a sparse tensor, which has no forward kernel) is
+  // reported as such rather than as a missing kernel of the internal ops.
+  parse_activation(kFusedLinearOp, activation);
+  check_fused_linear_args(kFusedLinearOp, input, weight, bias);
+  const bool bias_requires_grad = bias.has_value() && bias->defined() && bias->requires_grad();
+  if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || bias_requires_grad)) {
+    // No graph to record: the plain kernel, which skips saving the pre-activation.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return fused_linear_op().call(input, weight, bias, activation);
+  }
+  return FusedLinearFunction::apply(input, weight, bias, activation);
+}
+
+// ---- Autocast: fp32 inputs run in the autocast dtype (fp16/bf16), like torch's linear ----
+template <c10::DeviceType device_type>
+at::Tensor fused_linear_autocast(const at::Tensor& input, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, c10::string_view activation) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(device_type);
+  return fused_linear_op().call(at::autocast::cached_cast(dtype, input, device_type),
+                                at::autocast::cached_cast(dtype, weight, device_type),
+                                at::autocast::cached_cast(dtype, bias, device_type), activation);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ampkit, Meta, m) {
+  m.impl("fused_linear", &fused_linear_meta);
+  m.impl("fused_linear_forward", &fused_linear_forward_meta);
+  m.impl("fused_linear_backward", &fused_linear_backward_meta);
+}
+// Sparse tensors reach no kernel; the checks turn the dispatcher's generic message into one that
+// names the argument.
+TORCH_LIBRARY_IMPL(ampkit, SparseCPU, m) { m.impl("fused_linear", &fused_linear_meta); }
+TORCH_LIBRARY_IMPL(ampkit, SparseCUDA, m) { m.impl("fused_linear", &fused_linear_meta); }
+TORCH_LIBRARY_IMPL(ampkit, Autograd, m) {
+  m.impl("fused_linear", &fused_linear_autograd);
+  m.impl("fused_linear_forward", &fused_linear_forward_autograd);
+  m.impl("fused_linear_backward", &fused_linear_backward_autograd);
+}
+TORCH_LIBRARY_IMPL(ampkit, AutocastCPU, m) { m.impl("fused_linear", &fused_linear_autocast<c10::DeviceType::CPU>); }
+TORCH_LIBRARY_IMPL(ampkit, AutocastCUDA, m) { m.impl("fused_linear", &fused_linear_autocast<c10::DeviceType::CUDA>); }
+
+}  // namespace ampkit::detail

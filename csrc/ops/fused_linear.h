@@ -1,0 +1,54 @@
+// fused_linear: shared argument checks and shape rules for the CPU, CUDA and Meta kernels.
+//
+// Three ops (schemas in ops/registration.cpp):
+//   fused_linear(input, weight, bias?, activation) -> output
+//       output = act(input @ weight.T + bias); what users call. Its Autograd kernel (here) runs
+//       fused_linear_forward and records fused_linear_backward.
+//   fused_linear_forward(...) -> (output, saved)
+//       also returns what the backward needs besides input and weight: for "gelu" the
+//       pre-activation, [rows, round_up(out_features, 8)] (cuBLASLt's GELU_AUX wants a leading
+//       dimension divisible by 8; only the first out_features columns are meaningful); for
+//       "relu"/"none" an empty tensor (the ReLU backward uses the output itself).
+//   fused_linear_backward(grad_output, input, weight, saved, activation)
+//       -> (grad_input, grad_weight, grad_bias); for "relu", saved is the forward's output.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
+#include <vector>
+
+namespace ampkit::detail {
+
+constexpr const char* kFusedLinearOp = "ampkit.fused_linear";
+constexpr const char* kFusedLinearForwardOp = "ampkit.fused_linear_forward";
+constexpr const char* kFusedLinearBackwardOp = "ampkit.fused_linear_backward";
+
+enum class Activation { None, Relu, Gelu };
+
+// "none" | "relu" | "gelu" (tanh approximation); anything else is a ValueError naming the op.
+Activation parse_activation(const char* op, c10::string_view name);
+
+struct LinearShape {
+  int64_t rows = 0;          // product of input's leading dimensions
+  int64_t in_features = 0;   // input.size(-1) == weight.size(1)
+  int64_t out_features = 0;  // weight.size(0)
+  std::vector<int64_t> output_sizes;  // input.sizes()[:-1] + [out_features]
+};
+
+// Checks input/weight/bias (dtype, device, layout, shapes) and returns the problem's shape.
+LinearShape check_fused_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias);
+
+// Width of the saved pre-activation ("gelu"), 0 for the other activations.
+int64_t saved_width(Activation activation, int64_t out_features);
+
+// The forward's `saved` tensor, empty (unallocated for the activations that save nothing).
+at::Tensor empty_saved(Activation activation, const LinearShape& shape, const at::TensorOptions& options);
+
+// Checks for fused_linear_backward; returns the problem's shape.
+LinearShape check_fused_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                             const at::Tensor& weight, const at::Tensor& saved, Activation activation);
+
+}  // namespace ampkit::detail

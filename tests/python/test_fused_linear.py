@@ -1,0 +1,446 @@
+"""fused_linear against an FP32 reference (F.linear on upcast inputs, then the activation).
+
+Tolerances are error bounds, computed per element, not fixed constants:
+  * Our GEMM and the reference both accumulate in fp32 (u32 = 2^-24). For a dot product of
+    length n, |computed - exact| <= gamma_n * sum|a_i b_i|. The worst case gamma_n = n u32 /
+    (1 - n u32) is far too loose at n in the thousands to catch anything, so for n >= 64 we use
+    the probabilistic bound of Higham & Mary (2019), gamma_n = lambda sqrt(n) u32, with lambda = 8
+    (failure probability per element ~ n exp(-lambda^2 / 2) < 1e-10 for independent rounding
+    errors; blocked and tensor-core sums have fewer sequential additions still). Two such results
+    differ by at most 2 gamma_n sum|a_i b_i|. That is the K (forward), N (grad_input) and M
+    (grad_weight, grad_bias) dependence of every bound below; test_the_bounds_can_fail shows the
+    bound rejects fp16 accumulation.
+  * The activation is L-Lipschitz (L = 1 for ReLU, 1.13 > max |gelu_tanh'|) and its derivative
+    L2-Lipschitz (L2 = 0.8 > max |gelu_tanh''|).
+  * Our result is rounded once to the output dtype: <= u |value|, u = 2^-11 (fp16), 2^-8 (bf16).
+  * Backward: the CUDA path rounds the saved GELU input and the gradient at the pre-activation to
+    the input dtype before its GEMMs (cuBLASLt multiplies operands of one dtype); the bound
+    carries both roundings (the CPU path keeps them in fp32, so it is well inside).
+The inputs themselves are the same fp16/bf16 values for both sides, so they add no error.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ampkit
+
+U_OUT = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8, torch.float32: 2.0 ** -24}
+U32 = 2.0 ** -24
+LIPSCHITZ = {"none": 1.0, "relu": 1.0, "gelu": 1.13}
+GELU_SECOND_DERIVATIVE_BOUND = 0.8
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+ACTIVATIONS = ["none", "relu", "gelu"]
+
+# (leading shape of input, in_features K, out_features N): odd sizes, 1-D and 3-D inputs, k = 1,
+# zero-size batches, a single output feature, and one multiple-of-8 case.
+SHAPES = [
+    ((7,), 13, 11),
+    ((2, 5), 33, 17),
+    ((), 12, 7),
+    ((4,), 1, 9),
+    ((0,), 16, 8),
+    ((3, 0), 5, 6),
+    ((5,), 10, 1),
+    ((64,), 64, 40),
+]
+
+
+def gamma(n: int) -> float:
+    worst_case = n * U32 / (1 - n * U32)
+    return min(worst_case, 8 * n ** 0.5 * U32)
+
+
+def activate(pre: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return torch.relu(pre)
+    if activation == "gelu":
+        return F.gelu(pre, approximate="tanh")
+    return pre
+
+
+def make_problem(lead, k, n, dtype, device, bias=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    # Scaled so pre-activations are O(1): the regime where GELU is neither linear nor zero.
+    x = torch.randn(*lead, k, generator=generator)
+    w = torch.randn(n, k, generator=generator) / max(k, 1) ** 0.5
+    b = 0.5 * torch.randn(n, generator=generator) if bias else None
+    cast = lambda t: None if t is None else t.to(dtype=dtype, device=device)  # noqa: E731
+    return cast(x), cast(w), cast(b)
+
+
+def reference(x, w, b, activation):
+    """FP32 reference: F.linear on the upcast inputs, then the activation; also the pre-activation."""
+    pre = F.linear(x.float(), w.float(), None if b is None else b.float())
+    return activate(pre, activation), pre
+
+
+def forward_bound(x, w, b, activation, ref, dtype):
+    k = x.shape[-1]
+    magnitude = x.float().abs() @ w.float().abs().t()  # sum_k |x w| per output element
+    if b is not None:
+        magnitude = magnitude + b.float().abs()
+    bound = LIPSCHITZ[activation] * 2 * gamma(k) * magnitude + 1.01 * U_OUT[dtype] * ref.abs() + 1e-6
+    if activation == "gelu":
+        # cuBLASLt's GELU epilogue may evaluate tanh with the hardware approximation (relative
+        # error < 2^-10.98); through 0.5 x (1 + tanh(.)) that is < 2^-11 |x| absolute.
+        pre = F.linear(x.float(), w.float(), None if b is None else b.float())
+        bound = bound + 2.0 ** -11 * pre.abs()
+    return bound
+
+
+def assert_within(ours, ref, bound, what):
+    assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
+    error = (ours.float() - ref).abs()
+    excess = error - bound
+    worst = excess.max().item() if excess.numel() else float("-inf")
+    assert worst <= 0, f"{what}: error exceeds its bound by {worst:.3g} (max error {error.max().item():.3g})"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{lead}x{k}->{n}" for lead, k, n in SHAPES])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
+def test_forward_and_gradients_match_fp32_reference(device, dtype, activation, bias, shape):
+    lead, k, n = shape
+    x, w, b = make_problem(lead, k, n, dtype, device, bias)
+    x.requires_grad_()
+    w.requires_grad_()
+    if b is not None:
+        b.requires_grad_()
+    out = ampkit.fused_linear(x, w, b, activation)
+    assert out.dtype == dtype and out.device == x.device
+
+    ref, pre = reference(x.detach(), w.detach(), None if b is None else b.detach(), activation)
+    fwd_bound = forward_bound(x.detach(), w.detach(), None if b is None else b.detach(), activation, ref, dtype)
+    assert_within(out, ref, fwd_bound, "output")
+
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype=dtype, device=device)
+    if activation == "relu":
+        # Where the reference pre-activation is within its own error bound of 0, the two sides may
+        # legitimately disagree on the side of the kink; no gradient flows through those elements.
+        pre_bound = 2 * gamma(k) * (x.detach().float().abs() @ w.detach().float().abs().t()) + 1e-6
+        if b is not None:
+            pre_bound = pre_bound + 2 * gamma(k) * b.detach().float().abs()
+        grad = grad.masked_fill(pre.abs() <= pre_bound, 0)
+    out.backward(grad)
+
+    # Reference gradients, all in fp32.
+    g = grad.float()
+    if activation == "gelu":
+        grad_pre = torch.ops.aten.gelu_backward(g, pre, approximate="tanh")
+    elif activation == "relu":
+        grad_pre = g * (pre > 0)
+    else:
+        grad_pre = g
+    x32, w32 = x.detach().float(), w.detach().float()
+    lead_rows = grad_pre.reshape(-1, n)
+    x_rows = x32.reshape(-1, k)
+    ref_dx = (lead_rows @ w32).reshape(x.shape)
+    ref_dw = lead_rows.t() @ x_rows
+    ref_db = lead_rows.sum(0)
+
+    u = U_OUT[dtype]
+    lipschitz = LIPSCHITZ[activation]
+    m = lead_rows.shape[0]
+    g_abs = g.abs().reshape(-1, n)
+    # E: bound on |our grad_pre - reference grad_pre| (derivative at a rounded, differently
+    # accumulated pre-activation, then rounding of grad_pre itself). "none": grad_pre = grad exactly.
+    if activation == "gelu":
+        pre_error = U_OUT[dtype] * pre.abs() + fwd_bound_pre(x32, w32, b, k)
+        e = g_abs * (GELU_SECOND_DERIVATIVE_BOUND * pre_error.reshape(-1, n) + u * lipschitz)
+    elif activation == "relu":
+        e = u * g_abs  # mask agrees away from the kink (masked above); only the product's rounding
+    else:
+        e = torch.zeros_like(g_abs)
+    bound_dx = e @ w32.abs() + 2 * gamma(n) * lipschitz * (g_abs @ w32.abs()) + 1.01 * u * ref_dx.abs().reshape(-1, k)
+    bound_dw = e.t() @ x_rows.abs() + 2 * gamma(m) * lipschitz * (g_abs.t() @ x_rows.abs()) + 1.01 * u * ref_dw.abs()
+    bound_db = e.sum(0) + 2 * gamma(m) * lipschitz * g_abs.sum(0) + 1.01 * u * ref_db.abs()
+    assert x.grad.dtype == dtype and w.grad.dtype == dtype
+    assert_within(x.grad, ref_dx, bound_dx.reshape(x.shape) + 1e-6, "grad_input")
+    assert_within(w.grad, ref_dw, bound_dw + 1e-6, "grad_weight")
+    if b is not None:
+        assert b.grad.dtype == dtype
+        assert_within(b.grad, ref_db, bound_db + 1e-6, "grad_bias")
+
+
+def fwd_bound_pre(x32, w32, b, k):
+    magnitude = x32.abs() @ w32.abs().t()
+    if b is not None:
+        magnitude = magnitude + b.detach().float().abs()
+    return 2 * gamma(k) * magnitude
+
+
+def test_the_bounds_can_fail():
+    """The forward bound rejects a result accumulated in fp16 (the error fp32 accumulation exists
+    to avoid), so passing it means something."""
+    x, w, b = make_problem((64,), 4096, 32, torch.float16, "cpu", seed=3)
+    ref, _ = reference(x, w, b, "none")
+    products = x.float()[:, None, :] * w.float()[None, :, :]  # [64, 32, 4096], exact in fp32
+    running = torch.zeros(64, 32, dtype=torch.float16)
+    for i in range(4096):
+        running = (running.float() + products[..., i]).half()  # every partial sum rounded to fp16
+    fp16_accumulated = (running.float() + b.float()).half()
+    bound = forward_bound(x, w, b, "none", ref, torch.float16)
+    assert ((fp16_accumulated.float() - ref).abs() > bound).any()
+    assert ((ampkit.fused_linear(x, w, b).float() - ref).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_float32_inputs_run_in_float32(device, activation):
+    x, w, b = make_problem((9,), 20, 12, torch.float32, device)
+    out = ampkit.fused_linear(x, w, b, activation)
+    ref, _ = reference(x, w, b, activation)
+    assert out.dtype == torch.float32
+    assert_within(out, ref, forward_bound(x, w, b, activation, ref, torch.float32) + 1e-6, "output")
+
+
+def test_non_contiguous_inputs(device):
+    x, w, b = make_problem((6,), 10, 8, torch.float16, device)
+    x_t = x.t().contiguous().t()  # same values, column-major strides
+    w_t = w.t().contiguous().t()
+    assert not x_t.is_contiguous() and not w_t.is_contiguous()
+    assert torch.equal(ampkit.fused_linear(x_t, w_t, b, "gelu"), ampkit.fused_linear(x, w, b, "gelu"))
+
+
+@pytest.mark.parametrize("device_type,dtype", [("cpu", torch.bfloat16), ("cuda", torch.float16)])
+def test_autocast_runs_fp32_inputs_in_the_autocast_dtype(device, device_type, dtype):
+    if device != device_type:
+        pytest.skip(f"autocast on {device_type} needs {device_type} tensors")
+    x, w, b = make_problem((2, 5), 24, 16, torch.float32, device)
+    w.requires_grad_()
+    with torch.autocast(device_type, dtype=dtype):
+        out = ampkit.fused_linear(x, w, b, "gelu")
+    assert out.dtype == dtype
+    # Exactly what the op computes on inputs cast to the autocast dtype.
+    assert torch.equal(out, ampkit.fused_linear(x.to(dtype), w.detach().to(dtype), b.to(dtype), "gelu"))
+    out.float().sum().backward()
+    assert w.grad is not None and w.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_autocast_casts_as_torch_linear_does(dtype):
+    x, w, b = make_problem((4,), 8, 8, torch.float32, "cpu")
+    x, w, b = x.to(dtype), w.to(dtype), b.to(dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ampkit.fused_linear(x, w, b, "relu")
+        expected = F.linear(x, w, b)
+    # torch's lower-precision ops cast every float16/bfloat16/float32 input to the autocast dtype.
+    assert out.dtype == expected.dtype == torch.bfloat16
+
+
+def test_double_backward_is_a_clear_error(device):
+    x, w, b = make_problem((3,), 4, 5, torch.float32, device)
+    x.requires_grad_()
+    w.requires_grad_()
+    (grad_x,) = torch.autograd.grad(ampkit.fused_linear(x, w, b, "gelu").sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="fused_linear has no double backward"):
+        grad_x.sum().backward()
+
+
+def test_no_graph_recorded_without_grad(device):
+    x, w, b = make_problem((4,), 8, 8, torch.float16, device)
+    out = ampkit.fused_linear(x, w, b, "gelu")
+    assert out.grad_fn is None
+    w.requires_grad_()
+    with torch.no_grad():
+        assert ampkit.fused_linear(x, w, b, "gelu").grad_fn is None
+    assert ampkit.fused_linear(x, w, b, "gelu").grad_fn is not None
+
+
+# ---- bad input ----
+def _t(*shape, dtype=torch.float16, device="cpu"):
+    return torch.ones(*shape, dtype=dtype, device=device)
+
+
+BAD_INPUTS = [
+    ("mismatched inner dimensions", lambda: (_t(3, 7), _t(5, 6), _t(5), "none"), RuntimeError,
+     "weight (argument 1) must have shape [out_features, 7] to match the last dimension of input [3, 7], got [5, 6]"),
+    ("bias of wrong length", lambda: (_t(3, 7), _t(5, 7), _t(4), "none"), RuntimeError,
+     "bias (argument 2) must have shape [5] (out_features of weight [5, 7]), got [4]"),
+    ("2-D bias", lambda: (_t(3, 7), _t(5, 7), _t(1, 5), "none"), RuntimeError,
+     "bias (argument 2) must have shape [5]"),
+    ("mixed dtypes", lambda: (_t(3, 7), _t(5, 7, dtype=torch.bfloat16), None, "none"), TypeError,
+     "weight (argument 1) must have the dtype of input (float16), got bfloat16"),
+    ("bias of another dtype", lambda: (_t(3, 7), _t(5, 7), _t(5, dtype=torch.float32), "none"), TypeError,
+     "bias (argument 2) must have the dtype of input (float16), got float32"),
+    ("integer input", lambda: (_t(3, 7, dtype=torch.int64), _t(5, 7), None, "none"), TypeError,
+     "input (argument 0) must have dtype float32, float16 or bfloat16, got int64"),
+    ("integer weight", lambda: (_t(3, 7), _t(5, 7, dtype=torch.int32), None, "none"), TypeError,
+     "weight (argument 1) must have dtype float32, float16 or bfloat16, got int32"),
+    ("float64", lambda: (_t(3, 7, dtype=torch.float64), _t(5, 7, dtype=torch.float64), None, "none"), TypeError,
+     "input (argument 0) must have dtype float32, float16 or bfloat16, got float64"),
+    ("unsupported activation", lambda: (_t(3, 7), _t(5, 7), None, "tanh"), ValueError,
+     "activation must be one of 'none', 'relu', 'gelu' (tanh approximation), got 'tanh'"),
+    ("1-D weight", lambda: (_t(3, 7), _t(7), None, "none"), RuntimeError,
+     "weight (argument 1) must be 2-D [out_features, in_features], got shape [7]"),
+    ("0-d input", lambda: (torch.tensor(1.0, dtype=torch.float16), _t(5, 1), None, "none"), RuntimeError,
+     "input (argument 0) must have at least one dimension"),
+    ("weight on another device", lambda: (_t(3, 7), _t(5, 7, device="meta"), None, "none"), RuntimeError,
+     "weight (argument 1) must be on cpu (the device of input), got meta"),
+    ("sparse input", lambda: (_t(3, 7).to_sparse(), _t(5, 7), None, "none"), RuntimeError,
+     "input (argument 0) must be a dense (strided) tensor"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
+def test_bad_input_is_a_clear_error(case, requires_grad):
+    _, make_args, error, message = case
+    x, w, b, activation = make_args()
+    if requires_grad and w.is_floating_point() and not w.is_sparse and w.device.type != "meta":
+        w.requires_grad_()
+    with pytest.raises(error) as info:
+        torch.ops.ampkit.fused_linear(x, w, b, activation)
+    assert message in str(info.value)
+
+
+def test_backward_op_rejects_mismatched_saved_and_grad():
+    x, w, b = make_problem((4,), 8, 6, torch.float16, "cpu")
+    out, saved = torch.ops.ampkit.fused_linear_forward(x, w, b, "gelu")
+    assert saved.shape == (4, 8)  # out_features 6 padded to 8
+    with pytest.raises(RuntimeError, match=r"saved \(argument 3\) must have shape \[4, 8\]"):
+        torch.ops.ampkit.fused_linear_backward(out, x, w, saved[:, :6], "gelu")
+    with pytest.raises(RuntimeError, match=r"grad_output \(argument 0\) must have the output's shape \[4, 6\]"):
+        torch.ops.ampkit.fused_linear_backward(out[:3], x, w, saved, "gelu")
+
+
+def _has_cuda_kernel() -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("ampkit::fused_linear", "CUDA")
+
+
+@pytest.mark.skipif(not _has_cuda_kernel(), reason="built without CUDA kernels")
+@pytest.mark.parametrize("op_name", ["fused_linear", "fused_linear_forward"])
+def test_cpu_tensors_to_the_cuda_kernel_are_a_clear_error(op_name):
+    # The CUDA kernel is reached only through the dispatcher; calling it by key with CPU tensors
+    # (what a wrong device guard or a hand-made redispatch would do) is an error, not a fault.
+    x, w, b = make_problem((4,), 8, 6, torch.float16, "cpu")
+    op = getattr(torch.ops.ampkit, op_name).default
+    with pytest.raises(RuntimeError, match=r"input \(argument 0\) must be a CUDA tensor for the CUDA kernel, got cpu"):
+        op.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA), x, w, b, "gelu")
+
+
+@pytest.mark.skipif(not _has_cuda_kernel(), reason="built without CUDA kernels")
+def test_cpu_tensors_to_the_cuda_backward_kernel_are_a_clear_error():
+    x, w, b = make_problem((4,), 8, 6, torch.float16, "cpu")
+    out, saved = torch.ops.ampkit.fused_linear_forward(x, w, b, "gelu")
+    with pytest.raises(RuntimeError, match=r"must be a CUDA tensor for the CUDA kernel, got cpu"):
+        torch.ops.ampkit.fused_linear_backward.default.redispatch(
+            torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA), out, x, w, saved, "gelu")
+
+
+@pytest.mark.cuda
+def test_mixed_cpu_and_cuda_tensors_are_a_clear_error():
+    x, w, b = make_problem((4,), 8, 6, torch.float16, "cuda")
+    with pytest.raises(RuntimeError, match=r"weight \(argument 1\) must be on cuda:0 \(the device of input\), got cpu"):
+        ampkit.fused_linear(x, w.cpu(), b)
+    with pytest.raises(RuntimeError, match=r"bias \(argument 2\) must be on cuda:0 \(the device of input\), got cpu"):
+        ampkit.fused_linear(x, w, b.cpu())
+
+
+# ---- CUDA-only numerics: large K, misaligned operands ----
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_cuda_large_k_and_misaligned_pointers(dtype, activation):
+    x, w, b = make_problem((129,), 4099, 263, dtype, "cuda", seed=5)
+    # Views starting 1 element into a buffer: 2-byte aligned operands, which the algorithm
+    # selection must account for.
+    x_buf = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")
+    x_buf[1:].copy_(x.flatten())
+    x_view = x_buf[1:].view_as(x)
+    out = ampkit.fused_linear(x_view, w, b, activation)
+    ref, _ = reference(x, w, b, activation)
+    assert_within(out, ref, forward_bound(x, w, b, activation, ref, dtype), "output")
+
+
+# ---- torch.library and torch.compile ----
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_opcheck(device, activation):
+    x, w, b = make_problem((2, 3), 12, 10, torch.float16, device)
+    torch.library.opcheck(torch.ops.ampkit.fused_linear.default, (x, w, b, activation))
+    args = (x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_(), activation)
+    torch.library.opcheck(torch.ops.ampkit.fused_linear.default, args)
+    torch.library.opcheck(torch.ops.ampkit.fused_linear.default, (x, w, None, activation))
+    out, saved = torch.ops.ampkit.fused_linear_forward(x, w, b, activation)
+    torch.library.opcheck(torch.ops.ampkit.fused_linear_forward.default, (x, w, b, activation))
+    backward_saved = out if activation == "relu" else saved
+    torch.library.opcheck(torch.ops.ampkit.fused_linear_backward.default,
+                          (torch.randn_like(out), x, w, backward_saved, activation))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_runs_under_torch_compile_without_graph_break(device, dtype):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ampkit.nn.FusedLinear(16, 32, activation="gelu"),
+                                ampkit.nn.FusedLinear(32, 8, activation="relu"),
+                                ampkit.nn.FusedLinear(8, 4)).to(device=device, dtype=dtype)
+    x = torch.randn(3, 5, 16, dtype=dtype, device=device)
+
+    def step(inputs):
+        return model(inputs).float().square().sum()
+
+    eager_loss = step(x)
+    eager_grads = torch.autograd.grad(eager_loss, list(model.parameters()))
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(x)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert torch.equal(loss, eager_loss)
+    for a, b in zip(grads, eager_grads):
+        assert torch.equal(a, b)
+    explanation = torch._dynamo.explain(step)(x)
+    assert explanation.graph_break_count == 0
+
+
+def test_ops_are_tagged_pt2_compliant():
+    for name in ("fused_linear", "fused_linear_forward", "fused_linear_backward"):
+        assert torch.Tag.pt2_compliant_tag in getattr(torch.ops.ampkit, name).default.tags
+
+
+# ---- modules ----
+def test_fused_linear_module_loads_a_linear_state_dict(device):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(20, 12).to(device)
+    fused = ampkit.nn.FusedLinear(20, 12, activation="relu", device=device)
+    fused.load_state_dict(linear.state_dict())
+    x = torch.randn(4, 20, device=device)
+    ref = torch.relu(linear(x))
+    assert_within(fused(x), ref.detach(),
+                  forward_bound(x, linear.weight.detach(), linear.bias.detach(), "relu", ref.detach(), torch.float32),
+                  "output")
+    assert fused.weight.shape == linear.weight.shape and "activation=relu" in repr(fused)
+
+
+def test_fused_linear_module_initialises_like_linear():
+    torch.manual_seed(0)
+    fused = ampkit.nn.FusedLinear(300, 200)
+    bound = 1 / 300 ** 0.5  # kaiming_uniform(a=sqrt(5)) and the bias both give U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert fused.weight.abs().max() <= bound and fused.weight.abs().max() > 0.95 * bound
+    assert fused.bias.abs().max() <= bound
+    assert ampkit.nn.FusedLinear(3, 2, bias=False).bias is None
+    with pytest.raises(ValueError, match="activation must be one of 'none', 'relu', 'gelu'"):
+        ampkit.nn.FusedLinear(3, 2, activation="swish")
+
+
+def test_fuse_linear_activations_swaps_pairs_and_shares_parameters():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(10, 16), torch.nn.ReLU(),
+        torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(approximate="tanh")),
+        torch.nn.Linear(16, 12), torch.nn.GELU(),  # exact GELU: not the fused tanh form, left alone
+        torch.nn.Linear(12, 4),
+    )
+    x = torch.randn(6, 10)
+    before = model(x).detach()
+    parameters = list(model.parameters())
+    assert ampkit.fuse_linear_activations(model) == 2
+    assert isinstance(model[0], ampkit.nn.FusedLinear) and model[0].activation == "relu"
+    assert isinstance(model[1], torch.nn.Identity)
+    assert isinstance(model[2][0], ampkit.nn.FusedLinear) and model[2][0].activation == "gelu"
+    assert isinstance(model[3], torch.nn.Linear) and isinstance(model[4], torch.nn.GELU)
+    assert all(a is b for a, b in zip(model.parameters(), parameters))  # an optimizer built before still works
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)  # fp32: same math, other summation order
+    assert ampkit.fuse_linear_activations(model, include_exact_gelu=True) == 1
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
