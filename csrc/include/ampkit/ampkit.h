@@ -3,3 +3,4 @@
 
 #include "ampkit/build_info.h"
 #include "ampkit/ops.h"
+#include "ampkit/autocast.h"
