@@ -10,12 +10,13 @@
 #include <type_traits>
 
 #include "autocast/routing.h"
+#include "ops/validation.h"
 
 namespace ampkit::autocast::detail {
 namespace {
 
 std::string dtype_text(const at::Tensor& tensor) {
-  return tensor.defined() ? std::string(c10::toString(tensor.scalar_type())) : std::string("undefined");
+  return tensor.defined() ? std::string(ampkit::detail::dtype_name(tensor.scalar_type())) : std::string("undefined");
 }
 
 // Dtypes of the tensor arguments / results, for explain().

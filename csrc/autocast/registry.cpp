@@ -16,6 +16,7 @@
 #include "ampkit/autocast.h"
 #include "autocast/registry.h"
 #include "autocast/routing.h"
+#include "ops/validation.h"
 
 namespace ampkit::autocast::detail {
 namespace {
@@ -53,7 +54,7 @@ c10::OperatorName operator_name(const std::string& qualified) {
 void append_dtypes(std::vector<std::string>& out, const c10::IValue& value) {
   if (value.isTensor()) {
     const auto& tensor = value.toTensor();
-    out.push_back(tensor.defined() ? c10::toString(tensor.scalar_type()) : "undefined");
+    out.push_back(tensor.defined() ? ampkit::detail::dtype_name(tensor.scalar_type()) : "undefined");
   } else if (value.isList()) {
     for (const c10::IValue& element : value.toListRef()) append_dtypes(out, element);
   } else if (value.isTuple()) {

@@ -14,6 +14,15 @@ _C, _BUILD_INFO = _load_compiled()
 __version__: str = _BUILD_INFO["version"]
 
 from .ops import multi_tensor_scale_  # noqa: E402
+# autocast policies (issue 6)
+from .autocast import (  # noqa: E402
+    Policy,
+    autocast,
+    explain,
+    global_policy,
+    set_global_policy,
+    set_module_policy,
+)
 
 
 def build_info() -> dict:
@@ -25,3 +34,5 @@ def build_info() -> dict:
 
 
 __all__ = ["__version__", "build_info", "multi_tensor_scale_"]
+# autocast policies (issue 6)
+__all__ += ["Policy", "autocast", "explain", "global_policy", "set_global_policy", "set_module_policy"]
