@@ -7,6 +7,7 @@
 
 #include "ampkit/autocast.h"
 #include "autocast/routing.h"
+#include "ops/validation.h"
 
 namespace ampkit::autocast {
 namespace {
@@ -33,9 +34,9 @@ const Policy& default_policy(c10::DeviceType device_type, c10::ScalarType dtype)
         Policy::torch_default(c10::kCPU, c10::kHalf), Policy::torch_default(c10::kCPU, c10::kBFloat16),
         Policy::torch_default(c10::kCUDA, c10::kHalf), Policy::torch_default(c10::kCUDA, c10::kBFloat16)};
   });
-  const int index = device_index(device_type) * 2 + (dtype == c10::kBFloat16 ? 1 : 0);
   TORCH_CHECK_VALUE(dtype == c10::kHalf || dtype == c10::kBFloat16,
-                    "ampkit autocast: dtype must be float16 or bfloat16, got ", c10::toString(dtype));
+                    "ampkit autocast: dtype must be float16 or bfloat16, got ", ampkit::detail::dtype_name(dtype));
+  const int index = device_index(device_type) * 2 + (dtype == c10::kBFloat16 ? 1 : 0);
   return (*policies)[index];
 }
 

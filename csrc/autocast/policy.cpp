@@ -28,8 +28,7 @@ void check_device_and_dtype(c10::DeviceType device_type, c10::ScalarType dtype) 
   TORCH_CHECK_VALUE(device_type == c10::kCPU || device_type == c10::kCUDA,
                     "ampkit.Policy: device_type must be cpu or cuda, got ", c10::DeviceTypeName(device_type, true));
   TORCH_CHECK_VALUE(dtype == c10::kHalf || dtype == c10::kBFloat16,
-                    "ampkit.Policy: dtype must be float16 or bfloat16 (the lower precision ops in the allow list "
-                    "run in), got ",
+                    "ampkit.Policy: dtype (the lower precision of the allow list) must be float16 or bfloat16, got ",
                     ampkit::detail::dtype_name(dtype));
 }
 

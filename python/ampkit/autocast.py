@@ -247,6 +247,11 @@ class autocast:  # noqa: N801  (named like torch.autocast, which it replaces)
     def __exit__(self, *exc_info: Any) -> None:
         self._regions.pop().exit()
 
+    # `ampkit.autocast` is this class (the module of the same name is shadowed in the package), so
+    # the module-level install helpers are reachable from it too: ampkit.autocast.uninstall().
+    uninstall = staticmethod(lambda: uninstall())
+    is_installed = staticmethod(lambda device_type="cpu": is_installed(device_type))
+
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
