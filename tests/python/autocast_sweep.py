@@ -16,7 +16,10 @@ INPUT_DTYPE = torch.float32
 
 
 def _r(g, *shape, dtype=None):
-    return torch.randn(*shape, generator=g, dtype=torch.float32).to(dtype or INPUT_DTYPE)
+    dtype = dtype or INPUT_DTYPE
+    if dtype == torch.bfloat16 and g.device.type == "cuda":  # the CUDA sweep's low dtype is fp16
+        dtype = torch.float16
+    return torch.randn(*shape, generator=g, dtype=torch.float32, device=g.device).to(dtype)
 
 
 def _cases():
@@ -166,9 +169,9 @@ def _cases():
     @case
     def kl_div(g): return F.kl_div(F.log_softmax(_r(g, 8, 5), 1), F.softmax(_r(g, 8, 5), 1), reduction="batchmean")
     @case
-    def bce_with_logits(g): return F.binary_cross_entropy_with_logits(_r(g, 8, 4), torch.rand(8, 4, generator=g))
+    def bce_with_logits(g): return F.binary_cross_entropy_with_logits(_r(g, 8, 4), torch.rand(8, 4, generator=g, device=g.device))
     @case
-    def bce(g): return F.binary_cross_entropy(torch.sigmoid(_r(g, 8, 4)), torch.rand(8, 4, generator=g))
+    def bce(g): return F.binary_cross_entropy(torch.sigmoid(_r(g, 8, 4)), torch.rand(8, 4, generator=g, device=g.device))
     @case
     def margin_ranking_loss(g): return F.margin_ranking_loss(_r(g, 8), _r(g, 8), torch.ones(8))
     @case
@@ -241,28 +244,36 @@ def flatten(value) -> list:
     raise TypeError(f"unexpected result type {type(value).__name__}")
 
 
-def run_sweep(region_factory, input_dtype=torch.float32) -> dict:
+def run_sweep(region_factory, input_dtype=torch.float32, device="cpu") -> dict:
     """{case: [output tensors] or the error text} with every case run inside `region_factory()`
-    from seed 0, inputs made in `input_dtype`."""
+    from seed 0, inputs made in `input_dtype` on `device` (torch's default device meanwhile)."""
     global INPUT_DTYPE
     INPUT_DTYPE = input_dtype
     results = {}
+    previous_device = torch.get_default_device()
+    torch.set_default_device(device)
     try:
         for name, fn in CASES.items():
-            g = torch.Generator().manual_seed(0)
+            g = torch.Generator(device=device).manual_seed(0)
             try:
                 with region_factory():
                     results[name] = [t.detach().clone() for t in flatten(fn(g))]
             except RuntimeError as error:
                 results[name] = f"RuntimeError: {error}".split("\n")[0]
+            if device != "cpu":
+                results[name] = results[name] if isinstance(results[name], str) else [t.cpu() for t in results[name]]
     finally:
         INPUT_DTYPE = torch.float32
+        torch.set_default_device(previous_device)
     return results
 
 
 if __name__ == "__main__":
-    # Pristine torch: `python autocast_sweep.py OUT` saves torch.autocast(cpu, bf16) results.
+    # Pristine torch: `python autocast_sweep.py OUT [cpu|cuda]` saves torch.autocast results
+    # (cpu: bfloat16, cuda: float16) for float32 inputs and for lower-precision inputs.
     import sys
 
-    region = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
-    torch.save({dtype: run_sweep(region, dtype) for dtype in (torch.float32, torch.bfloat16)}, sys.argv[1])
+    device = sys.argv[2] if len(sys.argv) > 2 else "cpu"
+    low = torch.bfloat16 if device == "cpu" else torch.float16
+    region = lambda: torch.autocast(device, dtype=low)  # noqa: E731
+    torch.save({dtype: run_sweep(region, dtype, device) for dtype in (torch.float32, low)}, sys.argv[1])
