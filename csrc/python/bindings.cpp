@@ -4,6 +4,8 @@
 #include <torch/extension.h>
 
 #include "ampkit/build_info.h"
+// ---- autocast policies (issue 6) ----
+#include "autocast_bindings.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "ampkit compiled core";
@@ -16,4 +18,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
     result["cuda_architectures"] = info.cuda_architectures;
     return result;
   });
+  // ---- autocast policies (issue 6): ampkit._C._AutocastPolicy, _AutocastRegion, ... ----
+  ampkit::python::bind_autocast(module);
 }

@@ -14,6 +14,15 @@ _C, _BUILD_INFO = _load_compiled()
 __version__: str = _BUILD_INFO["version"]
 
 from .ops import multi_tensor_scale_  # noqa: E402
+# autocast policies (issue 6)
+from .autocast import (  # noqa: E402
+    Policy,
+    autocast,
+    explain,
+    global_policy,
+    set_global_policy,
+    set_module_policy,
+)
 
 # ---- dynamic loss scaling (GradScaler) ----
 from .grad_scaler import GradScaler  # noqa: E402
@@ -38,3 +47,5 @@ from . import nn  # noqa: E402
 from .nn import FusedLinear, fuse_linear_activations, fused_linear  # noqa: E402
 
 __all__ += ["nn", "FusedLinear", "fuse_linear_activations", "fused_linear"]
+# autocast policies (issue 6)
+__all__ += ["Policy", "autocast", "explain", "global_policy", "set_global_policy", "set_module_policy"]

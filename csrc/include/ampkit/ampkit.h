@@ -11,3 +11,4 @@
 // fused linear (issue 5)
 #include "ampkit/fused_linear.h"
 #include "ampkit/nn.h"
+#include "ampkit/autocast.h"
