@@ -13,7 +13,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"))
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"))
 sys.path.insert(0, HERE)
 
 import torch  # noqa: E402

@@ -17,7 +17,7 @@ import sys
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"))
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
