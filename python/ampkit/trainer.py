@@ -266,9 +266,13 @@ class Trainer:
             for inputs, targets in bar:
                 loss = self._step(inputs, targets)
                 losses.append(loss)
-                skipped.append(self.scaler.found_inf_tensor() if self.scaler.is_enabled() else torch.zeros((), device=self.device))
-                scales.append(self.scaler.get_scale_tensor().reshape(()) if self.scaler.is_enabled()
-                              else torch.ones((), device=self.device))
+                if self.scaler.is_enabled():
+                    # Device tensors: read at the next logging point, so the step never waits.
+                    skipped.append((self.scaler.found_inf > 0).reshape(()).clone())
+                    scales.append(self.scaler.get_scale_async().reshape(()).clone())
+                else:
+                    skipped.append(torch.zeros((), dtype=torch.bool, device=self.device))
+                    scales.append(torch.ones((), device=self.device))
                 self.global_step += 1
                 if self.global_step % self.log_every == 0:
                     self._flush(losses, skipped, scales)
