@@ -25,10 +25,16 @@ def describe_environment() -> str:
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "info"
-    if command in ("info", "check"):
+    if command == "info":
         print(describe_environment())
         return 0
-    print(f"usage: python -m ampkit [info|check], got {command!r}", file=sys.stderr)
+    if command == "check":
+        print(describe_environment())
+        device = argv[1] if len(argv) > 1 else None
+        verdict = ampkit.check_amp(device=device)
+        print(verdict)
+        return 0 if verdict.ok else 1
+    print(f"usage: python -m ampkit [info | check [cpu|cuda]], got {command!r}", file=sys.stderr)
     return 2
 
 

@@ -1,0 +1,420 @@
+"""Trainer: one `amp=True` switch for autocast, loss scaling and the fused optimizer path.
+
+    trainer = ampkit.Trainer(model, amp=True)        # fp16 + loss scaling on CUDA, bf16 on CPU
+    trainer.fit((x_train, y_train), epochs=10, val_data=(x_val, y_val))
+
+The step order is the one mixed precision needs: forward under autocast, scaled backward,
+unscale (before any gradient clipping), clip, optimizer step (skipped on the device when a
+gradient overflowed), scale update. The host waits for the device only at logging points.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+import warnings
+import weakref
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from . import optim as ampkit_optim
+from .grad_scaler import GradScaler
+from .self_check import AmpCheck, check_amp
+
+# The smallest fp16 subnormal: unscaled gradient values below it become 0 in fp16.
+FP16_SMALLEST_SUBNORMAL = 2.0 ** -24
+
+_AMP_ALIASES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                "fp32": None, "float32": None}
+
+_last_history: "weakref.ReferenceType[TrainHistory] | None" = None
+
+
+def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """amp=True -> fp16 on CUDA, bf16 on the CPU; 'bf16'/'fp16' as named; False/'fp32' -> None."""
+    if amp is True:
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if amp is False or amp is None:
+        return None
+    if isinstance(amp, str) and amp.lower() in _AMP_ALIASES:
+        return _AMP_ALIASES[amp.lower()]
+    raise ValueError(f"amp must be True, False, 'bf16', 'fp16' or 'fp32', got {amp!r}")
+
+
+@dataclasses.dataclass
+class TrainHistory:
+    """What the trainer recorded, one entry per optimizer step unless stated."""
+
+    loss: list[float] = dataclasses.field(default_factory=list)
+    scale: list[float] = dataclasses.field(default_factory=list)
+    skipped: list[bool] = dataclasses.field(default_factory=list)
+    # Per epoch: a summary dict (epoch, loss, val metrics, seconds, samples/s, skipped steps).
+    epochs: list[dict] = dataclasses.field(default_factory=list)
+    # diagnose=True: for each skipped step, the first module (in registration order) whose gradient
+    # was non-finite, and at logging points the fraction of gradient values that fp16 would flush to 0.
+    first_non_finite: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    fp16_underflow_fraction: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+
+    @property
+    def overflow_steps(self) -> list[int]:
+        return [i for i, s in enumerate(self.skipped) if s]
+
+    def overflow_report(self) -> dict[str, int]:
+        """Module name -> number of skipped steps in which it was the first non-finite gradient."""
+        report: dict[str, int] = {}
+        for _, name in self.first_non_finite:
+            report[name] = report.get(name, 0) + 1
+        return dict(sorted(report.items(), key=lambda item: -item[1]))
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "TrainHistory":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(state) - fields
+        if unknown:
+            raise ValueError(f"history: unknown fields {sorted(unknown)}")
+        history = cls(**state)
+        history.first_non_finite = [tuple(x) for x in history.first_non_finite]
+        history.fp16_underflow_fraction = [tuple(x) for x in history.fp16_underflow_fraction]
+        return history
+
+
+class Trainer:
+    """Trains `model` with mixed precision behind one `amp` argument.
+
+    amp: True (fp16 + dynamic loss scaling on CUDA, bf16 on the CPU), 'bf16', 'fp16', False/'fp32'.
+    optimizer: an optimizer, a factory `params -> optimizer`, or None for ampkit.optim.AdamW(lr,
+        weight_decay). With master_weights=True it must be a factory or None: the model is first
+        put in low-precision weights and the optimizer holds the FP32 masters.
+    self_check: run ampkit.check_amp first; on failure warn and train in FP32.
+    max_consecutive_skips: raise when this many steps in a row overflowed (a loss that is NaN from
+        the start would otherwise loop forever doing nothing).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Any = None,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy, *,
+                 amp: bool | str = True, device: str | torch.device | None = None, master_weights: bool = False,
+                 lr: float = 1e-3, weight_decay: float = 0.01, batch_size: int = 64, grad_clip: float | None = None,
+                 seed: int = 0, self_check: bool = True, check_input: torch.Tensor | None = None,
+                 progress: bool = True, log_every: int = 20, diagnose: bool = False,
+                 max_consecutive_skips: int = 50, scaler_options: dict | None = None) -> None:
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = resolve_amp(amp, self.device)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
+        if max_consecutive_skips <= 0:
+            raise ValueError(f"max_consecutive_skips must be positive, got {max_consecutive_skips}")
+        if master_weights and self.dtype is None:
+            raise ValueError("master_weights=True needs a low-precision amp mode ('bf16' or 'fp16'), got amp=fp32")
+        if master_weights and optimizer is not None and not callable(optimizer):
+            raise ValueError("with master_weights=True pass optimizer as a factory (params -> optimizer) or None: "
+                             "the optimizer must be built after the model is converted")
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.batch_size = batch_size
+        self.grad_clip = grad_clip
+        self.seed = seed
+        self.progress = progress
+        self.log_every = max(1, log_every)
+        self.diagnose = diagnose
+        self.max_consecutive_skips = max_consecutive_skips
+        self.amp_check: AmpCheck | None = None
+
+        if self.dtype is not None and self_check:
+            self.amp_check = check_amp(None if check_input is None else self.model, self.device, self.dtype,
+                                       example_input=check_input)
+            if not self.amp_check.ok:
+                warnings.warn(f"{self.amp_check}; training in FP32 instead", RuntimeWarning, stacklevel=2)
+                self.dtype = None
+                master_weights = False
+        self.master_weights = master_weights
+        if master_weights:
+            ampkit_optim.to_low_precision(self.model, self.dtype)
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if optimizer is None:
+            self.optimizer = ampkit_optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        elif isinstance(optimizer, torch.optim.Optimizer):
+            self.optimizer = optimizer
+        elif callable(optimizer):
+            self.optimizer = optimizer(params)
+        else:
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, a factory or None, got {type(optimizer).__name__}")
+        # Loss scaling is for fp16's narrow exponent range; bf16 and fp32 share fp32's range.
+        self.scaler = GradScaler(self.device.type, enabled=self.dtype == torch.float16, **(scaler_options or {}))
+        self.history = TrainHistory()
+        self.epoch = 0
+        self.global_step = 0
+        self._consecutive_skips = 0
+        global _last_history
+        _last_history = weakref.ref(self.history)
+
+    # ---- description ----
+    @property
+    def amp_mode(self) -> str:
+        return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+
+    def _region(self):
+        from . import autocast  # noqa: PLC0415
+
+        return autocast(device_type=self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
+
+    # ---- data ----
+    def _batches(self, data: Any, shuffle: bool, epoch: int):
+        if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+            inputs, targets = data
+            if len(inputs) != len(targets):
+                raise ValueError(f"inputs and targets must have the same length, got {len(inputs)} and {len(targets)}")
+            if shuffle:
+                # A generator per (seed, epoch): resuming at an epoch replays the same order.
+                order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+            else:
+                order = torch.arange(len(inputs))
+            for start in range(0, len(inputs), self.batch_size):
+                index = order[start:start + self.batch_size]
+                yield inputs[index].to(self.device, non_blocking=True), targets[index].to(self.device, non_blocking=True)
+        elif isinstance(data, torch.utils.data.Dataset):
+            generator = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            loader = torch.utils.data.DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator)
+            for inputs, targets in loader:
+                yield inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        else:
+            raise TypeError(f"data must be an (inputs, targets) pair of tensors or a torch Dataset, got {type(data).__name__}")
+
+    @staticmethod
+    def _length(data: Any) -> int:
+        return len(data[0]) if isinstance(data, (tuple, list)) else len(data)
+
+    # ---- one step ----
+    def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._region():
+            loss = self.loss_fn(self.model(inputs), targets)
+        self.scaler.scale(loss).backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.diagnose:
+            self._record_diagnostics(params)
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach().float()
+
+    def _record_diagnostics(self, params: Sequence[torch.Tensor]) -> None:
+        """Which module's gradient went non-finite first, and how much of the gradient fp16 would lose."""
+        flags = torch.stack([~torch.isfinite(p.grad).all() for p in params])
+        self._pending_non_finite.append((self.global_step, flags))
+        if self.global_step % self.log_every == 0:
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+            total = sum(p.grad.numel() for p in params)
+            tiny = sum(((p.grad.float().abs() / scale < FP16_SMALLEST_SUBNORMAL) & (p.grad != 0)).sum() for p in params)
+            self.history.fp16_underflow_fraction.append((self.global_step, float(tiny) / max(total, 1)))
+
+    def _flush(self, losses: list[torch.Tensor], skipped: list[torch.Tensor], scales: list[torch.Tensor]) -> None:
+        """Moves the steps' device-side records to the history (one host sync for many steps)."""
+        if not losses:
+            return
+        loss_values = torch.stack(losses).cpu().tolist()
+        skip_values = [bool(v) for v in torch.stack(skipped).cpu().tolist()]
+        scale_values = torch.stack(scales).cpu().tolist()
+        first = self.global_step - len(losses)
+        for offset, (loss, skip, scale) in enumerate(zip(loss_values, skip_values, scale_values)):
+            self.history.loss.append(loss)
+            self.history.skipped.append(skip)
+            self.history.scale.append(scale)
+            non_finite_step = skip or not math.isfinite(loss)
+            self._consecutive_skips = self._consecutive_skips + 1 if non_finite_step else 0
+            if self._consecutive_skips >= self.max_consecutive_skips:
+                raise RuntimeError(
+                    f"{self._consecutive_skips} consecutive steps had a non-finite loss or gradients (up to step "
+                    f"{first + offset}); the loss is NaN/inf from the start or the model diverged: check the loss "
+                    "function, the data and the learning rate")
+        if self.diagnose:
+            names = [name for name, p in self.model.named_parameters() if p.requires_grad]
+            for step, flags in self._pending_non_finite:
+                hits = flags.nonzero().flatten().tolist()
+                if hits:
+                    self.history.first_non_finite.append((step, names[hits[0]].rsplit(".", 1)[0]))
+            self._pending_non_finite.clear()
+        losses.clear(); skipped.clear(); scales.clear()
+
+    # ---- public API ----
+    def fit(self, train_data: Any, epochs: int, val_data: Any = None) -> TrainHistory:
+        """Trains until `epochs` epochs are done in total (a resumed trainer continues from its epoch)."""
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        self._pending_non_finite: list[tuple[int, torch.Tensor]] = []
+        samples = self._length(train_data)
+        while self.epoch < epochs:
+            self.model.train()
+            start = time.perf_counter()
+            losses, skipped, scales = [], [], []
+            skipped_before = sum(self.history.skipped)
+            steps = math.ceil(samples / self.batch_size)
+            bar = tqdm(self._batches(train_data, True, self.epoch), total=steps, disable=not self.progress,
+                       desc=f"epoch {self.epoch + 1}/{epochs} [{self.amp_mode}]", leave=False)
+            for inputs, targets in bar:
+                loss = self._step(inputs, targets)
+                losses.append(loss)
+                if self.scaler.is_enabled():
+                    # Device tensors: read at the next logging point, so the step never waits.
+                    skipped.append((self.scaler.found_inf > 0).reshape(()).clone())
+                    scales.append(self.scaler.get_scale_async().reshape(()).clone())
+                else:
+                    skipped.append(torch.zeros((), dtype=torch.bool, device=self.device))
+                    scales.append(torch.ones((), device=self.device))
+                self.global_step += 1
+                if self.global_step % self.log_every == 0:
+                    self._flush(losses, skipped, scales)
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix(loss=f"{self.history.loss[-1]:.4f}", scale=f"{self.history.scale[-1]:.0f}",
+                                    skipped=sum(self.history.skipped) - skipped_before,
+                                    samples_per_s=f"{bar.n * self.batch_size / max(elapsed, 1e-9):.0f}")
+            self._flush(losses, skipped, scales)
+            bar.close()
+            seconds = time.perf_counter() - start
+            epoch_losses = self.history.loss[-steps:]
+            finite = [v for v in epoch_losses if math.isfinite(v)]
+            summary = {"epoch": self.epoch + 1, "loss": sum(finite) / max(len(finite), 1), "seconds": seconds,
+                       "samples_per_s": samples / seconds, "skipped_steps": sum(self.history.skipped) - skipped_before,
+                       "scale": self.history.scale[-1] if self.history.scale else 1.0}
+            if val_data is not None:
+                summary.update({f"val_{k}": v for k, v in self.evaluate(val_data).items()})
+            self.history.epochs.append(summary)
+            self.epoch += 1
+            if self.progress:
+                print(self.format_summary(summary, epochs), flush=True)
+        return self.history
+
+    def format_summary(self, summary: dict, epochs: int) -> str:
+        parts = [f"epoch {summary['epoch']}/{epochs} [{self.amp_mode}]", f"loss {summary['loss']:.4f}"]
+        if "val_loss" in summary:
+            parts.append(f"val_loss {summary['val_loss']:.4f}")
+        if "val_accuracy" in summary:
+            parts.append(f"val_acc {summary['val_accuracy']:.4f}")
+        parts += [f"{summary['samples_per_s']:.0f} samples/s", f"scale {summary['scale']:.0f}",
+                  f"skipped {summary['skipped_steps']}"]
+        return "  ".join(parts)
+
+    @torch.no_grad()
+    def evaluate(self, data: Any) -> dict[str, float]:
+        """Mean loss, and accuracy when the model classifies (2-D outputs, integer targets)."""
+        self.model.eval()
+        total_loss, correct, count, classifies = 0.0, 0, 0, False
+        for inputs, targets in self._batches(data, False, 0):
+            with self._region():
+                outputs = self.model(inputs)
+                loss = self.loss_fn(outputs, targets)
+            total_loss += float(loss) * len(inputs)
+            classifies = outputs.dim() == 2 and not targets.is_floating_point()
+            if classifies:
+                correct += int((outputs.argmax(dim=1) == targets).sum())
+            count += len(inputs)
+        self.model.train()
+        result = {"loss": total_loss / max(count, 1)}
+        if classifies:
+            result["accuracy"] = correct / max(count, 1)
+        return result
+
+    def _signature(self) -> dict[str, tuple]:
+        return {name: (tuple(t.shape), str(t.dtype)) for name, t in self.model.state_dict().items()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Everything needed to continue bit for bit: model, optimizer, scaler, history, counters, RNG."""
+        state = {
+            "format": "ampkit.Trainer/1", "signature": self._signature(), "amp_mode": self.amp_mode,
+            "master_weights": self.master_weights, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "history": self.history.state_dict(), "epoch": self.epoch, "global_step": self.global_step,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        temporary = f"{os.fspath(path)}.tmp"
+        torch.save(state, temporary)
+        os.replace(temporary, path)  # a crash mid-save never leaves a half-written checkpoint at `path`
+
+    def resume(self, path: str | os.PathLike) -> "Trainer":
+        """Loads a checkpoint written by save(). Refuses (and changes nothing) if it is damaged or
+        belongs to another model/configuration."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # truncated, not a torch file, unreadable
+            raise ValueError(f"checkpoint {os.fspath(path)!r} cannot be read ({type(error).__name__}: {error})") from error
+        if not isinstance(state, dict) or state.get("format") != "ampkit.Trainer/1":
+            raise ValueError(f"checkpoint {os.fspath(path)!r} is not an ampkit.Trainer checkpoint")
+        mine, theirs = self._signature(), state["signature"]
+        if mine != theirs:
+            differing = sorted(set(mine.items()) ^ set(theirs.items()))[:3]
+            raise ValueError(f"checkpoint {os.fspath(path)!r} is for another model: differing entries {differing}")
+        if (state["amp_mode"], state["master_weights"]) != (self.amp_mode, self.master_weights):
+            raise ValueError(f"checkpoint {os.fspath(path)!r} was saved with amp={state['amp_mode']}, "
+                             f"master_weights={state['master_weights']}; this trainer has amp={self.amp_mode}, "
+                             f"master_weights={self.master_weights}")
+        history = TrainHistory.from_state_dict(state["history"])
+        # Load into copies first so a failure leaves the running trainer as it was.
+        model_backup = {k: v.clone() for k, v in self.model.state_dict().items()}
+        optimizer_backup = self.optimizer.state_dict()
+        scaler_backup = self.scaler.state_dict()
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+        except Exception:
+            self.model.load_state_dict(model_backup)
+            self.optimizer.load_state_dict(optimizer_backup)
+            self.scaler.load_state_dict(scaler_backup)
+            raise
+        self.history, self.epoch, self.global_step = history, state["epoch"], state["global_step"]
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        global _last_history
+        _last_history = weakref.ref(self.history)
+        return self
+
+
+def plot_history(path: str | os.PathLike, history: TrainHistory | Trainer | None = None) -> str:
+    """Writes a PNG of loss, loss scale and skipped steps over steps (default: the latest trainer's)."""
+    if isinstance(history, Trainer):
+        history = history.history
+    if history is None:
+        history = _last_history() if _last_history is not None else None
+        if history is None:
+            raise ValueError("plot_history: no history given and no Trainer has run")
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    steps = list(range(len(history.loss)))
+    figure, (loss_axis, scale_axis) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    loss_axis.plot(steps, history.loss, linewidth=1, label="loss")
+    skipped = history.overflow_steps
+    if skipped:
+        finite = [history.loss[s] if math.isfinite(history.loss[s]) else float("nan") for s in skipped]
+        loss_axis.scatter(skipped, finite, color="red", s=12, zorder=3, label=f"skipped steps ({len(skipped)})")
+    loss_axis.set_ylabel("training loss")
+    loss_axis.legend(loc="upper right")
+    loss_axis.grid(alpha=0.3)
+    scale_axis.plot(steps, history.scale, color="tab:green", linewidth=1)
+    for s in skipped:
+        scale_axis.axvline(s, color="red", alpha=0.25, linewidth=0.8)
+    scale_axis.set_yscale("log", base=2)
+    scale_axis.set_ylabel("loss scale")
+    scale_axis.set_xlabel("optimizer step")
+    scale_axis.grid(alpha=0.3)
+    figure.suptitle("ampkit training history")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return os.fspath(path)

@@ -1,0 +1,211 @@
+"""ampkit.Trainer, check_amp and plot_history on the CPU (bf16, and fp16 with loss scaling)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import ampkit
+from ampkit.trainer import resolve_amp
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def blobs(n=512, features=16, classes=4, seed=0):
+    """A separable classification problem: class centres plus noise."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, features, generator=generator) * 3
+    labels = torch.randint(0, classes, (n,), generator=generator)
+    return centres[labels] + torch.randn(n, features, generator=generator), labels
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+
+
+def quiet(**kwargs):
+    return {"progress": False, "self_check": False, **kwargs}
+
+
+@pytest.mark.parametrize("amp,device,expected", [
+    (True, "cpu", torch.bfloat16), (True, "cuda", torch.float16), ("bf16", "cpu", torch.bfloat16),
+    ("fp16", "cpu", torch.float16), ("FP16", "cuda", torch.float16), (False, "cpu", None), ("fp32", "cuda", None),
+])
+def test_amp_argument_resolves_to_a_dtype(amp, device, expected):
+    assert resolve_amp(amp, torch.device(device)) == expected
+
+
+@pytest.mark.parametrize("bad", ["fp8", "int8", 16, "half-ish"])
+def test_unknown_amp_mode_is_refused(bad):
+    with pytest.raises(ValueError, match=r"amp must be True, False, 'bf16', 'fp16' or 'fp32', got"):
+        ampkit.Trainer(mlp(), amp=bad, **quiet())
+
+
+def test_cpu_amp_true_trains_in_bf16_without_loss_scaling():
+    x, y = blobs()
+    trainer = ampkit.Trainer(mlp(), amp=True, batch_size=64, **quiet())
+    assert trainer.amp_mode == "bf16" and not trainer.scaler.is_enabled()
+    history = trainer.fit((x, y), epochs=5)
+    assert len(history.loss) == 5 * 8 and len(history.epochs) == 5
+    assert history.epochs[-1]["loss"] < 0.5 * history.epochs[0]["loss"]
+    assert trainer.evaluate((x, y))["accuracy"] > 0.9
+
+
+def test_fp16_on_cpu_uses_dynamic_loss_scaling():
+    x, y = blobs()
+    trainer = ampkit.Trainer(mlp(), amp="fp16", batch_size=64, **quiet(scaler_options={"growth_interval": 4}))
+    assert trainer.amp_mode == "fp16" and trainer.scaler.is_enabled()
+    trainer.fit((x, y), epochs=2)
+    # 16 steps, growth every 4 clean steps: the scale grew from 2^16.
+    assert trainer.history.scale[-1] > 2.0 ** 16
+    assert trainer.evaluate((x, y))["accuracy"] > 0.8
+
+
+def test_explicit_fp16_on_a_missing_cuda_device_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises((ValueError, RuntimeError), match="CUDA"):
+        ampkit.Trainer(mlp(), amp="fp16", device="cuda", progress=False)
+
+
+class OffsetCancellation(nn.Module):
+    """out = (x @ w + 1000) - 1000: exact in FP32, but bf16 rounds 1000 + small to a multiple of 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(16, 4)
+        with torch.no_grad():
+            self.linear.weight.mul_(0.01)
+            self.linear.bias.fill_(1000.0)
+
+    def forward(self, x):
+        return self.linear(x) - 1000.0
+
+
+def test_self_check_failure_falls_back_to_fp32_with_a_warning():
+    x, y = blobs()
+    verdict = ampkit.check_amp(OffsetCancellation(), device="cpu", dtype=torch.bfloat16, example_input=x[:32])
+    assert not verdict.ok and "differ from FP32" in verdict.reason
+    with pytest.warns(RuntimeWarning, match="AMP check FAIL .* training in FP32 instead"):
+        trainer = ampkit.Trainer(OffsetCancellation(), amp=True, check_input=x[:32], progress=False)
+    assert trainer.amp_mode == "fp32"
+
+
+def test_self_check_passes_on_the_reference_model():
+    verdict = ampkit.check_amp(device="cpu")
+    assert verdict.ok, str(verdict)
+    assert verdict.max_relative_error is not None and verdict.max_relative_error < 0.1
+
+
+def test_nan_loss_from_the_first_step_stops_with_a_clear_error():
+    x, y = blobs(n=256)
+
+    def nan_loss(outputs, targets):
+        return nn.functional.cross_entropy(outputs, targets) * float("nan")
+
+    for amp in ("fp16", "bf16"):
+        trainer = ampkit.Trainer(mlp(), amp=amp, loss_fn=nan_loss, batch_size=8, log_every=4,
+                                 max_consecutive_skips=6, **quiet())
+        with pytest.raises(RuntimeError, match="consecutive steps had a non-finite loss or gradients"):
+            trainer.fit((x, y), epochs=100)
+        assert trainer.global_step < 32  # stopped within a few logging intervals, not after 100 epochs
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, amp):
+    x, y = blobs()
+    straight = ampkit.Trainer(mlp(), amp=amp, batch_size=32, **quiet())
+    straight.fit((x, y), epochs=4)
+
+    first = ampkit.Trainer(mlp(), amp=amp, batch_size=32, **quiet())
+    first.fit((x, y), epochs=2)
+    first.save(tmp_path / "ckpt.pt")
+    resumed = ampkit.Trainer(mlp(seed=123), amp=amp, batch_size=32, **quiet()).resume(tmp_path / "ckpt.pt")
+    resumed.fit((x, y), epochs=4)
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert straight.history.scale == resumed.history.scale
+
+
+def test_damaged_or_foreign_checkpoints_are_refused_and_change_nothing(tmp_path):
+    x, y = blobs()
+    trainer = ampkit.Trainer(mlp(), amp="bf16", **quiet())
+    trainer.fit((x, y), epochs=1)
+    trainer.save(tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    other = ampkit.Trainer(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)), amp="bf16", **quiet())
+    other.save(tmp_path / "other.pt")
+
+    victim = ampkit.Trainer(mlp(seed=5), amp="bf16", **quiet())
+    before = {k: v.clone() for k, v in victim.model.state_dict().items()}
+    with pytest.raises(ValueError, match="cannot be read"):
+        victim.resume(tmp_path / "truncated.pt")
+    with pytest.raises(ValueError, match="is for another model"):
+        victim.resume(tmp_path / "other.pt")
+    fp32 = ampkit.Trainer(mlp(), amp=False, **quiet())
+    with pytest.raises(ValueError, match="was saved with amp=bf16"):
+        fp32.resume(tmp_path / "good.pt")
+    for k, v in victim.model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert victim.epoch == 0 and victim.global_step == 0
+
+
+def test_diagnostics_name_the_module_whose_gradient_overflowed_first():
+    x, y = blobs(n=128)
+    model = mlp()
+    poison_steps = {1, 3}
+    calls = {"n": 0}
+
+    def poison(grad):
+        calls["n"] += 1
+        return grad * float("inf") if calls["n"] - 1 in poison_steps else grad
+
+    model[2].weight.register_hook(poison)
+    trainer = ampkit.Trainer(model, amp="fp16", batch_size=32, diagnose=True, log_every=2, **quiet())
+    trainer.fit((x, y), epochs=1)
+    assert trainer.history.overflow_steps == [1, 3]
+    assert trainer.history.overflow_report() == {"2": 2}
+    assert trainer.history.fp16_underflow_fraction, "no underflow measurement recorded"
+    assert all(0.0 <= f <= 1.0 for _, f in trainer.history.fp16_underflow_fraction)
+
+
+def test_plot_history_writes_a_png(tmp_path):
+    x, y = blobs(n=128)
+    trainer = ampkit.Trainer(mlp(), amp="fp16", batch_size=16, **quiet())
+    trainer.fit((x, y), epochs=2)
+    path = ampkit.plot_history(tmp_path / "history.png")  # the latest trainer's history
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_bad_trainer_arguments():
+    with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
+        ampkit.Trainer(mlp(), batch_size=0, **quiet())
+    with pytest.raises(ValueError, match="master_weights=True needs a low-precision amp mode"):
+        ampkit.Trainer(mlp(), amp=False, master_weights=True, **quiet())
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer, a factory or None, got int"):
+        ampkit.Trainer(mlp(), optimizer=3, **quiet())
+    trainer = ampkit.Trainer(mlp(), **quiet())
+    with pytest.raises(TypeError, match="data must be an .inputs, targets. pair of tensors or a torch Dataset"):
+        trainer.fit([1, 2, 3], epochs=1)
+
+
+def test_python_dash_m_ampkit_check_prints_a_verdict():
+    result = subprocess.run([sys.executable, "-m", "ampkit", "check", "cpu"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "AMP check PASS on cpu with bfloat16" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train_digits.py", "train_transformer.py", "yolo_style.py"])
+def test_examples_run_with_a_short_setting(script, tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "examples", "python", script), "--quick"],
+                            capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
