@@ -405,6 +405,10 @@ class GradScaler:
             return torch.tensor(self._init_overflow_events, dtype=torch.int64)
         return self._overflow_events
 
+    def get_scale_async(self) -> Optional[torch.Tensor]:
+        """The scale as a tensor on its device, without a sync (None while disabled or unused)."""
+        return self._scale if self._enabled else None
+
     # ---- torch.amp.GradScaler's accessors ----
 
     def get_scale(self) -> float:
