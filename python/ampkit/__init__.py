@@ -49,3 +49,8 @@ from .nn import FusedLinear, fuse_linear_activations, fused_linear  # noqa: E402
 __all__ += ["nn", "FusedLinear", "fuse_linear_activations", "fused_linear"]
 # autocast policies (issue 6)
 __all__ += ["Policy", "autocast", "explain", "global_policy", "set_global_policy", "set_module_policy"]
+# ---- amp=True: trainer, self-check, diagnostics (issue 7) ----
+from .self_check import AmpCheck, check_amp  # noqa: E402
+from .trainer import Trainer, TrainHistory, plot_history  # noqa: E402
+
+__all__ += ["AmpCheck", "check_amp", "Trainer", "TrainHistory", "plot_history"]

@@ -104,6 +104,8 @@ class Trainer:
                  progress: bool = True, log_every: int = 20, diagnose: bool = False,
                  max_consecutive_skips: int = 50, scaler_options: dict | None = None) -> None:
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device is {self.device} but CUDA is not available on this machine")
         self.dtype = resolve_amp(amp, self.device)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -190,7 +192,11 @@ class Trainer:
 
     @staticmethod
     def _length(data: Any) -> int:
-        return len(data[0]) if isinstance(data, (tuple, list)) else len(data)
+        if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+            return len(data[0])
+        if isinstance(data, torch.utils.data.Dataset):
+            return len(data)
+        raise TypeError(f"data must be an (inputs, targets) pair of tensors or a torch Dataset, got {type(data).__name__}")
 
     # ---- one step ----
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
