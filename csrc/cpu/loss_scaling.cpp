@@ -4,9 +4,10 @@
 // partial, and the partials are summed in block order. Double keeps the result within an ulp of
 // the exact norm of the fp32 values for any realistic size (fp32 running sums lose ~log2(n)
 // bits), and fixed blocks summed in order make it independent of the number of threads, so a
-// run is reproducible on any machine.
-#include <ATen/ops/empty.h>
-#include <c10/util/irange.h>
+// run is reproducible on any machine with the same instruction set.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <atomic>
@@ -292,7 +293,7 @@ void unscale_and_check_cpu(at::TensorList grads, const at::Tensor& found_inf, co
     const FlatResult result = unscale_flat(work.data_ptr(), work.scalar_type(), work.numel(), factor, write, norm);
     any_non_finite |= result.non_finite;
     sum_of_squares += result.sum_of_squares;
-    if (!flat && write) const_cast<at::Tensor&>(grad).copy_(work);
+    if (!flat && write) grad.copy_(work);
   }
   if (any_non_finite) *found_inf.mutable_data_ptr<float>() = 1.0f;
   if (norm) *norm_out->mutable_data_ptr<float>() = static_cast<float>(std::sqrt(sum_of_squares));
