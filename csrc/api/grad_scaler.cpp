@@ -262,3 +262,74 @@ void GradScaler::load_state_dict(const GradScalerState& state) {
 }
 
 }  // namespace ampkit
+
+namespace ampkit {
+namespace {
+
+constexpr const char* kArchivePrefix = "ampkit.grad_scaler.";
+
+double read_double(torch::serialize::InputArchive& archive, const char* name) {
+  c10::IValue value;
+  TORCH_CHECK(archive.try_read(std::string(kArchivePrefix) + name, value),
+              "ampkit::GradScaler::load: the archive has no entry ", kArchivePrefix, name,
+              " (was it written by GradScaler::save?)");
+  TORCH_CHECK_TYPE(value.isDouble() || value.isInt(), "ampkit::GradScaler::load: ", kArchivePrefix, name,
+                   " must be a number, got ", value.tagKind());
+  return value.isDouble() ? value.toDouble() : static_cast<double>(value.toInt());
+}
+
+int64_t read_int(torch::serialize::InputArchive& archive, const char* name) {
+  c10::IValue value;
+  TORCH_CHECK(archive.try_read(std::string(kArchivePrefix) + name, value),
+              "ampkit::GradScaler::load: the archive has no entry ", kArchivePrefix, name,
+              " (was it written by GradScaler::save?)");
+  TORCH_CHECK_TYPE(value.isInt(), "ampkit::GradScaler::load: ", kArchivePrefix, name, " must be an int, got ",
+                   value.tagKind());
+  return value.toInt();
+}
+
+}  // namespace
+
+void GradScaler::save(torch::serialize::OutputArchive& archive) const {
+  const GradScalerState state = state_dict();
+  const std::string prefix = kArchivePrefix;
+  archive.write(prefix + "scale", state.scale);
+  archive.write(prefix + "growth_factor", state.growth_factor);
+  archive.write(prefix + "backoff_factor", state.backoff_factor);
+  archive.write(prefix + "growth_interval", state.growth_interval);
+  archive.write(prefix + "growth_tracker", state.growth_tracker);
+  archive.write(prefix + "hysteresis", state.hysteresis);
+  archive.write(prefix + "hysteresis_tracker", state.hysteresis_tracker);
+  archive.write(prefix + "min_scale", state.min_scale);
+  archive.write(prefix + "max_scale", state.max_scale);
+  archive.write(prefix + "skipped_steps", state.skipped_steps);
+  archive.write(prefix + "overflow_events", state.overflow_events);
+}
+
+void GradScaler::load(torch::serialize::InputArchive& archive) {
+  GradScalerState state;
+  state.scale = read_double(archive, "scale");
+  state.growth_factor = read_double(archive, "growth_factor");
+  state.backoff_factor = read_double(archive, "backoff_factor");
+  state.growth_interval = read_int(archive, "growth_interval");
+  state.growth_tracker = read_int(archive, "growth_tracker");
+  state.hysteresis = read_int(archive, "hysteresis");
+  state.hysteresis_tracker = read_int(archive, "hysteresis_tracker");
+  state.min_scale = read_double(archive, "min_scale");
+  state.max_scale = read_double(archive, "max_scale");
+  state.skipped_steps = read_int(archive, "skipped_steps");
+  state.overflow_events = read_int(archive, "overflow_events");
+  load_state_dict(state);
+}
+
+torch::serialize::OutputArchive& operator<<(torch::serialize::OutputArchive& archive, const GradScaler& scaler) {
+  scaler.save(archive);
+  return archive;
+}
+
+torch::serialize::InputArchive& operator>>(torch::serialize::InputArchive& archive, GradScaler& scaler) {
+  scaler.load(archive);
+  return archive;
+}
+
+}  // namespace ampkit

@@ -4,14 +4,17 @@
 // partial, and the partials are summed in block order. Double keeps the result within an ulp of
 // the exact norm of the fp32 values for any realistic size (fp32 running sums lose ~log2(n)
 // bits), and fixed blocks summed in order make it independent of the number of threads, so a
-// run is reproducible on any machine.
-#include <ATen/ops/empty.h>
-#include <c10/util/irange.h>
+// run is reproducible on any machine with the same instruction set.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -29,15 +32,27 @@ struct FlatResult {
   double sum_of_squares = 0.0;
 };
 
-// x86-64 builds compile the hot loops twice, for AVX2/FMA (x86-64-v3) and for the baseline, and
-// pick one when the library loads: LibTorch users get vector code without -march flags.
+// x86-64 builds compile the hot loops twice, for AVX2/FMA/F16C and for the baseline, and pick one at run time: LibTorch users get vector code without -march flags.
+// AMPKIT_CPU_ISA=baseline forces the baseline code (how the tests cover it on an AVX2 machine).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER)
 #define AMPKIT_X86_DISPATCH 1
-#define AMPKIT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define AMPKIT_X86_V3 __attribute__((target("avx2,fma,f16c")))
 #else
 #define AMPKIT_X86_DISPATCH 0
-#define AMPKIT_CPU_CLONES
 #endif
+
+bool use_vector_isa() {
+#if AMPKIT_X86_DISPATCH
+  static const bool enabled = [] {
+    const char* isa = std::getenv("AMPKIT_CPU_ISA");
+    if (isa != nullptr && std::string(isa) == "baseline") return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
+  return enabled;
+#else
+  return false;
+#endif
+}
 
 // One block [begin, end). Written so that the compiler vectorises it: independent lanes, the
 // non-finite test as a float sum (x - x is 0 for finite x, NaN otherwise), and the squares
@@ -90,10 +105,20 @@ __attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin,
 
 using BlockFn = bool (*)(void* data, int64_t begin, int64_t end, float factor, double& sum_of_squares);
 
-#define AMPKIT_DEFINE_BLOCK_FN(NAME, T, WRITE, NORM)                                                  \
-  AMPKIT_CPU_CLONES bool NAME(void* data, int64_t begin, int64_t end, float factor, double& squares) { \
-    return unscale_block<T, WRITE, NORM>(static_cast<T*>(data), begin, end, factor, squares);          \
+#if AMPKIT_X86_DISPATCH
+#define AMPKIT_DEFINE_BLOCK_FN(NAME, T, WRITE, NORM)                                                              \
+  bool NAME(void* data, int64_t begin, int64_t end, float factor, double& squares) {                              \
+    return unscale_block<T, WRITE, NORM>(static_cast<T*>(data), begin, end, factor, squares);                      \
+  }                                                                                                                \
+  AMPKIT_X86_V3 bool NAME##_v3(void* data, int64_t begin, int64_t end, float factor, double& squares) {            \
+    return unscale_block<T, WRITE, NORM>(static_cast<T*>(data), begin, end, factor, squares);                      \
   }
+#else
+#define AMPKIT_DEFINE_BLOCK_FN(NAME, T, WRITE, NORM)                                                              \
+  bool NAME(void* data, int64_t begin, int64_t end, float factor, double& squares) {                              \
+    return unscale_block<T, WRITE, NORM>(static_cast<T*>(data), begin, end, factor, squares);                      \
+  }
+#endif
 AMPKIT_DEFINE_BLOCK_FN(block_f32_w, float, true, false)
 AMPKIT_DEFINE_BLOCK_FN(block_f32_wn, float, true, true)
 AMPKIT_DEFINE_BLOCK_FN(block_f32_r, float, false, false)
@@ -111,7 +136,7 @@ AMPKIT_DEFINE_BLOCK_FN(block_bf16_rn, c10::BFloat16, false, true)
 #if AMPKIT_X86_DISPATCH
 // fp16 <-> fp32 through F16C: c10::Half's portable conversion does not vectorise. The hardware
 // conversion rounds to nearest even, as c10::Half's does, so results are identical.
-__attribute__((target("avx2,f16c,fma"))) bool block_f16_f16c(void* raw, int64_t begin, int64_t end, float factor,
+AMPKIT_X86_V3 bool block_f16_f16c(void* raw, int64_t begin, int64_t end, float factor,
                                                                 bool write, bool norm, double& sum_of_squares) {
   c10::Half* data = static_cast<c10::Half*>(raw);
   const __m256 factors = _mm256_set1_ps(factor);
@@ -159,7 +184,7 @@ __attribute__((target("avx2,f16c,fma"))) bool block_f16_f16c(void* raw, int64_t 
 
 // bf16 <-> fp32 with AVX2 integer ops: widening is a 16-bit shift; narrowing rounds to nearest
 // even and maps NaN to 0x7FC0, exactly as c10::BFloat16's conversion does.
-__attribute__((target("avx2,fma"))) bool block_bf16_avx2(void* raw, int64_t begin, int64_t end, float factor,
+AMPKIT_X86_V3 bool block_bf16_avx2(void* raw, int64_t begin, int64_t end, float factor,
                                                           bool write, bool norm, double& sum_of_squares) {
   c10::BFloat16* data = static_cast<c10::BFloat16*>(raw);
   const __m256 factors = _mm256_set1_ps(factor);
@@ -215,19 +240,22 @@ __attribute__((target("avx2,fma"))) bool block_bf16_avx2(void* raw, int64_t begi
   return found;
 }
 
-bool cpu_has_avx2_fma() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
-}
-
-bool cpu_has_f16c() {
-  static const bool supported =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
-  return supported;
-}
 #endif
 
 BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
+#if AMPKIT_X86_DISPATCH
+  if (use_vector_isa()) {
+    switch (dtype) {
+      case at::kFloat:
+        return write ? (norm ? block_f32_wn_v3 : block_f32_w_v3) : (norm ? block_f32_rn_v3 : block_f32_r_v3);
+      case at::kHalf:
+        return write ? (norm ? block_f16_wn_v3 : block_f16_w_v3) : (norm ? block_f16_rn_v3 : block_f16_r_v3);
+      case at::kBFloat16:
+        return write ? (norm ? block_bf16_wn_v3 : block_bf16_w_v3) : (norm ? block_bf16_rn_v3 : block_bf16_r_v3);
+      default: break;
+    }
+  }
+#endif
   switch (dtype) {
     case at::kFloat: return write ? (norm ? block_f32_wn : block_f32_w) : (norm ? block_f32_rn : block_f32_r);
     case at::kHalf: return write ? (norm ? block_f16_wn : block_f16_w) : (norm ? block_f16_rn : block_f16_r);
@@ -244,8 +272,8 @@ FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float f
   if (numel == 0) return result;
   const BlockFn block_fn = select_block_fn(dtype, write, norm);
 #if AMPKIT_X86_DISPATCH
-  const bool use_f16c = dtype == at::kHalf && cpu_has_f16c();
-  const bool use_bf16_avx2 = dtype == at::kBFloat16 && cpu_has_avx2_fma();
+  const bool use_f16c = dtype == at::kHalf && use_vector_isa();
+  const bool use_bf16_avx2 = dtype == at::kBFloat16 && use_vector_isa();
 #endif
   const int64_t num_blocks = (numel + kGrainSize - 1) / kGrainSize;
   std::vector<double> partials(num_blocks, 0.0);
@@ -292,7 +320,7 @@ void unscale_and_check_cpu(at::TensorList grads, const at::Tensor& found_inf, co
     const FlatResult result = unscale_flat(work.data_ptr(), work.scalar_type(), work.numel(), factor, write, norm);
     any_non_finite |= result.non_finite;
     sum_of_squares += result.sum_of_squares;
-    if (!flat && write) const_cast<at::Tensor&>(grad).copy_(work);
+    if (!flat && write) grad.copy_(work);
   }
   if (any_non_finite) *found_inf.mutable_data_ptr<float>() = 1.0f;
   if (norm) *norm_out->mutable_data_ptr<float>() = static_cast<float>(std::sqrt(sum_of_squares));

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <sstream>
 #include <vector>
 
 #include "ampkit/ampkit.h"
@@ -216,6 +217,29 @@ TEST_CASE("GradScaler state_dict round-trips and rejects malformed state", "[gra
   bad.backoff_factor = 1.5;
   CHECK(throws_with([&] { restored.load_state_dict(bad); }, "backoff_factor must be in (0, 1), got 1.5"));
   CHECK(restored.state_dict() == state);  // nothing changed
+}
+
+TEST_CASE("GradScaler checkpoints through torch::save / torch::load", "[grad_scaler]") {
+  Loop loop(torch::kCPU);
+  ampkit::GradScaler scaler(ampkit::GradScalerOptions().init_scale(512).growth_interval(2).max_scale(1e6));
+  for (int step = 0; step < 6; ++step) {
+    loop.backward(step, [&](torch::Tensor loss) { return scaler.scale(loss); });
+    scaler.step(*loop.optimizer);
+    scaler.update();
+  }
+  std::stringstream stream;
+  torch::save(scaler, stream);
+  ampkit::GradScaler restored;
+  torch::load(restored, stream);
+  CHECK(restored.state_dict() == scaler.state_dict());
+  CHECK(restored.options().max_scale() == 1e6);
+
+  torch::serialize::OutputArchive unrelated;
+  unrelated.write("something.else", c10::IValue(1.0));
+  std::stringstream unrelated_stream;
+  unrelated.save_to(unrelated_stream);
+  CHECK(throws_with([&] { torch::load(restored, unrelated_stream); },
+                    "the archive has no entry ampkit.grad_scaler.scale"));
 }
 
 TEST_CASE("A disabled GradScaler is transparent", "[grad_scaler]") {

@@ -19,6 +19,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
+#include <torch/serialize/archive.h>
 
 #include <cstdint>
 #include <limits>
@@ -98,6 +99,11 @@ class GradScaler {
   GradScalerState state_dict() const;
   void load_state_dict(const GradScalerState& state);
 
+  // Checkpoints through torch's archives (also what torch::save(scaler, path) and
+  // torch::load(scaler, path) use): the state_dict() entries under "ampkit.grad_scaler.*".
+  void save(torch::serialize::OutputArchive& archive) const;
+  void load(torch::serialize::InputArchive& archive);
+
  private:
   enum class Stage { Ready, Unscaled, Stepped };
   struct OptimizerState {
@@ -123,5 +129,8 @@ class GradScaler {
   at::Tensor last_found_inf_;
   std::unordered_map<const torch::optim::Optimizer*, OptimizerState> per_optimizer_;
 };
+
+torch::serialize::OutputArchive& operator<<(torch::serialize::OutputArchive& archive, const GradScaler& scaler);
+torch::serialize::InputArchive& operator>>(torch::serialize::InputArchive& archive, GradScaler& scaler);
 
 }  // namespace ampkit
