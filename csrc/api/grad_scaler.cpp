@@ -1,4 +1,5 @@
 #include "ampkit/grad_scaler.h"
+#include "ampkit/optim.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -77,14 +78,16 @@ at::Tensor GradScaler::scale(const at::Tensor& outputs) {
   return outputs * scale_.to(outputs.device(), /*non_blocking=*/true);
 }
 
-at::Tensor GradScaler::unscale_impl(torch::optim::Optimizer& optimizer, bool compute_norm) {
+at::Tensor GradScaler::unscale_impl(torch::optim::Optimizer& optimizer, bool compute_norm, bool check_only) {
   const at::Tensor& scale = require_scale("unscale_");
   OptimizerState& state = per_optimizer_[&optimizer];
   TORCH_CHECK(state.stage != Stage::Unscaled,
               "ampkit::GradScaler: unscale_() has already been called on this optimizer since the last update().");
   TORCH_CHECK(state.stage != Stage::Stepped, "ampkit::GradScaler: unscale_() is being called after step().");
   // The reciprocal in double, as torch's scaler computes it, so results match torch bitwise.
-  const at::Tensor inv_scale = scale.to(at::kDouble).reciprocal().to(at::kFloat);
+  // check_only: a factor of exactly 1 makes unscale_and_check_ a read-only pass.
+  const at::Tensor inv_scale = check_only ? scalar_tensor(1.0, at::kFloat, scale.device())
+                                          : scale.to(at::kDouble).reciprocal().to(at::kFloat);
 
   std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> per_device;
   for (auto& group : optimizer.param_groups()) {
@@ -154,6 +157,18 @@ bool GradScaler::step(torch::optim::Optimizer& optimizer) {
     const OptimizerState& state = per_optimizer_[&optimizer];
     TORCH_CHECK(state.stage != Stage::Stepped,
                 "ampkit::GradScaler: step() has already been called since the last update().");
+    if (auto* device_skipping = dynamic_cast<optim::MasterWeightOptimizer*>(&optimizer)) {
+      // No host sync: the optimizer unscales in its own pass and skips on the device.
+      const bool grads_scaled = state.stage == Stage::Ready;
+      if (grads_scaled) unscale_impl(optimizer, /*compute_norm=*/false, /*check_only=*/true);
+      OptimizerState& checked = per_optimizer_[&optimizer];
+      const at::Tensor found_inf = combined_found_inf(checked);
+      device_skipping->set_grad_scaling(grads_scaled ? scale_ : at::Tensor(), found_inf);
+      device_skipping->step();
+      skipped_steps_.add_(found_inf.gt(0).to(at::kLong));
+      checked.stage = Stage::Stepped;
+      return true;
+    }
     if (state.stage == Stage::Ready) unscale_(optimizer);
   }
   OptimizerState& state = per_optimizer_[&optimizer];

@@ -76,7 +76,10 @@ class GradScaler {
   at::Tensor unscale_with_norm_(torch::optim::Optimizer& optimizer);
 
   // Unscales (unless unscale_ ran) and calls optimizer.step() unless a grad was inf/NaN.
-  // Returns whether the step ran. Reads found_inf once (the only sync of the loop).
+  // Returns whether the step ran. Reads found_inf once (the only sync of the loop) for a plain
+  // torch::optim optimizer. An ampkit::optim optimizer unscales and skips on the device instead
+  // (set_grad_scaling): then nothing is read, step() returns true ("submitted"), and whether the
+  // step was skipped is in found_inf() / skipped_steps() after update().
   bool step(torch::optim::Optimizer& optimizer);
 
   // Updates the scale from this iteration's checks, on the device; or sets it to new_scale.
@@ -113,7 +116,8 @@ class GradScaler {
 
   void lazy_init(const c10::Device& device);
   const at::Tensor& require_scale(const char* funcname) const;
-  at::Tensor unscale_impl(torch::optim::Optimizer& optimizer, bool compute_norm);
+  // check_only: record found_inf without changing the grads (for an optimizer that unscales itself).
+  at::Tensor unscale_impl(torch::optim::Optimizer& optimizer, bool compute_norm, bool check_only = false);
   at::Tensor combined_found_inf(OptimizerState& state) const;
 
   GradScalerOptions options_;
