@@ -110,6 +110,11 @@ class GradScaler:
         hysteresis: back off only after this many consecutive overflowing iterations (1: every
             overflow, torch's behaviour). Clean iterations reset the count.
         min_scale, max_scale: bounds for the scale (None: unbounded).
+        process_group: a torch.distributed process group over which the inf/NaN check is reduced
+            (MAX) before every step, so all ranks skip the same steps and keep the same scale.
+            Needed when each rank sees only part of the gradients (FSDP, ZeRO-style sharded
+            optimizers); with DDP the gradients are already all-reduced and it is not needed.
+            The reduction is an all_reduce on the device: no host sync.
 
     Example (identical to torch's)::
 
@@ -134,12 +139,17 @@ class GradScaler:
         hysteresis: int = 1,
         min_scale: Optional[float] = None,
         max_scale: Optional[float] = None,
+        process_group: Any = None,
     ) -> None:
         if isinstance(device, torch.device):
             device = device.type
         if device not in ("cuda", "cpu"):
             raise ValueError(f"GradScaler: device must be 'cuda' or 'cpu', got {device!r}")
         _check_config(init_scale, growth_factor, backoff_factor, growth_interval, hysteresis, min_scale, max_scale)
+        if process_group is not None and not isinstance(process_group, torch.distributed.ProcessGroup):
+            raise TypeError(f"GradScaler: process_group must be a torch.distributed.ProcessGroup or None, "
+                            f"got {type(process_group).__name__}")
+        self._process_group = process_group
         self._device = device
         self._enabled = bool(enabled)
         if self._device == "cuda" and self._enabled and not torch.cuda.is_available():
@@ -240,6 +250,14 @@ class GradScaler:
                 found_inf_per_device[device] = device_found_inf
                 if norm is not None:
                     norms.append(norm)
+            if self._process_group is not None:
+                # One flag per rank, reduced with MAX: every rank sees an overflow anywhere, and every
+                # rank joins the collective, even one that holds no gradient this iteration.
+                combined = torch.zeros_like(found_inf)
+                for device_found_inf in found_inf_per_device.values():
+                    combined += device_found_inf.to(combined.device, non_blocking=True)
+                torch.distributed.all_reduce(combined, op=torch.distributed.ReduceOp.MAX, group=self._process_group)
+                found_inf_per_device = {combined.device: combined}
         total_norm = None
         if compute_norm:
             if not norms:
@@ -546,7 +564,10 @@ class GradScaler:
             for key in ("_scale", "_growth_tracker", "_hysteresis_tracker", "_skipped_steps", "_overflow_events",
                         "_last_found_inf"):
                 state[key] = None
+        # A process group belongs to this process: an unpickled scaler has none until it is given one.
+        state["_process_group"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_process_group", None)
