@@ -7,6 +7,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <sstream>
 #include <string>
 
 #include "ops/validation.h"
@@ -37,18 +38,28 @@ void check_same_dtype(const char* op, const char* name, const at::Tensor& tensor
 
 }  // namespace
 
-LinearShape check_fused_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
-                                    const std::optional<at::Tensor>& bias) {
-  check_float_tensor(op, "input (argument 0)", input);
-  check_float_tensor(op, "weight (argument 1)", weight);
-  TORCH_CHECK(input.dim() >= 1, op, ": input (argument 0) must have at least one dimension [..., in_features], got a "
-              "0-dimensional tensor");
-  TORCH_CHECK(weight.dim() == 2, op, ": weight (argument 1) must be 2-D [out_features, in_features], got shape ",
+namespace {
+
+// "weight (argument 1)": the name and position in the calling op's schema.
+std::string argument(const char* name, int index) {
+  return std::string(name) + " (argument " + std::to_string(index) + ")";
+}
+
+// input, weight and bias sit at positions first, first + 1 and first + 2 of the op's schema.
+LinearShape check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, int first) {
+  const std::string input_name = argument("input", first), weight_name = argument("weight", first + 1),
+                    bias_name = argument("bias", first + 2);
+  check_float_tensor(op, input_name, input);
+  check_float_tensor(op, weight_name, weight);
+  TORCH_CHECK(input.dim() >= 1, op, ": ", input_name,
+              " must have at least one dimension [..., in_features], got a 0-dimensional tensor");
+  TORCH_CHECK(weight.dim() == 2, op, ": ", weight_name, " must be 2-D [out_features, in_features], got shape ",
               weight.sizes());
-  check_same_dtype(op, "weight (argument 1)", weight, input);
-  check_device(op, "weight (argument 1)", weight, input.device(), "input");
+  check_same_dtype(op, weight_name.c_str(), weight, input);
+  check_device(op, weight_name, weight, input.device(), "input");
   const int64_t in_features = input.size(-1);
-  TORCH_CHECK(weight.size(1) == in_features, op, ": weight (argument 1) must have shape [out_features, ", in_features,
+  TORCH_CHECK(weight.size(1) == in_features, op, ": ", weight_name, " must have shape [out_features, ", in_features,
               "] to match the last dimension of input ", input.sizes(), ", got ", weight.sizes());
   LinearShape shape;
   shape.in_features = in_features;
@@ -58,13 +69,20 @@ LinearShape check_fused_linear_args(const char* op, const at::Tensor& input, con
   shape.output_sizes.assign(input.sizes().begin(), input.sizes().end() - 1);
   shape.output_sizes.push_back(shape.out_features);
   if (bias.has_value() && bias->defined()) {
-    check_float_tensor(op, "bias (argument 2)", *bias);
-    check_same_dtype(op, "bias (argument 2)", *bias, input);
-    check_device(op, "bias (argument 2)", *bias, input.device(), "input");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == shape.out_features, op, ": bias (argument 2) must have shape [",
+    check_float_tensor(op, bias_name, *bias);
+    check_same_dtype(op, bias_name.c_str(), *bias, input);
+    check_device(op, bias_name, *bias, input.device(), "input");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == shape.out_features, op, ": ", bias_name, " must have shape [",
                 shape.out_features, "] (out_features of weight ", weight.sizes(), "), got ", sizes_text(bias->sizes()));
   }
   return shape;
+}
+
+}  // namespace
+
+LinearShape check_fused_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias) {
+  return check_linear_args(op, input, weight, bias, 0);
 }
 
 int64_t saved_width(Activation activation, int64_t out_features) {
@@ -80,7 +98,7 @@ LinearShape check_fused_linear_backward_args(const at::Tensor& grad_output, cons
                                              const at::Tensor& weight, const at::Tensor& saved, Activation activation) {
   const char* op = kFusedLinearBackwardOp;
   check_float_tensor(op, "grad_output (argument 0)", grad_output);
-  LinearShape shape = check_fused_linear_args(op, input, weight, std::nullopt);
+  LinearShape shape = check_linear_args(op, input, weight, std::nullopt, 1);
   check_same_dtype(op, "grad_output (argument 0)", grad_output, input);
   check_device(op, "grad_output (argument 0)", grad_output, input.device(), "input");
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(shape.output_sizes), op,
