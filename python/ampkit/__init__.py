@@ -28,6 +28,6 @@ __all__ = ["__version__", "build_info", "multi_tensor_scale_"]
 
 # ---- fused linear (issue 5) ----
 from . import nn  # noqa: E402
-from .nn import FusedLinear, fuse_linear_activations, fused_linear  # noqa: E402
+from .nn import FusedLinear, FusedMLP, fuse_linear_activations, fused_linear, fused_mlp  # noqa: E402
 
-__all__ += ["nn", "FusedLinear", "fuse_linear_activations", "fused_linear"]
+__all__ += ["nn", "FusedLinear", "FusedMLP", "fuse_linear_activations", "fused_linear", "fused_mlp"]
