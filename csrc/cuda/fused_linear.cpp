@@ -320,9 +320,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp
   const at::Tensor grad = grad_output.reshape({M, N}).contiguous();
   const at::Tensor x = input.reshape({M, K}).contiguous();
   const at::Tensor w1 = weight1.contiguous(), w2 = weight2.contiguous();
+  // Raw pointers below assume row-major storage (a caller may pass views).
+  const at::Tensor hidden_rows = hidden.contiguous(), pre_rows = pre.contiguous();
   at::Tensor grad_weight2 = at::empty({N, H}, input.options());
   at::Tensor grad_bias2 = at::empty({N}, input.options());
-  wgrad_with_bias_grad(op, grad, hidden, grad_weight2, grad_bias2);
+  wgrad_with_bias_grad(op, grad, hidden_rows, grad_weight2, grad_bias2);
 
   // Layer 2's data gradient with DGELU_BGRAD: grad_pre = (grad @ W2) * gelu'(pre), and bias1's
   // gradient (the column sums of grad_pre) from the same GEMM.
@@ -330,8 +332,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp
   at::Tensor grad_bias1 = at::empty({H}, input.options());
   GemmArgs dgelu = dgrad_args(grad, w2, grad_pre);
   dgelu.epilogue = GemmEpilogue::DGeluBGrad;
-  dgelu.aux = pre.data_ptr();
-  dgelu.ld_aux = pre.size(1);
+  dgelu.aux = pre_rows.data_ptr();
+  dgelu.ld_aux = pre_rows.size(1);
   dgelu.bias_grad = grad_bias1.data_ptr();
   const ampkit_kernels::Result fused = run_gemm(dgelu, x);
   if (!fused.ok()) {
@@ -339,7 +341,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp
     // No algorithm fuses DGELU_BGRAD here: plain GEMM, then the GELU backward and a column sum.
     const GemmArgs plain = dgrad_args(grad, w2, grad_pre);
     check_gemm(op, run_gemm(plain, x), plain);
-    grad_pre = at::gelu_backward(grad_pre, pre.narrow(1, 0, H), "tanh").contiguous();
+    grad_pre = at::gelu_backward(grad_pre, pre_rows.narrow(1, 0, H), "tanh").contiguous();
     grad_bias1.copy_(at::sum(grad_pre, {0}, false, at::kFloat));
   }
 
