@@ -94,9 +94,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cpu(const a
   return {grad_input, grad_weight, grad_bias};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_mlp_forward_cpu(const at::Tensor& input, const at::Tensor& weight1,
+                                                                     const std::optional<at::Tensor>& bias1,
+                                                                     const at::Tensor& weight2,
+                                                                     const std::optional<at::Tensor>& bias2) {
+  const auto shape = detail::check_fused_mlp_args(detail::kFusedMlpForwardOp, input, weight1, bias1, weight2, bias2);
+  return detail::fused_mlp_forward_fp32(input, weight1, bias1, weight2, bias2, shape);
+}
+
+at::Tensor fused_mlp_cpu(const at::Tensor& input, const at::Tensor& weight1, const std::optional<at::Tensor>& bias1,
+                         const at::Tensor& weight2, const std::optional<at::Tensor>& bias2) {
+  const auto shape = detail::check_fused_mlp_args(detail::kFusedMlpOp, input, weight1, bias1, weight2, bias2);
+  return std::get<0>(detail::fused_mlp_forward_fp32(input, weight1, bias1, weight2, bias2, shape));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight1, const at::Tensor& weight2,
+    const at::Tensor& hidden, const at::Tensor& pre) {
+  const auto shape = detail::check_fused_mlp_backward_args(grad_output, input, weight1, weight2, hidden, pre);
+  return detail::fused_mlp_backward_fp32(grad_output, input, weight1, weight2, hidden, pre, shape);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ampkit, CPU, m) {
+  m.impl("fused_mlp", &fused_mlp_cpu);
+  m.impl("fused_mlp_forward", &fused_mlp_forward_cpu);
+  m.impl("fused_mlp_backward", &fused_mlp_backward_cpu);
   m.impl("fused_linear", &fused_linear_cpu);
   m.impl("fused_linear_forward", &fused_linear_forward_cpu);
   m.impl("fused_linear_backward", &fused_linear_backward_cpu);

@@ -13,7 +13,12 @@
 //            -> gemm(m=K, n=N, k=M, A=x, lda=K; B=g transposed, ldb=N; D=dW, ldd=K) with the BGRADB
 //               epilogue: db[n] = sum over k (= the M rows) of op(B)[:, n] = the column sums of g.
 // Here g is the gradient at the pre-activation: grad_output times the activation's derivative
-// (one elementwise pass reading the saved GELU input or the ReLU output).
+// (one elementwise pass reading the saved GELU input or the ReLU output): in a single layer the
+// gradient arrives from outside, so no GEMM of ours produces it.
+// fused_mlp (Linear -> GELU -> Linear) is where the DGELU epilogue applies: layer 2's dgrad GEMM
+// computes grad_hidden = grad_output W2 and, in its epilogue, grad_pre = grad_hidden * gelu'(pre)
+// (pre = layer 1's saved GELU_AUX buffer) and bias1's gradient (DGELU_BGRAD's bias output: the
+// row sums of the column-major result = the column sums of the row-major grad_pre).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/gelu_backward.h>
@@ -173,6 +178,54 @@ std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cuda(const at::Tensor& i
   return {output, saved};
 }
 
+// dx[M, K] = g[M, N] w[N, K]  <=>  dX (K x M) = W (K x N) * G (N x M). The caller may add an epilogue.
+GemmArgs dgrad_args(const at::Tensor& g, const at::Tensor& w, at::Tensor& dx) {
+  GemmArgs args;
+  args.m = w.size(1);
+  args.n = g.size(0);
+  args.k = g.size(1);
+  args.ab_dtype = args.d_dtype = kernel_dtype(g.scalar_type());
+  args.a = w.data_ptr();
+  args.lda = w.size(1);
+  args.b = g.data_ptr();
+  args.ldb = g.size(1);
+  args.d = dx.data_ptr();
+  args.ldd = w.size(1);
+  return args;
+}
+
+// dw[N, K] = g[M, N]^T x[M, K]  <=>  dW (K x N) = X (K x M) * op_T(G: N x M).
+GemmArgs wgrad_args(const at::Tensor& g, const at::Tensor& x, at::Tensor& dw) {
+  GemmArgs args;
+  args.transpose_b = true;
+  args.m = x.size(1);
+  args.n = g.size(1);
+  args.k = g.size(0);
+  args.ab_dtype = args.d_dtype = kernel_dtype(g.scalar_type());
+  args.a = x.data_ptr();
+  args.lda = x.size(1);
+  args.b = g.data_ptr();
+  args.ldb = g.size(1);
+  args.d = dw.data_ptr();
+  args.ldd = x.size(1);
+  return args;
+}
+
+// The weight gradient with the bias gradient (column sums of g) from the BGRADB epilogue. All
+// tensors contiguous and non-empty.
+void wgrad_with_bias_grad(const char* op, const at::Tensor& g, const at::Tensor& x, at::Tensor& dw, at::Tensor& db) {
+  GemmArgs args = wgrad_args(g, x, dw);
+  args.epilogue = GemmEpilogue::BGradB;
+  args.bias_grad = db.data_ptr();
+  const ampkit_kernels::Result fused = run_gemm(args, x);
+  if (fused.ok()) return;
+  if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, args);
+  // No algorithm fuses the bias gradient here: plain GEMM plus a column sum (accumulated in fp32).
+  const GemmArgs plain = wgrad_args(g, x, dw);
+  check_gemm(op, run_gemm(plain, x), plain);
+  db.copy_(at::sum(g, {0}, false, at::kFloat));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(const at::Tensor& grad_output,
                                                                           const at::Tensor& input,
                                                                           const at::Tensor& weight,
@@ -209,50 +262,104 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(const 
   }
   const at::Tensor x = input.reshape({M, K}).contiguous();
   const at::Tensor w = weight.contiguous();
-  const auto dtype = kernel_dtype(input.scalar_type());
-
-  GemmArgs dgrad;
-  dgrad.m = K;
-  dgrad.n = M;
-  dgrad.k = N;
-  dgrad.ab_dtype = dgrad.d_dtype = dtype;
-  dgrad.a = w.data_ptr();
-  dgrad.lda = K;
-  dgrad.b = grad_pre.data_ptr();
-  dgrad.ldb = N;
-  dgrad.d = grad_input.data_ptr();
-  dgrad.ldd = K;
+  const GemmArgs dgrad = dgrad_args(grad_pre, w, grad_input);
   check_gemm(op, run_gemm(dgrad, x), dgrad);
-
-  GemmArgs wgrad;
-  wgrad.transpose_b = true;
-  wgrad.m = K;
-  wgrad.n = N;
-  wgrad.k = M;
-  wgrad.ab_dtype = wgrad.d_dtype = dtype;
-  wgrad.a = x.data_ptr();
-  wgrad.lda = K;
-  wgrad.b = grad_pre.data_ptr();
-  wgrad.ldb = N;
-  wgrad.d = grad_weight.data_ptr();
-  wgrad.ldd = K;
-  wgrad.epilogue = GemmEpilogue::BGradB;
-  wgrad.bias_grad = grad_bias.data_ptr();
-  const ampkit_kernels::Result fused = run_gemm(wgrad, x);
-  if (!fused.ok()) {
-    if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, wgrad);
-    // No algorithm fuses the bias gradient here: plain GEMM plus a column sum (accumulated in fp32).
-    wgrad.epilogue = GemmEpilogue::None;
-    wgrad.bias_grad = nullptr;
-    check_gemm(op, run_gemm(wgrad, x), wgrad);
-    grad_bias.copy_(at::sum(grad_pre, {0}, false, at::kFloat));
-  }
+  wgrad_with_bias_grad(op, grad_pre, x, grad_weight, grad_bias);
   return {grad_input.view(input.sizes()), grad_weight, grad_bias};
+}
+
+// ---- fused_mlp ----
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_forward(const char* op, const at::Tensor& input,
+                                                           const at::Tensor& weight1,
+                                                           const std::optional<at::Tensor>& bias1,
+                                                           const at::Tensor& weight2,
+                                                           const std::optional<at::Tensor>& bias2,
+                                                           const detail::MlpShape& shape) {
+  check_on_cuda(op, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor pre = detail::empty_saved(Activation::Gelu, shape.first, input.options());
+  const int64_t hidden_features = shape.first.out_features;
+  if (pre.size(1) > hidden_features) pre.narrow(1, hidden_features, pre.size(1) - hidden_features).zero_();
+  // Layer 1 with GELU_AUX(_BIAS): hidden and the GELU input from one GEMM; layer 2 with BIAS.
+  const at::Tensor rows = input.reshape({shape.first.rows, shape.first.in_features});
+  at::Tensor hidden = forward_impl(op, rows, weight1, bias1, Activation::Gelu, shape.first, &pre);
+  LinearShape second = shape.second;
+  second.output_sizes = {shape.second.rows, shape.second.out_features};
+  at::Tensor output = forward_impl(op, hidden, weight2, bias2, Activation::None, second, nullptr);
+  return {output.view(shape.second.output_sizes), hidden, pre};
+}
+
+at::Tensor fused_mlp_cuda(const at::Tensor& input, const at::Tensor& weight1, const std::optional<at::Tensor>& bias1,
+                          const at::Tensor& weight2, const std::optional<at::Tensor>& bias2) {
+  const auto shape = detail::check_fused_mlp_args(detail::kFusedMlpOp, input, weight1, bias1, weight2, bias2);
+  return std::get<0>(mlp_forward(detail::kFusedMlpOp, input, weight1, bias1, weight2, bias2, shape));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_mlp_forward_cuda(const at::Tensor& input,
+                                                                      const at::Tensor& weight1,
+                                                                      const std::optional<at::Tensor>& bias1,
+                                                                      const at::Tensor& weight2,
+                                                                      const std::optional<at::Tensor>& bias2) {
+  const auto shape = detail::check_fused_mlp_args(detail::kFusedMlpForwardOp, input, weight1, bias1, weight2, bias2);
+  return mlp_forward(detail::kFusedMlpForwardOp, input, weight1, bias1, weight2, bias2, shape);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight1, const at::Tensor& weight2,
+    const at::Tensor& hidden, const at::Tensor& pre) {
+  const char* op = detail::kFusedMlpBackwardOp;
+  const auto shape = detail::check_fused_mlp_backward_args(grad_output, input, weight1, weight2, hidden, pre);
+  check_on_cuda(op, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t M = shape.first.rows, K = shape.first.in_features, H = shape.first.out_features,
+                N = shape.second.out_features;
+  if (M == 0 || K == 0 || H == 0 || N == 0) {
+    // Products over an empty dimension: nothing for a GEMM to do; the fp32 ATen path handles them.
+    return detail::fused_mlp_backward_fp32(grad_output, input, weight1, weight2, hidden, pre, shape);
+  }
+  const at::Tensor grad = grad_output.reshape({M, N}).contiguous();
+  const at::Tensor x = input.reshape({M, K}).contiguous();
+  const at::Tensor w1 = weight1.contiguous(), w2 = weight2.contiguous();
+  // Raw pointers below assume row-major storage (a caller may pass views).
+  const at::Tensor hidden_rows = hidden.contiguous(), pre_rows = pre.contiguous();
+  at::Tensor grad_weight2 = at::empty({N, H}, input.options());
+  at::Tensor grad_bias2 = at::empty({N}, input.options());
+  wgrad_with_bias_grad(op, grad, hidden_rows, grad_weight2, grad_bias2);
+
+  // Layer 2's data gradient with DGELU_BGRAD: grad_pre = (grad @ W2) * gelu'(pre), and bias1's
+  // gradient (the column sums of grad_pre) from the same GEMM.
+  at::Tensor grad_pre = at::empty({M, H}, input.options());
+  at::Tensor grad_bias1 = at::empty({H}, input.options());
+  GemmArgs dgelu = dgrad_args(grad, w2, grad_pre);
+  dgelu.epilogue = GemmEpilogue::DGeluBGrad;
+  dgelu.aux = pre_rows.data_ptr();
+  dgelu.ld_aux = pre_rows.size(1);
+  dgelu.bias_grad = grad_bias1.data_ptr();
+  const ampkit_kernels::Result fused = run_gemm(dgelu, x);
+  if (!fused.ok()) {
+    if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, dgelu);
+    // No algorithm fuses DGELU_BGRAD here: plain GEMM, then the GELU backward and a column sum.
+    const GemmArgs plain = dgrad_args(grad, w2, grad_pre);
+    check_gemm(op, run_gemm(plain, x), plain);
+    grad_pre = at::gelu_backward(grad_pre, pre_rows.narrow(1, 0, H), "tanh").contiguous();
+    grad_bias1.copy_(at::sum(grad_pre, {0}, false, at::kFloat));
+  }
+
+  at::Tensor grad_input = at::empty({M, K}, input.options());
+  const GemmArgs dgrad = dgrad_args(grad_pre, w1, grad_input);
+  check_gemm(op, run_gemm(dgrad, x), dgrad);
+  at::Tensor grad_weight1 = at::empty({H, K}, input.options());
+  const GemmArgs wgrad = wgrad_args(grad_pre, x, grad_weight1);
+  check_gemm(op, run_gemm(wgrad, x), wgrad);
+  return {grad_input.view(input.sizes()), grad_weight1, grad_bias1, grad_weight2, grad_bias2};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ampkit, CUDA, m) {
+  m.impl("fused_mlp", &fused_mlp_cuda);
+  m.impl("fused_mlp_forward", &fused_mlp_forward_cuda);
+  m.impl("fused_mlp_backward", &fused_mlp_backward_cuda);
   m.impl("fused_linear", &fused_linear_cuda);
   m.impl("fused_linear_forward", &fused_linear_forward_cuda);
   m.impl("fused_linear_backward", &fused_linear_backward_cuda);

@@ -51,4 +51,40 @@ at::Tensor empty_saved(Activation activation, const LinearShape& shape, const at
 LinearShape check_fused_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                                              const at::Tensor& weight, const at::Tensor& saved, Activation activation);
 
+// ---- fused_mlp: Linear -> GELU(tanh) -> Linear, the transformer MLP block ----
+//   fused_mlp(input, weight1, bias1?, weight2, bias2?) -> output
+//   fused_mlp_forward(...) -> (output, hidden, pre)
+//       hidden = gelu(input @ weight1.T + bias1) [rows, hidden_features]; pre = the GELU input,
+//       [rows, round_up(hidden_features, 8)] as for fused_linear_forward.
+//   fused_mlp_backward(grad_output, input, weight1, weight2, hidden, pre)
+//       -> (grad_input, grad_weight1, grad_bias1, grad_weight2, grad_bias2)
+// Fusing the two layers is what lets the backward take the GELU gradient and bias1's gradient
+// out of the second layer's data-gradient GEMM (cuBLASLt's DGELU_BGRAD epilogue).
+constexpr const char* kFusedMlpOp = "ampkit.fused_mlp";
+constexpr const char* kFusedMlpForwardOp = "ampkit.fused_mlp_forward";
+constexpr const char* kFusedMlpBackwardOp = "ampkit.fused_mlp_backward";
+
+struct MlpShape {
+  LinearShape first;   // input [rows, in] -> hidden [rows, hidden_features]; output_sizes 2-D
+  LinearShape second;  // hidden -> output; output_sizes = input.sizes()[:-1] + [out_features]
+};
+
+MlpShape check_fused_mlp_args(const char* op, const at::Tensor& input, const at::Tensor& weight1,
+                              const std::optional<at::Tensor>& bias1, const at::Tensor& weight2,
+                              const std::optional<at::Tensor>& bias2);
+MlpShape check_fused_mlp_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                       const at::Tensor& weight1, const at::Tensor& weight2,
+                                       const at::Tensor& hidden, const at::Tensor& pre);
+
+// fp32 ATen implementations, rounding once to the input dtype per stored tensor (hidden, pre,
+// output, each gradient). The CPU kernels, and the CUDA kernels' path for empty dimensions.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_mlp_forward_fp32(const at::Tensor& input, const at::Tensor& weight1,
+                                                                      const std::optional<at::Tensor>& bias1,
+                                                                      const at::Tensor& weight2,
+                                                                      const std::optional<at::Tensor>& bias2,
+                                                                      const MlpShape& shape);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp_backward_fp32(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight1, const at::Tensor& weight2,
+    const at::Tensor& hidden, const at::Tensor& pre, const MlpShape& shape);
+
 }  // namespace ampkit::detail

@@ -50,4 +50,16 @@ TORCH_LIBRARY_FRAGMENT(ampkit, m) {
   m.def("fused_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, str activation) -> "
         "(Tensor, Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
+  // Linear -> GELU (tanh) -> Linear; the backward takes the GELU gradient and bias1's gradient out of
+  // the second layer's data-gradient GEMM (cuBLASLt DGELU_BGRAD). ops/fused_linear.h.
+  m.def("fused_mlp(Tensor input, Tensor weight1, Tensor? bias1, Tensor weight2, Tensor? bias2) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // (output, hidden, pre): hidden = the GELU output, pre = its input (padded to a multiple of 8 columns).
+  m.def("fused_mlp_forward(Tensor input, Tensor weight1, Tensor? bias1, Tensor weight2, Tensor? bias2) -> "
+        "(Tensor, Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+  // -> (grad_input, grad_weight1, grad_bias1, grad_weight2, grad_bias2)
+  m.def("fused_mlp_backward(Tensor grad_output, Tensor input, Tensor weight1, Tensor weight2, Tensor hidden, "
+        "Tensor pre) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
 }

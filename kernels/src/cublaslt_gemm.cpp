@@ -149,26 +149,8 @@ AlgoKey make_key(int device, const GemmArgs& args, const Alignments& align) {
   return key;
 }
 
-// RAII owners of the descriptors of one call (creation is host-only and cheap).
-struct MatmulDesc {
-  cublasLtMatmulDesc_t desc = nullptr;
-  ~MatmulDesc() {
-    if (desc) cublasLtMatmulDescDestroy(desc);
-  }
-};
-struct Layout {
-  cublasLtMatrixLayout_t layout = nullptr;
-  ~Layout() {
-    if (layout) cublasLtMatrixLayoutDestroy(layout);
-  }
-};
-struct Preference {
-  cublasLtMatmulPreference_t pref = nullptr;
-  ~Preference() {
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
-  }
-};
-
+// The descriptors of one call live on the stack (cuBLASLt's "opaque" structs): no heap traffic
+// per GEMM, nothing to destroy, nothing shared between threads.
 template <typename T>
 cublasStatus_t set_desc(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attribute, const T& value) {
   return cublasLtMatmulDescSetAttribute(desc, attribute, &value, sizeof(value));
@@ -251,33 +233,35 @@ Result cublaslt_gemm(const GemmArgs& args, cudaStream_t stream) {
   const cudaDataType_t d_type = cuda_type(args.d_dtype);
 
   // fp32 accumulation and fp32 alpha/beta, whatever the storage types.
-  MatmulDesc op;
-  AMPKIT_LT_TRY(cublasLtMatmulDescCreate(&op.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasLtMatmulDescOpaque_t op_storage;
+  const cublasLtMatmulDesc_t op = &op_storage;
+  AMPKIT_LT_TRY(cublasLtMatmulDescInit(op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t trans_a = args.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t trans_b = args.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  AMPKIT_LT_TRY(set_desc(op.desc, CUBLASLT_MATMUL_DESC_TRANSA, trans_a));
-  AMPKIT_LT_TRY(set_desc(op.desc, CUBLASLT_MATMUL_DESC_TRANSB, trans_b));
+  AMPKIT_LT_TRY(set_desc(op, CUBLASLT_MATMUL_DESC_TRANSA, trans_a));
+  AMPKIT_LT_TRY(set_desc(op, CUBLASLT_MATMUL_DESC_TRANSB, trans_b));
   const auto epilogue = static_cast<uint32_t>(lt_epilogue(args.epilogue));
-  AMPKIT_LT_TRY(set_desc(op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue));
+  AMPKIT_LT_TRY(set_desc(op, CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue));
   if (reads_bias(args.epilogue) || writes_bias_grad(args.epilogue)) {
     const void* bias = reads_bias(args.epilogue) ? args.bias : args.bias_grad;
-    AMPKIT_LT_TRY(set_desc(op.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias));
-    AMPKIT_LT_TRY(set_desc(op.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(d_type)));
+    AMPKIT_LT_TRY(set_desc(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias));
+    AMPKIT_LT_TRY(set_desc(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(d_type)));
   }
   if (uses_aux(args.epilogue)) {
-    AMPKIT_LT_TRY(set_desc(op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, args.aux));
-    AMPKIT_LT_TRY(set_desc(op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, args.ld_aux));
+    AMPKIT_LT_TRY(set_desc(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, args.aux));
+    AMPKIT_LT_TRY(set_desc(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, args.ld_aux));
     // EPILOGUE_AUX_DATA_TYPE stays unset: its default is D's type, which is what we store, and
     // setting it is only defined for the fp8 kernels (elsewhere cuBLASLt may answer INVALID_VALUE).
   }
 
   // Layouts as stored (before op()): A is (transpose_a ? k x m : m x k), B likewise.
-  Layout a_layout, b_layout, d_layout;
-  AMPKIT_LT_TRY(cublasLtMatrixLayoutCreate(&a_layout.layout, ab_type, args.transpose_a ? args.k : args.m,
-                                           args.transpose_a ? args.m : args.k, args.lda));
-  AMPKIT_LT_TRY(cublasLtMatrixLayoutCreate(&b_layout.layout, ab_type, args.transpose_b ? args.n : args.k,
-                                           args.transpose_b ? args.k : args.n, args.ldb));
-  AMPKIT_LT_TRY(cublasLtMatrixLayoutCreate(&d_layout.layout, d_type, args.m, args.n, args.ldd));
+  cublasLtMatrixLayoutOpaque_t a_storage, b_storage, d_storage;
+  const cublasLtMatrixLayout_t a_layout = &a_storage, b_layout = &b_storage, d_layout = &d_storage;
+  AMPKIT_LT_TRY(cublasLtMatrixLayoutInit(a_layout, ab_type, args.transpose_a ? args.k : args.m,
+                                         args.transpose_a ? args.m : args.k, args.lda));
+  AMPKIT_LT_TRY(cublasLtMatrixLayoutInit(b_layout, ab_type, args.transpose_b ? args.n : args.k,
+                                         args.transpose_b ? args.k : args.n, args.ldb));
+  AMPKIT_LT_TRY(cublasLtMatrixLayoutInit(d_layout, d_type, args.m, args.n, args.ldd));
 
   const Alignments align{alignment_bytes(args.a), alignment_bytes(args.b), alignment_bytes(args.d),
                          reads_bias(args.epilogue) ? alignment_bytes(args.bias)
@@ -297,20 +281,21 @@ Result cublaslt_gemm(const GemmArgs& args, cudaStream_t stream) {
     }
   }
   if (!cached) {
-    Preference pref;
-    AMPKIT_LT_TRY(cublasLtMatmulPreferenceCreate(&pref.pref));
-    AMPKIT_LT_TRY(set_pref(pref.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, args.workspace_bytes));
+    cublasLtMatmulPreferenceOpaque_t pref_storage;
+    const cublasLtMatmulPreference_t pref = &pref_storage;
+    AMPKIT_LT_TRY(cublasLtMatmulPreferenceInit(pref));
+    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, args.workspace_bytes));
     // The heuristic assumes 256-byte aligned operands unless told otherwise; an algorithm picked
     // on that assumption can fault on a less aligned view (a slice, an odd-sized neighbour).
-    AMPKIT_LT_TRY(set_pref(pref.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align.a));
-    AMPKIT_LT_TRY(set_pref(pref.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align.b));
-    AMPKIT_LT_TRY(set_pref(pref.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align.d));
-    AMPKIT_LT_TRY(set_pref(pref.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align.d));
+    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align.a));
+    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align.b));
+    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align.d));
+    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align.d));
     cublasLtMatmulHeuristicResult_t heuristic;
     std::memset(&heuristic, 0, sizeof(heuristic));
     int found = 0;
-    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, op.desc, a_layout.layout, b_layout.layout,
-                                                                 d_layout.layout, d_layout.layout, pref.pref, 1,
+    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, op, a_layout, b_layout,
+                                                                 d_layout, d_layout, pref, 1,
                                                                  &heuristic, &found);
     if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0)) {
       Result result;
@@ -328,8 +313,8 @@ Result cublaslt_gemm(const GemmArgs& args, cudaStream_t stream) {
   const float alpha = args.alpha;
   const float beta = 0.0f;
   // beta = 0: C is never read; cuBLASLt still wants a C, and D is the natural one.
-  AMPKIT_LT_TRY(cublasLtMatmul(handle, op.desc, &alpha, args.a, a_layout.layout, args.b, b_layout.layout, &beta,
-                               args.d, d_layout.layout, args.d, d_layout.layout, &algo, args.workspace,
+  AMPKIT_LT_TRY(cublasLtMatmul(handle, op, &alpha, args.a, a_layout, args.b, b_layout, &beta,
+                               args.d, d_layout, args.d, d_layout, &algo, args.workspace,
                                args.workspace_bytes, stream));
   if (const cudaError_t error = cudaGetLastError(); error != cudaSuccess) {
     Result result;

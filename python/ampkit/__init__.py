@@ -44,7 +44,7 @@ from . import optim  # noqa: E402
 
 # ---- fused linear (issue 5) ----
 from . import nn  # noqa: E402
-from .nn import FusedLinear, fuse_linear_activations, fused_linear  # noqa: E402
+from .nn import FusedLinear, FusedMLP, fuse_linear_activations, fused_linear, fused_mlp  # noqa: E402
 
 __all__ += ["nn", "FusedLinear", "fuse_linear_activations", "fused_linear"]
 # autocast policies (issue 6)
@@ -54,3 +54,4 @@ from .self_check import AmpCheck, check_amp  # noqa: E402
 from .trainer import Trainer, TrainHistory, plot_history  # noqa: E402
 
 __all__ += ["AmpCheck", "check_amp", "Trainer", "TrainHistory", "plot_history"]
+__all__ += ["nn", "FusedLinear", "FusedMLP", "fuse_linear_activations", "fused_linear", "fused_mlp"]

@@ -1,4 +1,5 @@
-"""Modules on ampkit's fused linear: ``FusedLinear`` and a pass that fuses ``Linear -> ReLU/GELU``.
+"""Modules on ampkit's fused linear: ``FusedLinear``, ``FusedMLP`` and a pass that fuses
+``Linear -> ReLU/GELU (-> Linear)`` in existing models.
 
 The numerics are ``torch.ops.ampkit.fused_linear``: fp32 accumulation of fp16/bf16 operands, the
 bias and the activation applied in fp32 before one rounding (on CUDA in the cuBLASLt epilogue).
@@ -22,6 +23,16 @@ def fused_linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     ``torch.autocast`` (fp32 inputs run in the autocast dtype) and ``torch.compile``.
     """
     return torch.ops.ampkit.fused_linear(input, weight, bias, activation)
+
+
+def fused_mlp(input: torch.Tensor, weight1: torch.Tensor, bias1: Optional[torch.Tensor], weight2: torch.Tensor,
+              bias2: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(F.gelu(F.linear(input, weight1, bias1), approximate="tanh"), weight2, bias2)`` as one op.
+
+    On CUDA the backward takes the GELU gradient and ``bias1``'s gradient out of the second
+    layer's data-gradient GEMM (cuBLASLt DGELU_BGRAD epilogue) instead of separate kernels.
+    """
+    return torch.ops.ampkit.fused_mlp(input, weight1, bias1, weight2, bias2)
 
 
 class FusedLinear(nn.Module):
@@ -83,6 +94,35 @@ class FusedLinear(nn.Module):
         return fused
 
 
+class FusedMLP(nn.Module):
+    """``fc1 -> GELU(tanh) -> fc2`` (the transformer MLP block) as one ``fused_mlp`` op.
+
+    ``fc1`` and ``fc2`` are plain ``nn.Linear`` modules holding the parameters, so the state dict
+    keys are ``fc1.weight``, ``fc1.bias``, ``fc2.weight``, ``fc2.bias``.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias, device=device, dtype=dtype)
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias, device=device, dtype=dtype)
+
+    @classmethod
+    def from_linears(cls, fc1: nn.Linear, fc2: nn.Linear) -> "FusedMLP":
+        """A FusedMLP around two existing Linear layers (their parameters are shared, not copied)."""
+        if fc1.out_features != fc2.in_features:
+            raise ValueError(f"FusedMLP: fc2.in_features ({fc2.in_features}) must equal fc1.out_features "
+                             f"({fc1.out_features})")
+        mlp = cls.__new__(cls)
+        nn.Module.__init__(mlp)
+        mlp.fc1 = fc1
+        mlp.fc2 = fc2
+        return mlp
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return torch.ops.ampkit.fused_mlp(input, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+
+
 def _activation_name(module: nn.Module, include_exact_gelu: bool) -> Optional[str]:
     if isinstance(module, nn.ReLU):
         return "relu"
@@ -92,31 +132,46 @@ def _activation_name(module: nn.Module, include_exact_gelu: bool) -> Optional[st
     return None
 
 
-def fuse_linear_activations(model: nn.Module, include_exact_gelu: bool = False) -> int:
-    """Replaces, in place, every ``nn.Linear`` directly followed by ``nn.ReLU`` / ``nn.GELU`` inside an
-    ``nn.Sequential`` with a ``FusedLinear`` (sharing the Linear's parameters) and the activation
-    with ``nn.Identity``. Returns how many pairs were fused.
+def fuse_linear_activations(model: nn.Module, include_exact_gelu: bool = False, mlp: bool = True) -> int:
+    """Fuses, in place, the layers of every ``nn.Sequential`` in ``model``:
 
-    Only consecutive pairs of a Sequential are fused: there the Linear's output provably feeds
-    the activation and nothing else. ``nn.GELU()`` (exact, erf) differs from the fused tanh
-    approximation by up to ~1e-3; it is fused only with ``include_exact_gelu=True``.
+    * ``nn.Linear -> nn.GELU -> nn.Linear`` (with ``mlp=True``, and matching sizes) becomes one
+      ``FusedMLP`` (whose backward also fuses the GELU gradient into a GEMM);
+    * any other ``nn.Linear`` directly followed by ``nn.ReLU`` / ``nn.GELU`` becomes a ``FusedLinear``.
+
+    Replaced modules become ``nn.Identity``; parameters are shared, never copied, so an optimizer
+    built before still updates them. Returns how many groups were fused.
+
+    Only consecutive modules of a Sequential are fused: there each one's output provably feeds the
+    next and nothing else. ``nn.GELU()`` (exact, erf) differs from the fused tanh approximation by
+    up to ~1e-3; it is fused only with ``include_exact_gelu=True``.
     """
     fused = 0
     for container in list(model.modules()):
         if not isinstance(container, nn.Sequential):
             continue
-        names = list(container._modules.keys())
-        for first, second in zip(names, names[1:]):
-            linear, activation = container._modules[first], container._modules[second]
-            if type(linear) is not nn.Linear:  # subclasses may change forward; leave them alone
-                continue
-            name = _activation_name(activation, include_exact_gelu)
+        modules = container._modules
+        names = list(modules.keys())
+        i = 0
+        while i + 1 < len(names):
+            first, activation = modules[names[i]], modules[names[i + 1]]
+            # Exact nn.Linear only: a subclass may change forward.
+            name = _activation_name(activation, include_exact_gelu) if type(first) is nn.Linear else None
             if name is None:
+                i += 1
                 continue
-            container._modules[first] = FusedLinear.from_linear(linear, name)
-            container._modules[second] = nn.Identity()
+            second = modules[names[i + 2]] if i + 2 < len(names) else None
+            if (mlp and name == "gelu" and type(second) is nn.Linear and second.in_features == first.out_features):
+                modules[names[i]] = FusedMLP.from_linears(first, second)
+                modules[names[i + 1]] = nn.Identity()
+                modules[names[i + 2]] = nn.Identity()
+                i += 3
+            else:
+                modules[names[i]] = FusedLinear.from_linear(first, name)
+                modules[names[i + 1]] = nn.Identity()
+                i += 2
             fused += 1
     return fused
 
 
-__all__ = ["ACTIVATIONS", "FusedLinear", "fuse_linear_activations", "fused_linear"]
+__all__ = ["ACTIVATIONS", "FusedLinear", "FusedMLP", "fuse_linear_activations", "fused_linear", "fused_mlp"]

@@ -120,6 +120,32 @@ TEST_CASE("fused_linear: zero-size batch, k = 1 and autocast", "[fused_linear]")
   REQUIRE(torch::equal(out, ampkit::fused_linear(x.to(torch::kBFloat16), w32.to(torch::kBFloat16))));
 }
 
+TEST_CASE("fused_mlp equals fused_linear(gelu) then fused_linear, and trains", "[fused_linear][fused_mlp]") {
+  for (const auto& device : devices_under_test()) {
+    torch::manual_seed(3);
+    const auto options = torch::dtype(torch::kBFloat16).device(device);
+    auto x = torch::randn({2, 3, 10}, options).requires_grad_();
+    auto w1 = (torch::randn({24, 10}) / std::sqrt(10.0)).to(options).requires_grad_();
+    auto b1 = torch::randn({24}, options).requires_grad_();
+    auto w2 = (torch::randn({6, 24}) / std::sqrt(24.0)).to(options).requires_grad_();
+    auto b2 = torch::randn({6}, options).requires_grad_();
+    auto out = ampkit::fused_mlp(x, w1, b1, w2, b2);
+    // Both round the hidden activations to bf16 once and accumulate in fp32: the same numbers up to
+    // the summation order, which is far below one bf16 rounding of the output.
+    auto two_ops = ampkit::fused_linear(ampkit::fused_linear(x, w1, b1, "gelu"), w2, b2);
+    REQUIRE(out.sizes() == torch::IntArrayRef({2, 3, 6}));
+    CHECK(torch::allclose(out.to(torch::kFloat), two_ops.to(torch::kFloat), std::ldexp(1.0, -7), 1e-3));
+    out.sum().backward();
+    for (const auto& p : {x, w1, b1, w2, b2}) REQUIRE(p.grad().defined());
+    auto grads = torch::autograd::grad({two_ops.sum()}, {x, w1, b1, w2, b2});
+    CHECK(torch::allclose(w1.grad().to(torch::kFloat), grads[1].to(torch::kFloat), 2 * std::ldexp(1.0, -7), 2e-2));
+    CHECK(torch::allclose(b1.grad().to(torch::kFloat), grads[2].to(torch::kFloat), 2 * std::ldexp(1.0, -7), 2e-2));
+  }
+  CHECK(throws_with([] { ampkit::fused_mlp(torch::ones({2, 4}), torch::ones({8, 4}), std::nullopt, torch::ones({3, 7}),
+                                           std::nullopt); },
+                    "weight2 (argument 3) must have shape [out_features, 8] to match the hidden features of weight1"));
+}
+
 TEST_CASE("fused_linear rejects bad input with a message naming the argument", "[fused_linear]") {
   auto x = torch::ones({3, 7}, torch::kHalf);
   auto w = torch::ones({5, 7}, torch::kHalf);

@@ -444,3 +444,133 @@ def test_fuse_linear_activations_swaps_pairs_and_shares_parameters():
     assert ampkit.fuse_linear_activations(model, include_exact_gelu=True) == 1
     model(x).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# ---- fused_mlp: Linear -> GELU(tanh) -> Linear ----
+# Same error model as above, composed through the two layers. Eh bounds |our hidden - reference
+# hidden| (layer 1's accumulation through GELU, a possible hardware tanh, one rounding); the
+# output adds layer 2's accumulation over H and its rounding. In the backward, the GELU
+# derivative is taken at the rounded pre-activation (and possibly with the hardware tanh:
+# 2^-10 (1 + |pre|) covers it), grad_pre is rounded before layers 1's GEMMs, and bias1's gradient
+# may be summed from rounded terms.
+MLP_SHAPES = [
+    ((7,), 13, 20, 11),
+    ((2, 5), 33, 24, 17),
+    ((4,), 1, 9, 3),
+    ((0,), 16, 8, 8),
+    ((5,), 10, 1, 4),
+    ((64,), 64, 128, 40),
+]
+
+
+def make_mlp(lead, k, h, n, dtype, device, bias=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(*lead, k, generator=generator), torch.randn(h, k, generator=generator) / k ** 0.5,
+               0.5 * torch.randn(h, generator=generator) if bias else None,
+               torch.randn(n, h, generator=generator) / h ** 0.5,
+               0.5 * torch.randn(n, generator=generator) if bias else None]
+    return [None if t is None else t.to(dtype=dtype, device=device) for t in tensors]
+
+
+@pytest.mark.parametrize("shape", MLP_SHAPES, ids=[f"{lead}x{k}->{h}->{n}" for lead, k, h, n in MLP_SHAPES])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
+def test_fused_mlp_matches_fp32_reference(device, dtype, bias, shape):
+    lead, k, h, n = shape
+    params = make_mlp(lead, k, h, n, dtype, device, bias)
+    for t in params:
+        if t is not None:
+            t.requires_grad_()
+    x, w1, b1, w2, b2 = params
+    out = ampkit.fused_mlp(x, w1, b1, w2, b2)
+    assert out.dtype == dtype and out.shape == (*lead, n)
+
+    f32 = [None if t is None else t.detach().float().requires_grad_() for t in params]
+    pre = F.linear(f32[0], f32[1], f32[2])
+    hidden = F.gelu(pre, approximate="tanh")
+    ref = F.linear(hidden, f32[3], f32[4])
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype=dtype, device=device)
+    out.backward(grad)
+    ref.backward(grad.float())
+
+    u, lip, lip2 = U_OUT[dtype], LIPSCHITZ["gelu"], GELU_SECOND_DERIVATIVE_BOUND
+    m = x.numel() // k if k else 0
+    xa, w1a, w2a = f32[0].detach().abs().reshape(-1, k), f32[1].detach().abs(), f32[3].detach().abs()
+    pre_a, hidden_a = pre.detach().abs().reshape(-1, h), hidden.detach().abs().reshape(-1, h)
+    s1 = xa @ w1a.t() + (f32[2].detach().abs() if bias else 0)
+    e_hidden = lip * 2 * gamma(k) * s1 + 1.01 * u * hidden_a + 2.0 ** -11 * pre_a
+    s2 = hidden_a @ w2a.t() + (f32[4].detach().abs() if bias else 0)
+    bound_out = e_hidden @ w2a.t() + 2 * gamma(h) * s2 + 1.01 * u * ref.detach().abs().reshape(-1, n) + 1e-6
+    assert_within(out.reshape(-1, n), ref.detach().reshape(-1, n), bound_out, "output")
+
+    g_a = grad.float().abs().reshape(-1, n)
+    g2 = g_a @ w2a  # bounds |grad_hidden|
+    e_pre = (g2 * (lip2 * (u * pre_a + 2 * gamma(k) * s1) + 2.0 ** -10 * (1 + pre_a))
+             + lip * (2 * gamma(n) + u) * g2)
+    expected = {
+        "grad_input": (x, f32[0], (e_pre @ w1a + 2 * gamma(h) * lip * (g2 @ w1a)).reshape(x.shape)),
+        "grad_weight1": (w1, f32[1], e_pre.t() @ xa + 2 * gamma(m) * lip * (g2.t() @ xa)),
+        "grad_weight2": (w2, f32[3], g_a.t() @ e_hidden + 2 * gamma(m) * (g_a.t() @ hidden_a)),
+    }
+    if bias:
+        expected["grad_bias1"] = (b1, f32[2], e_pre.sum(0) + (2 * gamma(m) + u) * lip * g2.sum(0))
+        expected["grad_bias2"] = (b2, f32[4], (2 * gamma(m) + u) * g_a.sum(0))
+    for what, (ours, reference, bound) in expected.items():
+        assert ours.grad.dtype == dtype
+        ref_grad = reference.grad
+        assert_within(ours.grad, ref_grad, bound + 1.01 * u * ref_grad.abs() + 1e-6, what)
+
+
+def test_fused_mlp_autocast_and_bad_input(device):
+    x, w1, b1, w2, b2 = make_mlp((3,), 8, 16, 4, torch.float32, device)
+    device_type = torch.device(device).type
+    low = torch.bfloat16 if device_type == "cpu" else torch.float16
+    with torch.autocast(device_type, dtype=low):
+        out = ampkit.fused_mlp(x, w1, b1, w2, b2)
+    assert out.dtype == low
+    assert torch.equal(out, ampkit.fused_mlp(*(t.to(low) for t in (x, w1, b1, w2, b2))))
+    with pytest.raises(RuntimeError, match=r"weight2 \(argument 3\) must have shape \[out_features, 16\] to match "
+                                           r"the hidden features of weight1, got \[4, 15\]"):
+        ampkit.fused_mlp(x, w1, b1, w2[:, :15], b2)
+    with pytest.raises(RuntimeError, match=r"bias2 \(argument 4\) must have shape \[4\]"):
+        ampkit.fused_mlp(x, w1, b1, w2, b1)
+    with pytest.raises(TypeError, match=r"weight1 \(argument 1\) must have the dtype of input \(float32\), got float16"):
+        ampkit.fused_mlp(x, w1.half(), b1, w2, b2)
+
+
+def test_fused_mlp_opcheck_and_compile(device):
+    x, w1, b1, w2, b2 = make_mlp((2, 3), 12, 24, 10, torch.float16, device)
+    torch.library.opcheck(torch.ops.ampkit.fused_mlp.default, (x, w1, b1, w2, b2))
+    grads = [t.clone().requires_grad_() for t in (x, w1, b1, w2, b2)]
+    torch.library.opcheck(torch.ops.ampkit.fused_mlp.default, tuple(grads))
+    torch.library.opcheck(torch.ops.ampkit.fused_mlp.default, (x, w1, None, w2, None))
+    out, hidden, pre = torch.ops.ampkit.fused_mlp_forward(x, w1, b1, w2, b2)
+    assert hidden.shape == (6, 24) and pre.shape == (6, 24)
+    torch.library.opcheck(torch.ops.ampkit.fused_mlp_forward.default, (x, w1, b1, w2, b2))
+    torch.library.opcheck(torch.ops.ampkit.fused_mlp_backward.default,
+                          (torch.randn_like(out), x, w1, w2, hidden, pre))
+
+    model = ampkit.nn.FusedMLP(12, 24, 10, device=device)
+    inputs = torch.randn(4, 12, device=device)
+    eager = torch.autograd.grad(model(inputs).square().sum(), list(model.parameters()))
+    compiled = torch.compile(lambda t: model(t).square().sum(), fullgraph=True, backend="aot_eager")
+    for a, b in zip(torch.autograd.grad(compiled(inputs), list(model.parameters())), eager):
+        assert torch.equal(a, b)
+
+
+def test_fuse_linear_activations_makes_mlp_blocks():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(32, 10),
+                                torch.nn.Linear(10, 8), torch.nn.GELU(approximate="tanh"))
+    x = torch.randn(5, 10)
+    before = model(x).detach()
+    parameters = list(model.parameters())
+    assert ampkit.fuse_linear_activations(model) == 2
+    assert isinstance(model[0], ampkit.nn.FusedMLP)
+    assert isinstance(model[1], torch.nn.Identity) and isinstance(model[2], torch.nn.Identity)
+    assert isinstance(model[3], ampkit.nn.FusedLinear) and model[3].activation == "gelu"
+    assert all(a is b for a, b in zip(model.parameters(), parameters))
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    assert set(model[0].state_dict()) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    with pytest.raises(ValueError, match="fc2.in_features"):
+        ampkit.nn.FusedMLP.from_linears(torch.nn.Linear(3, 4), torch.nn.Linear(5, 2))

@@ -16,4 +16,9 @@ namespace ampkit {
 at::Tensor fused_linear(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias = std::nullopt, std::string_view activation = "none");
 
+// fc2(gelu_tanh(fc1(input))): input [..., in], weight1 [hidden, in], weight2 [out, hidden]. The
+// backward takes the GELU gradient and bias1's gradient out of a GEMM epilogue (DGELU_BGRAD) on CUDA.
+at::Tensor fused_mlp(const at::Tensor& input, const at::Tensor& weight1, const std::optional<at::Tensor>& bias1,
+                     const at::Tensor& weight2, const std::optional<at::Tensor>& bias2);
+
 }  // namespace ampkit
