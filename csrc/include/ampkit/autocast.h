@@ -17,6 +17,7 @@
 // torch.autocast does. When no ampkit policy is current on the thread (a plain torch.autocast
 // region), ampkit's kernels apply torch's own routing for the op, so torch.autocast behaves exactly
 // as without ampkit. uninstall() destroys ampkit's registrations and restores aten's kernels.
+// A torch.autocast nested in an ampkit region changes the enabled flag and dtype, not the lists.
 //
 // Threads: regions are per thread. Policies are immutable values and the global policy is global;
 // installing or replacing one while another thread is inside a region is safe: that thread keeps
