@@ -90,7 +90,9 @@ class Policy {
 
   c10::DeviceType device_type_;
   c10::ScalarType dtype_;
-  std::map<std::string, OpList> lists_;  // fully qualified op name -> list
+  // fully qualified op name -> list; shared so that copying a Policy (the global one, one passed
+  // to a region) costs two reference counts, not a map copy
+  std::shared_ptr<const std::map<std::string, OpList>> lists_;
   std::shared_ptr<const detail::CompiledPolicy> compiled_;
 };
 
