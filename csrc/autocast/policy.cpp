@@ -130,9 +130,10 @@ std::string list_name(OpList list) {
 }
 
 Policy::Policy(c10::DeviceType device_type, c10::ScalarType dtype, std::map<std::string, OpList> lists)
-    : device_type_(device_type), dtype_(dtype), lists_(std::move(lists)) {
+    : device_type_(device_type), dtype_(dtype),
+      lists_(std::make_shared<const std::map<std::string, OpList>>(std::move(lists))) {
   check_device_and_dtype(device_type_, dtype_);
-  compiled_ = compile(device_type_, dtype_, lists_);
+  compiled_ = compile(device_type_, dtype_, *lists_);
 }
 
 Policy::Policy(c10::DeviceType device_type, c10::ScalarType dtype, const std::vector<std::string>& allow,
@@ -140,22 +141,24 @@ Policy::Policy(c10::DeviceType device_type, c10::ScalarType dtype, const std::ve
                const std::vector<std::string>& passthrough)
     : device_type_(device_type), dtype_(dtype) {
   check_device_and_dtype(device_type_, dtype_);
+  std::map<std::string, OpList> lists;
   std::map<std::string, std::string> spelled_as;  // qualified name -> how the user wrote it
   const std::pair<OpList, const std::vector<std::string>*> given[] = {
       {OpList::kAllow, &allow}, {OpList::kDeny, &deny}, {OpList::kPromote, &promote}, {OpList::kPassthrough, &passthrough}};
   for (const auto& [list, names] : given) {
     for (const auto& name : *names) {
       for (const auto& qualified : resolve(name, list)) {
-        const auto it = lists_.find(qualified);
-        TORCH_CHECK_VALUE(it == lists_.end() || it->second == list, "ampkit.Policy: op ", qualified, " is in two lists: ",
-                          list_name(it == lists_.end() ? list : it->second), " (as '", spelled_as[qualified], "') and ",
+        const auto it = lists.find(qualified);
+        TORCH_CHECK_VALUE(it == lists.end() || it->second == list, "ampkit.Policy: op ", qualified, " is in two lists: ",
+                          list_name(it == lists.end() ? list : it->second), " (as '", spelled_as[qualified], "') and ",
                           list_name(list), " (as '", name, "'); an op may be in one list only");
-        lists_[qualified] = list;
+        lists[qualified] = list;
         spelled_as.emplace(qualified, name);
       }
     }
   }
-  compiled_ = compile(device_type_, dtype_, lists_);
+  lists_ = std::make_shared<const std::map<std::string, OpList>>(std::move(lists));
+  compiled_ = compile(device_type_, dtype_, *lists_);
 }
 
 Policy Policy::torch_default(c10::DeviceType device_type, c10::ScalarType dtype) {
@@ -193,7 +196,7 @@ Policy Policy::torch_default(c10::DeviceType device_type, c10::ScalarType dtype)
 }
 
 Policy Policy::moved(OpList list, const std::vector<std::string>& ops) const {
-  std::map<std::string, OpList> lists = lists_;
+  std::map<std::string, OpList> lists = *lists_;
   for (const auto& name : ops) {
     for (const auto& qualified : resolve(name, list)) lists[qualified] = list;
   }
@@ -204,14 +207,14 @@ Policy Policy::allow(const std::vector<std::string>& ops) const { return moved(O
 Policy Policy::deny(const std::vector<std::string>& ops) const { return moved(OpList::kDeny, ops); }
 Policy Policy::promote(const std::vector<std::string>& ops) const { return moved(OpList::kPromote, ops); }
 Policy Policy::passthrough(const std::vector<std::string>& ops) const { return moved(OpList::kPassthrough, ops); }
-Policy Policy::with_dtype(c10::ScalarType dtype) const { return Policy(device_type_, dtype, lists_); }
+Policy Policy::with_dtype(c10::ScalarType dtype) const { return Policy(device_type_, dtype, *lists_); }
 
 std::optional<OpList> Policy::list_of(const std::string& op) const {
   std::set<OpList> found;
   bool unlisted = false;
   for (const auto& qualified : resolve(op, OpList::kPassthrough)) {
-    const auto it = lists_.find(qualified);
-    if (it == lists_.end()) {
+    const auto it = lists_->find(qualified);
+    if (it == lists_->end()) {
       unlisted = true;
     } else {
       found.insert(it->second);
@@ -226,14 +229,14 @@ std::optional<OpList> Policy::list_of(const std::string& op) const {
 
 std::vector<std::string> Policy::ops(OpList list) const {
   std::vector<std::string> names;
-  for (const auto& [name, in_list] : lists_) {
+  for (const auto& [name, in_list] : *lists_) {
     if (in_list == list) names.push_back(name);
   }
   return names;
 }
 
 bool Policy::operator==(const Policy& other) const {
-  return device_type_ == other.device_type_ && dtype_ == other.dtype_ && lists_ == other.lists_;
+  return device_type_ == other.device_type_ && dtype_ == other.dtype_ && *lists_ == *other.lists_;
 }
 
 }  // namespace ampkit::autocast

@@ -27,6 +27,9 @@ thread-local state, as ``torch.autocast`` does. Inside a plain ``torch.autocast`
 region current on the thread) ampkit's kernels apply torch's own routing, so ``torch.autocast``
 behaves exactly as without ampkit; :func:`uninstall` removes ampkit's kernels altogether.
 
+A ``torch.autocast`` nested inside an ampkit region changes the enabled flag and dtype, not the lists:
+the ampkit policy of the enclosing region keeps routing ops.
+
 Threads: regions are per thread; policies (and the global policy) are shared. Replacing the global
 policy while another thread is inside a region is safe: that thread keeps the policy it entered with
 until it leaves; regions entered afterwards see the new one. Do not call :func:`uninstall` while
@@ -364,6 +367,8 @@ def explain(
     of either runs untouched and is not listed. ``.result`` holds what ``fn`` returned."""
     if not callable(fn):
         raise TypeError(f"explain expects a callable first, got {type(fn).__name__}")
+    if policy is not None:
+        device_type = policy.device_type
     recording = _C._ExplainRecording()
     with autocast(device_type, dtype=dtype, policy=policy):
         recording.start()

@@ -489,3 +489,16 @@ def test_explain_lists_ops_with_lists_and_dtypes():
     ]
     assert explanation.result[0].dtype == torch.bfloat16
     assert "aten::softmax.int" in str(explanation)
+
+
+def test_an_ampkit_op_obeys_the_policy():
+    """ampkit's own ops route through the same machinery (the boxed path until they are known at
+    compile time): the outputs list and found_inf are written by the op, so never cast; the inputs
+    are, per the list."""
+    inputs = [torch.randn(5).bfloat16(), torch.randn(7).bfloat16()]
+    outputs = [torch.empty(5), torch.empty(7)]
+    policy = ampkit.Policy.default("cpu").deny("ampkit::multi_tensor_scale_")
+    explanation = ampkit.explain(ampkit.multi_tensor_scale_, inputs, outputs, 0.5, policy=policy)
+    assert [(r.op, r.list) for r in explanation] == [("ampkit::multi_tensor_scale_", "deny")]
+    for source, result in zip(inputs, outputs):
+        assert torch.equal(result, source.float() * 0.5)

@@ -17,6 +17,7 @@
 // torch.autocast does. When no ampkit policy is current on the thread (a plain torch.autocast
 // region), ampkit's kernels apply torch's own routing for the op, so torch.autocast behaves exactly
 // as without ampkit. uninstall() destroys ampkit's registrations and restores aten's kernels.
+// A torch.autocast nested in an ampkit region changes the enabled flag and dtype, not the lists.
 //
 // Threads: regions are per thread. Policies are immutable values and the global policy is global;
 // installing or replacing one while another thread is inside a region is safe: that thread keeps
@@ -89,7 +90,9 @@ class Policy {
 
   c10::DeviceType device_type_;
   c10::ScalarType dtype_;
-  std::map<std::string, OpList> lists_;  // fully qualified op name -> list
+  // fully qualified op name -> list; shared so that copying a Policy (the global one, one passed
+  // to a region) costs two reference counts, not a map copy
+  std::shared_ptr<const std::map<std::string, OpList>> lists_;
   std::shared_ptr<const detail::CompiledPolicy> compiled_;
 };
 
