@@ -183,14 +183,11 @@ Policy Policy::torch_default(c10::DeviceType device_type, c10::ScalarType dtype)
         break;
     }
   }
-  // ampkit's own GEMM runs in low precision by default, once it is built in (and as long as no
-  // other library already routes it on this key).
+  // ampkit's own GEMMs run in low precision by default, as torch's linear does; their autocast
+  // kernels read the policy (self_routed.h), so an edited policy can deny or promote them.
   auto& dispatcher = c10::Dispatcher::singleton();
-  if (const auto fused_linear = dispatcher.findSchema({"ampkit::fused_linear", ""})) {
-    if (detail::is_registered_by_ampkit(device, "ampkit::fused_linear") ||
-        !fused_linear->hasKernelForDispatchKey(detail::autocast_key(device))) {
-      lists["ampkit::fused_linear"] = OpList::kAllow;
-    }
+  for (const char* own : {"ampkit::fused_linear", "ampkit::fused_mlp"}) {
+    if (dispatcher.findSchema({own, ""})) lists[own] = OpList::kAllow;
   }
   return Policy(device_type, dtype, std::move(lists));
 }

@@ -16,6 +16,7 @@
 #include "ampkit/autocast.h"
 #include "autocast/registry.h"
 #include "autocast/routing.h"
+#include "autocast/self_routed.h"
 #include "ops/validation.h"
 
 namespace ampkit::autocast::detail {
@@ -159,6 +160,10 @@ void register_slot(Registry& reg, int device, uint32_t slot) {
   if (!library) {
     library = std::make_unique<torch::Library>(torch::Library::IMPL, ns, autocast_key(device), __FILE__, __LINE__);
   }
+  if (is_self_routed(name)) {  // its own autocast kernel reads the policy: nothing to register
+    reg.registered[device].insert(slot);
+    return;
+  }
   SilentWarnings silent;
   c10::WarningUtils::WarningHandlerGuard guard(&silent);
   if (slot < known_op_count()) {
@@ -228,7 +233,8 @@ uint32_t slot_for(const std::string& qualified_name, int device) {
   if (reg.registered[device].count(slot) == 0) {
     const auto handle = c10::Dispatcher::singleton().findSchema(operator_name(qualified_name));
     TORCH_CHECK_VALUE(handle.has_value(), "ampkit.Policy: unknown op ", qualified_name);
-    TORCH_CHECK_VALUE(!handle->hasKernelForDispatchKey(autocast_key(device)), "ampkit.Policy: cannot route ",
+    TORCH_CHECK_VALUE(is_self_routed(qualified_name) || !handle->hasKernelForDispatchKey(autocast_key(device)),
+                      "ampkit.Policy: cannot route ",
                       qualified_name, " on ", c10::toString(autocast_key(device)),
                       ": another library already registers an autocast kernel for it that ampkit does not "
                       "mirror, and replacing it would change what torch.autocast does with it");
@@ -238,6 +244,10 @@ uint32_t slot_for(const std::string& qualified_name, int device) {
     reg.dynamic_names.push_back(qualified_name);
   }
   return slot;
+}
+
+bool is_self_routed(const std::string& qualified_name) {
+  return qualified_name == "ampkit::fused_linear" || qualified_name == "ampkit::fused_mlp";
 }
 
 bool is_registered_by_ampkit(int device, const std::string& qualified_name) {
@@ -289,6 +299,44 @@ bool is_installed(c10::DeviceType device_type) {
   auto& reg = detail::registry();
   std::lock_guard<std::mutex> lock(reg.mutex);
   return !reg.registered[device_type == c10::kCPU ? detail::kCpu : detail::kCuda].empty();
+}
+
+}  // namespace ampkit::autocast
+
+namespace ampkit::autocast {
+
+uint32_t self_routed_slot(const char* qualified_name) {
+  TORCH_INTERNAL_ASSERT(detail::is_self_routed(qualified_name), qualified_name, " is not a self-routed op");
+  return detail::slot_for(qualified_name, detail::kCpu);
+}
+
+std::optional<at::ScalarType> self_routed_dtype(c10::DeviceType device_type, uint32_t slot,
+                                                std::initializer_list<const at::Tensor*> inputs) {
+  const int device = device_type == c10::kCPU ? detail::kCpu : detail::kCuda;
+  const at::ScalarType lower = at::autocast::get_autocast_dtype(device_type);
+  const detail::ThreadState& state = detail::tls_state;
+  if (state.current[device] == nullptr) return lower;
+  switch (detail::route_for(state, device, slot)) {
+    case detail::Route::kLower:
+      return lower;
+    case detail::Route::kFp32:
+    case detail::Route::kFp32SetOptDtype:
+    case detail::Route::kFp32AppendDtype:
+      return at::kFloat;
+    case detail::Route::kPromote: {
+      at::ScalarType widest = lower;
+      for (const at::Tensor* tensor : inputs) {
+        if (tensor != nullptr && tensor->defined() && tensor->is_floating_point()) {
+          widest = at::promote_types(widest, tensor->scalar_type());
+        }
+      }
+      return widest;
+    }
+    case detail::Route::kPassthrough:
+    case detail::Route::kBanned:
+      break;
+  }
+  return std::nullopt;
 }
 
 }  // namespace ampkit::autocast

@@ -11,5 +11,7 @@ namespace ampkit::autocast::detail {
 // autocast key of `device` with a kernel ampkit does not mirror (taking it over would lose that).
 uint32_t slot_for(const std::string& qualified_name, int device);
 bool is_registered_by_ampkit(int device, const std::string& qualified_name);
+// ampkit's ops with their own policy-aware autocast kernels (self_routed.h).
+bool is_self_routed(const std::string& qualified_name);
 
 }  // namespace ampkit::autocast::detail

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string>
 
+#include "autocast/self_routed.h"
 #include "ops/validation.h"
 
 namespace ampkit::detail {
@@ -389,15 +390,19 @@ at::Tensor fused_linear_autograd(const at::Tensor& input, const at::Tensor& weig
   return FusedLinearFunction::apply(input, weight, bias, activation);
 }
 
-// ---- Autocast: fp32 inputs run in the autocast dtype (fp16/bf16), like torch's linear ----
+// ---- Autocast: fp32 inputs run in the autocast dtype (fp16/bf16), like torch's linear, unless
+// the current ampkit policy lists the op otherwise (autocast/self_routed.h) ----
 template <c10::DeviceType device_type>
 at::Tensor fused_linear_autocast(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, c10::string_view activation) {
+  static const uint32_t slot = ampkit::autocast::self_routed_slot("ampkit::fused_linear");
   c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
-  const at::ScalarType dtype = at::autocast::get_autocast_dtype(device_type);
-  return fused_linear_op().call(at::autocast::cached_cast(dtype, input, device_type),
-                                at::autocast::cached_cast(dtype, weight, device_type),
-                                at::autocast::cached_cast(dtype, bias, device_type), activation);
+  const auto dtype =
+      ampkit::autocast::self_routed_dtype(device_type, slot, {&input, &weight, bias ? &*bias : nullptr});
+  if (!dtype) return fused_linear_op().call(input, weight, bias, activation);
+  return fused_linear_op().call(at::autocast::cached_cast(*dtype, input, device_type),
+                                at::autocast::cached_cast(*dtype, weight, device_type),
+                                at::autocast::cached_cast(*dtype, bias, device_type), activation);
 }
 
 }  // namespace
@@ -533,13 +538,16 @@ template <c10::DeviceType device_type>
 at::Tensor fused_mlp_autocast(const at::Tensor& input, const at::Tensor& weight1,
                               const std::optional<at::Tensor>& bias1, const at::Tensor& weight2,
                               const std::optional<at::Tensor>& bias2) {
+  static const uint32_t slot = ampkit::autocast::self_routed_slot("ampkit::fused_mlp");
   c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
-  const at::ScalarType dtype = at::autocast::get_autocast_dtype(device_type);
+  const auto dtype = ampkit::autocast::self_routed_dtype(
+      device_type, slot, {&input, &weight1, bias1 ? &*bias1 : nullptr, &weight2, bias2 ? &*bias2 : nullptr});
+  const auto op = typed_op<MlpSignature>("ampkit::fused_mlp");
+  if (!dtype) return op.call(input, weight1, bias1, weight2, bias2);
   using at::autocast::cached_cast;
-  return typed_op<MlpSignature>("ampkit::fused_mlp")
-      .call(cached_cast(dtype, input, device_type), cached_cast(dtype, weight1, device_type),
-            cached_cast(dtype, bias1, device_type), cached_cast(dtype, weight2, device_type),
-            cached_cast(dtype, bias2, device_type));
+  return op.call(cached_cast(*dtype, input, device_type), cached_cast(*dtype, weight1, device_type),
+                 cached_cast(*dtype, bias1, device_type), cached_cast(*dtype, weight2, device_type),
+                 cached_cast(*dtype, bias2, device_type));
 }
 
 }  // namespace
