@@ -409,6 +409,8 @@ def plot_history(path: str | os.PathLike, history: TrainHistory | Trainer | None
     if skipped:
         finite = [history.loss[s] if math.isfinite(history.loss[s]) else float("nan") for s in skipped]
         loss_axis.scatter(skipped, finite, color="red", s=12, zorder=3, label=f"skipped steps ({len(skipped)})")
+    if all(v > 0 for v in history.loss if math.isfinite(v)):
+        loss_axis.set_yscale("log")  # the late, small losses stay readable
     loss_axis.set_ylabel("training loss")
     loss_axis.legend(loc="upper right")
     loss_axis.grid(alpha=0.3)
@@ -416,6 +418,9 @@ def plot_history(path: str | os.PathLike, history: TrainHistory | Trainer | None
     for s in skipped:
         scale_axis.axvline(s, color="red", alpha=0.25, linewidth=0.8)
     scale_axis.set_yscale("log", base=2)
+    if history.scale and not skipped and min(history.scale) == max(history.scale) == 1.0:
+        scale_axis.text(0.5, 0.5, "no loss scaling (bf16 or fp32: fp32's exponent range)", transform=scale_axis.transAxes,
+                        ha="center", va="center", color="gray")
     scale_axis.set_ylabel("loss scale")
     scale_axis.set_xlabel("optimizer step")
     scale_axis.grid(alpha=0.3)
