@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Bootstraps, builds and runs every test: Catch2 (C++), the find_package consumer, the C++
-# examples and pytest; then the same with AMPKIT_CUDA=OFF, the build a machine without nvcc gets.
+# examples and pytest; then the same with AMPKIT_CUDA=OFF, the build a machine without nvcc gets;
+# then the C++ tests under AddressSanitizer and UndefinedBehaviorSanitizer.
 #   AMPKIT_TEST_CUDA=1   also run the CUDA tests (the GPU machine)
 #   AMPKIT_SKIP_CUDA_OFF=1  skip the second (CPU-only) build
+#   AMPKIT_SKIP_SANITIZERS=1  skip the ASan/UBSan build of the C++ tests
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -27,5 +29,14 @@ if [[ "${AMPKIT_SKIP_CUDA_OFF:-0}" != 1 && "${AMPKIT_CUDA:-AUTO}" != OFF ]]; the
   AMPKIT_CUDA=OFF AMPKIT_BUILD_DIR="$off_dir" bash scripts/build.sh
   ctest --test-dir "$off_dir" --output-on-failure -j 2 -E find_package_consumer
   AMPKIT_EXPECT_CUDA_BUILD=0 PYTHONPATH="$off_dir/python" "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow" tests/python
+fi
+if [[ "${AMPKIT_SKIP_SANITIZERS:-0}" != 1 ]]; then
+  echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (CPU build) =="
+  san_dir="$ROOT/build/sanitize"
+  AMPKIT_CUDA=OFF AMPKIT_SANITIZE=address,undefined AMPKIT_BUILD_TYPE=RelWithDebInfo AMPKIT_BUILD_DIR="$san_dir" \
+    bash scripts/build.sh -DAMPKIT_BUILD_PYTHON=OFF -DAMPKIT_BUILD_EXAMPLES=OFF
+  # halt_on_error: a UBSan finding fails the run instead of only printing.
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    "$san_dir/tests/ampkit_tests" --reporter compact
 fi
 echo "== all tests passed =="
