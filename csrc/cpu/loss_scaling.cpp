@@ -136,6 +136,33 @@ AMPKIT_DEFINE_BLOCK_FN(block_bf16_rn, c10::BFloat16, false, true)
 #if AMPKIT_X86_DISPATCH
 // fp16 <-> fp32 through F16C: c10::Half's portable conversion does not vectorise. The hardware
 // conversion rounds to nearest even, as c10::Half's does, so results are identical.
+// The end of an AVX2 block: fold the vector lanes, then the scalar tail [i, end).
+template <typename T>
+AMPKIT_X86_V3 inline bool finish_block_avx2(T* data, int64_t i, int64_t end, float factor, bool write, bool norm,
+                                            __m256 non_finite, __m256d squares_low, __m256d squares_high,
+                                            double& sum_of_squares) {
+  alignas(32) float non_finite_lanes[8];
+  alignas(32) double low_lanes[4];
+  alignas(32) double high_lanes[4];
+  _mm256_store_ps(non_finite_lanes, non_finite);
+  _mm256_store_pd(low_lanes, squares_low);
+  _mm256_store_pd(high_lanes, squares_high);
+  bool found = false;
+  sum_of_squares = 0.0;
+  for (float lane : non_finite_lanes) found |= lane != 0.0f;
+  for (int lane = 0; lane < 4; ++lane) sum_of_squares += low_lanes[lane] + high_lanes[lane];
+  for (; i < end; ++i) {  // the tail
+    const float value = static_cast<float>(data[i]);
+    found |= is_non_finite(value);
+    if (write) data[i] = static_cast<T>(value * factor);
+    if (norm) {
+      const double unscaled = static_cast<float>(data[i]);
+      sum_of_squares += unscaled * unscaled;
+    }
+  }
+  return found;
+}
+
 AMPKIT_X86_V3 bool block_f16_f16c(void* raw, int64_t begin, int64_t end, float factor,
                                                                 bool write, bool norm, double& sum_of_squares) {
   c10::Half* data = static_cast<c10::Half*>(raw);
@@ -160,26 +187,7 @@ AMPKIT_X86_V3 bool block_f16_f16c(void* raw, int64_t begin, int64_t end, float f
       squares_high = _mm256_fmadd_pd(high, high, squares_high);
     }
   }
-  alignas(32) float non_finite_lanes[8];
-  alignas(32) double low_lanes[4];
-  alignas(32) double high_lanes[4];
-  _mm256_store_ps(non_finite_lanes, non_finite);
-  _mm256_store_pd(low_lanes, squares_low);
-  _mm256_store_pd(high_lanes, squares_high);
-  bool found = false;
-  sum_of_squares = 0.0;
-  for (float lane : non_finite_lanes) found |= lane != 0.0f;
-  for (int lane = 0; lane < 4; ++lane) sum_of_squares += low_lanes[lane] + high_lanes[lane];
-  for (; i < end; ++i) {  // the tail
-    const float value = static_cast<float>(data[i]);
-    found |= is_non_finite(value);
-    if (write) data[i] = static_cast<c10::Half>(value * factor);
-    if (norm) {
-      const double unscaled = static_cast<float>(data[i]);
-      sum_of_squares += unscaled * unscaled;
-    }
-  }
-  return found;
+  return finish_block_avx2(data, i, end, factor, write, norm, non_finite, squares_low, squares_high, sum_of_squares);
 }
 
 // bf16 <-> fp32 with AVX2 integer ops: widening is a 16-bit shift; narrowing rounds to nearest
@@ -218,26 +226,7 @@ AMPKIT_X86_V3 bool block_bf16_avx2(void* raw, int64_t begin, int64_t end, float 
       squares_high = _mm256_fmadd_pd(high, high, squares_high);
     }
   }
-  alignas(32) float non_finite_lanes[8];
-  alignas(32) double low_lanes[4];
-  alignas(32) double high_lanes[4];
-  _mm256_store_ps(non_finite_lanes, non_finite);
-  _mm256_store_pd(low_lanes, squares_low);
-  _mm256_store_pd(high_lanes, squares_high);
-  bool found = false;
-  sum_of_squares = 0.0;
-  for (float lane : non_finite_lanes) found |= lane != 0.0f;
-  for (int lane = 0; lane < 4; ++lane) sum_of_squares += low_lanes[lane] + high_lanes[lane];
-  for (; i < end; ++i) {  // the tail
-    const float value = static_cast<float>(data[i]);
-    found |= is_non_finite(value);
-    if (write) data[i] = static_cast<c10::BFloat16>(value * factor);
-    if (norm) {
-      const double unscaled = static_cast<float>(data[i]);
-      sum_of_squares += unscaled * unscaled;
-    }
-  }
-  return found;
+  return finish_block_avx2(data, i, end, factor, write, norm, non_finite, squares_low, squares_high, sum_of_squares);
 }
 
 #endif
