@@ -96,6 +96,9 @@ def _kill_and_resume(tmp_path, device: str) -> None:
     assert len(set(scales)) > 3, "the scale should both back off and grow in this run"
     assert [r["scale"] for r in after_resume["records"]] == scales
     _assert_same_final_state(after_resume, full)
+    for index, master in enumerate(full["masters"]):
+        assert torch.isfinite(master).all(), f"master {index} holds a non-finite value after the run"
+    assert full["records"][-1]["loss"] < 0.5 * full["records"][0]["loss"], "the run did not train"
 
 
 def test_kill_and_resume_cpu(tmp_path):
