@@ -35,7 +35,10 @@ STEPS, KILL_AT = 500, 250
 
 def _run_script(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"),
+    # The child imports the same ampkit build as this process (the GPU script may point elsewhere).
+    import ampkit
+
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(ampkit.__file__))),
                                          env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, SCRIPT, "--steps", str(STEPS), *args], env=env, capture_output=True,
                           text=True, timeout=600)
