@@ -1,0 +1,154 @@
+"""End-to-end training steps: ampkit AMP vs torch-native AMP vs FP32, side by side in one run.
+
+Models: the GPT-style language model of examples/python/tiny_gpt.py and the digits CNN of
+examples/python/train_digits.py (``build_model``). One training step = zero_grad, forward under
+autocast, loss, backward, optimizer step (and the loss-scaler calls where there is a scaler).
+
+* ampkit:  low-precision model weights (``ampkit.optim.to_low_precision``; norms stay fp32),
+           ``ampkit.autocast``, ``ampkit.optim.AdamW`` with FP32 masters, ``ampkit.GradScaler``
+           (CUDA, fp16), FusedLinear (bias + GELU in the GEMM epilogue) in the GPT's MLPs.
+* torch:   fp32 weights, ``torch.autocast``, ``torch.amp.GradScaler`` (CUDA, fp16),
+           ``torch.optim.AdamW(fused=True)``, plain Linear-GELU-Linear MLPs.
+* fp32:    fp32 weights, no autocast, ``torch.optim.AdamW(fused=True)``.
+
+CUDA uses float16 with loss scaling; the CPU uses bfloat16 without a scaler (bf16 has fp32's
+range). Reported: steps/s, ratios vs torch AMP and vs FP32, and memory: on CUDA the allocator's
+peak during the timed steps; on the CPU (where one process cannot isolate each mode's peak RSS)
+the bytes of the persistent training state (weights, grads, masters, optimizer state).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import sys
+
+import torch
+from torch.nn import functional as F
+
+from common import parser, report, time_fn
+
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "python"))
+
+import ampkit  # noqa: E402
+from tiny_gpt import CharDataset, TinyGPT, generate_corpus, language_model_loss  # noqa: E402
+from train_digits import build_model as build_digits_cnn, load_data as load_digits  # noqa: E402
+
+MODES = ("ampkit", "torch", "fp32")
+
+
+def gpt_workload(device: str, quick: bool, on_cuda: bool):
+    width, layers, heads, context, batch = ((64, 2, 4, 64, 8) if quick else
+                                            (512, 6, 8, 256, 32) if on_cuda else (128, 4, 4, 128, 16))
+    data = CharDataset(generate_corpus(20_000 if quick else 200_000), context)
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, len(data.inputs), (batch,), generator=generator)
+    inputs, targets = data.inputs[rows].to(device), data.targets[rows].to(device)
+    vocabulary = len(data.vocabulary)
+
+    def build(fused: bool):
+        return TinyGPT(vocabulary, context, width=width, layers=layers, heads=heads, fused=fused)
+
+    return {"name": f"tiny_gpt d={width} L={layers} T={context} B={batch}", "build": build, "inputs": inputs,
+            "targets": targets, "loss": language_model_loss}
+
+
+def digits_workload(device: str, quick: bool, on_cuda: bool):
+    (images, labels), _ = load_digits()
+    batch = 64 if quick else 256
+    return {"name": f"digits_cnn B={batch}", "build": lambda fused: build_digits_cnn(),
+            "inputs": images[:batch].to(device), "targets": labels[:batch].to(device),
+            "loss": lambda logits, targets: F.cross_entropy(logits.float(), targets)}
+
+
+def training_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Weights + grads + every tensor in the optimizer state (masters, moments, step counters)."""
+    seen: set[int] = set()
+    total = 0
+    tensors = [p for p in model.parameters()] + [p.grad for p in model.parameters() if p.grad is not None]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    for tensor in tensors:
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def make_step(mode: str, workload: dict, device: str, dtype: torch.dtype, use_scaler: bool):
+    torch.manual_seed(0)
+    model = workload["build"](mode == "ampkit").to(device)
+    if mode == "ampkit":
+        ampkit.optim.to_low_precision(model, dtype)
+        optimizer = ampkit.optim.AdamW(model.parameters(), lr=1e-4)
+        scaler = ampkit.GradScaler(device) if use_scaler else None
+        region = lambda: ampkit.autocast(device, dtype=dtype)  # noqa: E731
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        scaler = torch.amp.GradScaler(device) if use_scaler and mode == "torch" else None
+        region = ((lambda: torch.autocast(device, dtype=dtype)) if mode == "torch"  # noqa: E731
+                  else contextlib.nullcontext)
+    inputs, targets, loss_fn = workload["inputs"], workload["targets"], workload["loss"]
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with region():
+            loss = loss_fn(model(inputs), targets)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+    return model, optimizer, step
+
+
+def measure(mode: str, workload: dict, args, dtype: torch.dtype, use_scaler: bool, repeats: int) -> dict:
+    on_cuda = args.device.startswith("cuda")
+    model, optimizer, step = make_step(mode, workload, args.device, dtype, use_scaler)
+    step()  # creates grads and optimizer state before memory is counted
+    if on_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    seconds = time_fn(step, args.device, repeats, warmup=2)
+    result = {"steps_per_s": 1.0 / seconds, "ms": seconds * 1e3,
+              "state_mb": training_state_bytes(model, optimizer) / 2**20}
+    if on_cuda:
+        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    del model, optimizer, step
+    gc.collect()
+    if on_cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n")[0]).parse_args()
+    on_cuda = args.device.startswith("cuda")
+    dtype = torch.float16 if on_cuda else torch.bfloat16
+    use_scaler = on_cuda  # fp16 needs loss scaling; bf16 has fp32's exponent range
+    repeats = args.repeats or (3 if args.quick else (50 if on_cuda else 10))
+    rows = []
+    for workload in (gpt_workload(args.device, args.quick, on_cuda), digits_workload(args.device, args.quick, on_cuda)):
+        results = {mode: measure(mode, workload, args, dtype, use_scaler, repeats) for mode in MODES}
+        ours, native, fp32 = results["ampkit"], results["torch"], results["fp32"]
+        row = {"model": workload["name"], "dtype": str(dtype).replace("torch.", "")}
+        for mode in MODES:
+            row[f"{mode}_steps_s"] = round(results[mode]["steps_per_s"], 2)
+        row["vs_torch_amp"] = round(ours["steps_per_s"] / native["steps_per_s"], 2)
+        row["vs_fp32"] = round(ours["steps_per_s"] / fp32["steps_per_s"], 2)
+        memory_key = "peak_mb" if on_cuda else "state_mb"
+        for mode in MODES:
+            row[f"{mode}_{memory_key}"] = round(results[mode][memory_key], 2)
+        row["mem_vs_torch_amp"] = round(ours[memory_key] / native[memory_key], 2)
+        rows.append(row)
+    memory_key = "peak_mb" if on_cuda else "state_mb"
+    columns = (["model", "dtype"] + [f"{m}_steps_s" for m in MODES] + ["vs_torch_amp", "vs_fp32"]
+               + [f"{m}_{memory_key}" for m in MODES] + ["mem_vs_torch_amp"])
+    report("End-to-end training steps: ampkit AMP vs torch AMP vs FP32 (ratios: ampkit steps/s over the other)",
+           rows, columns, args, extra={"memory": memory_key, "repeats": repeats, "loss_scaling": use_scaler})
+
+
+if __name__ == "__main__":
+    main()
