@@ -90,7 +90,8 @@ def test_pip_install_and_editable_install_build_working_packages(tmp_path):
                             env=env, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     site_dir = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-    check = run_python(f"import site; site.addsitedir({str(site_dir)!r}); " + smoke)
+    # PYTHONPATH emptied: the test run's own (the main build) would shadow the editable install.
+    check = run_python(f"import site; site.addsitedir({str(site_dir)!r}); " + smoke, PYTHONPATH="")
     assert check.returncode == 0, check.stderr
     # Editable: the package is imported from the source tree, with the compiled parts built beside it.
     assert f"{source}/python/ampkit/__init__.py [0.5, 0.5, 0.5] 0.0 False" in check.stdout
