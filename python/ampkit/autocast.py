@@ -59,7 +59,7 @@ def _device_name(device_type: str | torch.device) -> str:
         kind = None
     if kind not in ("cpu", "cuda"):
         # ampkit's autocast layer exists for these two; torch.device() also accepts "xla", "meta", ...
-        raise ValueError(f"device_type must be 'cpu' or 'cuda', got {str(device_type)!r}")
+        raise ValueError(f"device_type must be cpu or cuda, got {kind or device_type}")
     return kind
 
 
