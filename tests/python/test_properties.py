@@ -4,7 +4,7 @@ shapes, dtypes, values (including inf/NaN) and hyper-parameters, on the CPU.
 Tolerances, per op:
 * multi_tensor_scale_ / unscale_and_check_: bitwise. Both multiply in fp32 and round once to the
   output dtype, which is exactly ``(x.float() * s).to(dtype)`` in torch.
-* the norm of unscale_and_check_: relative 1e-6 against a float64 norm of the unscaled values
+* the norm of unscale_and_check_: relative 1e-6 against a float64 norm of the unscaled grads
   (the CPU kernel sums squares in double; only the final fp32 rounding, 2^-24, remains).
 * update_scale_: bitwise against ``torch._amp_update_scale_`` (hysteresis 1, no bounds) and
   against the rule written out in Python below (hysteresis and bounds).
@@ -27,11 +27,11 @@ from hypothesis import strategies as st
 
 import ampkit  # noqa: F401  (registers torch.ops.ampkit)
 from test_fused_linear import assert_within, forward_bound, reference as linear_reference
-from test_optim import assert_close_to_scale
+from test_optim import assert_close_to_scale as _close_to_scale
 
 ops = torch.ops.ampkit
 FLOATS = [torch.float32, torch.float16, torch.bfloat16]
-PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 dtypes = st.sampled_from(FLOATS)
 # Shapes with 0-3 dimensions, up to ~300 elements, empty tensors included.
@@ -50,6 +50,14 @@ def tensor_values(draw, shape, dtype, allow_non_finite=True):
         for _ in range(draw(st.integers(1, 3))):
             flat[draw(st.integers(0, flat.numel() - 1))] = draw(st.sampled_from([math.inf, -math.inf, math.nan]))
     return values.to(dtype)
+
+
+def assert_close_to_scale(actual, expected):
+    """test_optim's tolerance (1e-6 * max|expected| over the list); lists of empty tensors only
+    need matching shapes."""
+    assert [a.shape for a in actual] == [e.shape for e in expected]
+    if any(e.numel() for e in expected):
+        _close_to_scale(actual, expected)
 
 
 def one(value: float) -> torch.Tensor:
@@ -78,7 +86,7 @@ def test_multi_tensor_scale_matches_torch(data, in_dtype, out_dtype, tensor_shap
     scale_t = one(scale)
     ops.multi_tensor_scale_(inputs, outputs, scale_t, found_inf)
     for x, out in zip(inputs, outputs):
-        assert bitwise_equal(out, (x.float() * scale_t).to(out_dtype))
+        assert bitwise_equal(out, (x.float() * scale_t.reshape(())).to(out_dtype))
     # found_inf is sticky: it is only ever set, never cleared.
     assert found_inf.item() == (1.0 if found_before or any_non_finite(inputs) else 0.0)
 
@@ -95,14 +103,15 @@ def test_unscale_and_check_matches_torch(data, grad_dtypes, inv_scale, with_norm
     norm = one(-1.0) if with_norm else None
     inv = one(inv_scale)
     ops.unscale_and_check_(grads, found_inf, inv, norm)
-    expected = [(g.float() * inv).to(g.dtype) for g in originals]
+    expected = [(g.float() * inv.reshape(())).to(g.dtype) for g in originals]
     for ours, ref in zip(grads, expected):
         assert bitwise_equal(ours, ref)
     non_finite = any_non_finite(originals)
     assert found_inf.item() == (1.0 if non_finite else 0.0)
     if with_norm:
-        # The norm of the unscaled fp32 values (before the rounding to each grad's dtype).
-        flat = [(g.float() * inv).double().flatten() for g in originals]
+        # The norm of the unscaled gradients as stored (rounded to each grad's dtype), as
+        # tests/python/test_unscale_and_check.py defines it.
+        flat = [g.double().flatten() for g in expected]
         exact = torch.linalg.vector_norm(torch.cat(flat)).item() if flat else 0.0
         if non_finite:
             assert not math.isfinite(norm.item())
@@ -188,7 +197,7 @@ def optimizer_problem(draw):
 
 def run_ours(kind, hyper, param_dtype, params, grads, inv_scale, clip):
     with_master = param_dtype != torch.float32
-    model = [p.to(param_dtype) for p in params]
+    model = [p.to(param_dtype, copy=True) for p in params]  # copy: fp32 params must not alias the inputs
     masters = [p.clone() for p in params] if with_master else []
     steps = [torch.zeros(()) for _ in params]
     state = [[torch.zeros_like(p) for p in params] for _ in range(1 if kind == "sgd" else 2)]
@@ -214,7 +223,7 @@ def run_torch(kind, hyper, params, grads, inv_scale, clip):
         cls = torch.optim.AdamW if hyper["decoupled"] else torch.optim.Adam
         optimizer = cls(ref, lr=hyper["lr"], betas=hyper["betas"], eps=hyper["eps"],
                         weight_decay=hyper["weight_decay"], maximize=hyper["maximize"], foreach=False)
-    inv, c = one(inv_scale), one(clip)
+    inv, c = one(inv_scale).reshape(()), one(clip).reshape(())
     for step_grads in grads:
         for p, g in zip(ref, step_grads):
             p.grad = g.float() * inv * c  # the gradient the kernel forms, in fp32
@@ -269,22 +278,20 @@ def test_master_adam_step_matches_torch_adam(problem, hyper):
 @given(problem=optimizer_problem(), kind=st.sampled_from(["sgd", "adam"]))
 def test_master_step_with_found_inf_changes_nothing(problem, kind):
     param_dtype, params, grads, inv_scale, clip = problem
-    model = [p.to(param_dtype) for p in params]
+    model = [p.to(param_dtype, copy=True) for p in params]  # copy: fp32 params must not alias the inputs
     masters = [p.clone() for p in params] if param_dtype != torch.float32 else []
     state = [torch.rand_like(p) for p in params]
+    second = [torch.rand_like(p) for p in params]
     steps = [torch.full((), 3.0) for _ in params]
-    before = [t.clone() for t in model + masters + state + steps]
+    written = model + masters + state + second + steps
+    before = [t.clone() for t in written]
     scalars = (one(0.1), one(inv_scale), one(clip), one(1.0))
     if kind == "sgd":
         ops.master_sgd_step_(model, masters, grads[0], state, steps, *scalars, 0.9, 0.0, 0.01, False, False)
     else:
-        second = [s.clone() for s in state]
-        before += [s.clone() for s in second]
         ops.master_adam_step_(model, masters, grads[0], state, second, steps, *scalars, 0.9, 0.999, 1e-8, 0.01, True,
                               False)
-        state = state + second
-    after = model + masters + state + steps
-    assert all(torch.equal(a, b) for a, b in zip(after, before))
+    assert all(torch.equal(after, b) for after, b in zip(written, before))
 
 
 # ---- fused_linear ----
