@@ -1,6 +1,7 @@
 """torch.compile and torch.library.opcheck over ampkit.
 
-* A small model of FusedLinear layers, run under an ampkit autocast policy (bf16 on the CPU) and
+* A small model of FusedLinear layers, run under an ampkit autocast policy (bf16; CPU, and CUDA
+  on the GPU machine) and
   trained by ampkit.optim.AdamW, compiles with fullgraph=True (aot_eager, and inductor, the
   default backend) for the forward + backward and for the optimizer step, and trains to the same
   state as eager execution.
@@ -23,10 +24,10 @@ STEPS = 3
 LR = 1e-2
 
 
-def make_model(seed: int = 0) -> nn.Module:
+def make_model(device: str = "cpu", seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(ampkit.FusedLinear(16, 32, activation="gelu"), ampkit.FusedLinear(32, 32, activation="relu"),
-                         ampkit.FusedLinear(32, 4))
+                         ampkit.FusedLinear(32, 4)).to(device)
 
 
 def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -38,7 +39,7 @@ def train(model, loss, step, batches, policy):
     for x, y in batches:
         for p in model.parameters():
             p.grad = None
-        with ampkit.autocast("cpu", policy=policy):
+        with ampkit.autocast(policy.device_type, policy=policy):
             value = loss(model, x, y)
         value.backward()
         step()
@@ -46,27 +47,28 @@ def train(model, loss, step, batches, policy):
     return torch.stack(losses)
 
 
-def batches():
+def batches(device: str = "cpu"):
     generator = torch.Generator().manual_seed(1)
-    return [(torch.randn(8, 16, generator=generator), torch.randn(8, 4, generator=generator)) for _ in range(STEPS)]
+    return [(torch.randn(8, 16, generator=generator).to(device), torch.randn(8, 4, generator=generator).to(device))
+            for _ in range(STEPS)]
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
-def test_compiled_training_matches_eager(backend):
+def test_compiled_training_matches_eager(device, backend):
     torch._dynamo.reset()
-    policy = ampkit.Policy.default("cpu", torch.bfloat16)
-    eager_model, compiled_model = make_model(), make_model()
+    policy = ampkit.Policy.default(device, torch.bfloat16)
+    eager_model, compiled_model = make_model(device), make_model(device)
     eager_opt = ampkit.optim.AdamW(eager_model.parameters(), lr=LR)
     compiled_opt = ampkit.optim.AdamW(compiled_model.parameters(), lr=LR)
 
-    eager_losses = train(eager_model, loss_fn, eager_opt.step, batches(), policy)
+    eager_losses = train(eager_model, loss_fn, eager_opt.step, batches(device), policy)
     compiled_loss = torch.compile(loss_fn, backend=backend, fullgraph=True)
     compiled_step = torch.compile(compiled_opt.step, backend=backend, fullgraph=True)
-    compiled_losses = train(compiled_model, compiled_loss, compiled_step, batches(), policy)
+    compiled_losses = train(compiled_model, compiled_loss, compiled_step, batches(device), policy)
 
     # The forward really ran in bf16 through ampkit's op: the loss is not the fp32 one.
     with torch.no_grad():
-        fp32_loss = loss_fn(make_model(), *batches()[0])
+        fp32_loss = loss_fn(make_model(device), *batches(device)[0])
     assert eager_losses[0] != fp32_loss
 
     # Losses: the same bf16 GEMMs with fp32 accumulation; the compiled graph may order the fp32
@@ -85,7 +87,7 @@ def test_compiled_training_matches_eager(backend):
         torch.testing.assert_close(compiled_state["exp_avg"], eager_state["exp_avg"], rtol=2.0 ** -7,
                                    atol=2.0 ** -7 * eager_state["exp_avg"].abs().max().item())
     # The parameters moved: the comparison above is not between two untouched models.
-    assert not torch.equal(next(eager_model.parameters()), next(make_model().parameters()))
+    assert not torch.equal(next(eager_model.parameters()), next(make_model(device).parameters()))
 
 
 def test_compiled_grad_scaler_step_skips_on_overflow():
