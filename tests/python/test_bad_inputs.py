@@ -120,6 +120,12 @@ def trainer(**kwargs) -> ampkit.Trainer:
     return ampkit.Trainer(tiny_model(), device="cpu", progress=False, self_check=False, **kwargs)
 
 
+def trainer_on_missing_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    return ampkit.Trainer(tiny_model(), device="cuda", progress=False)
+
+
 def enter(region):
     with region:
         pass
@@ -394,7 +400,7 @@ CASES = [
 
     # ---- Trainer / check_amp ----
     ("Trainer/amp", lambda: trainer(amp="fp8"), ValueError, "amp must be True, False, 'bf16', 'fp16' or 'fp32', got 'fp8'"),
-    ("Trainer/cuda missing", lambda: ampkit.Trainer(tiny_model(), device="cuda", progress=False), ValueError,
+    ("Trainer/cuda missing", lambda: trainer_on_missing_cuda(), ValueError,
      "device is cuda but CUDA is not available"),
     ("Trainer/batch_size 0", lambda: trainer(batch_size=0), ValueError, "batch_size must be positive, got 0"),
     ("Trainer/batch_size str", lambda: trainer(batch_size="8"), TypeError, "batch_size must be an int, got str"),
