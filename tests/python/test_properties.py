@@ -31,7 +31,7 @@ from test_optim import assert_close_to_scale as _close_to_scale
 
 ops = torch.ops.ampkit
 FLOATS = [torch.float32, torch.float16, torch.bfloat16]
-PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 dtypes = st.sampled_from(FLOATS)
 # Shapes with 0-3 dimensions, up to ~300 elements, empty tensors included.
