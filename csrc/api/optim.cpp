@@ -10,6 +10,8 @@
 
 #include <cmath>
 #include <map>
+#include <optional>
+#include <unordered_set>
 #include <utility>
 #include <tuple>
 
@@ -56,6 +58,9 @@ bool is_supported_dtype(at::ScalarType dtype) {
 
 void check_range(const char* optimizer, const char* name, double value, double low, bool low_inclusive,
                  std::optional<double> high = std::nullopt) {
+  // inf or NaN would turn every master weight into inf/NaN on the first step.
+  TORCH_CHECK_VALUE(std::isfinite(value), "ampkit::optim::", optimizer, ": ", name, " must be a finite number, got ",
+                    value);
   const bool ok = !std::isnan(value) && (low_inclusive ? value >= low : value > low) && (!high || value < *high);
   TORCH_CHECK_VALUE(ok, "ampkit::optim::", optimizer, ": ", name, " must be ", low_inclusive ? ">= " : "> ", low,
                     high ? " and < " + std::to_string(*high) : std::string(), ", got ", value);
@@ -164,6 +169,12 @@ void MasterWeightOptimizer::initialise() {
       TORCH_CHECK_VALUE(param.device() == *device, "ampkit::optim::", name(),
                         ": the params of one group must be on one device: params[0] of group ", g, " is on ",
                         *device, ", params[", i, "] on ", param.device());
+    }
+    // A parameter listed twice would be updated twice per step.
+    std::unordered_set<const void*> seen;
+    for (size_t i = 0; i < group.params().size(); ++i) {
+      TORCH_CHECK_VALUE(seen.insert(group.params()[i].unsafeGetTensorImpl()).second, "ampkit::optim::", name(),
+                        ": params[", i, "] of group ", g, " appears twice in the group; pass each parameter once");
     }
     for (const auto& param : group.params()) state_for(param, group);
   }

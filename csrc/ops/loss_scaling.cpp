@@ -51,6 +51,12 @@ c10::Device check_unscale_and_check_args(at::TensorList grads, const at::Tensor&
     check_scalar_tensor(op, "norm_out", *norm_out);
     check_device(op, "norm_out", *norm_out, device, reference);
   }
+  // A grad listed twice would be unscaled twice.
+  std::vector<NamedTensor> written;
+  append_named(written, "grads", grads);
+  written.push_back({"found_inf", &found_inf});
+  if (norm_out.has_value()) written.push_back({"norm_out", &*norm_out});
+  check_no_overlap(op, written, {{"inv_scale", &inv_scale}});
   return device;
 }
 
@@ -83,6 +89,9 @@ c10::Device check_update_scale_args(const at::Tensor& scale, const at::Tensor& g
                     ": max_scale must be > 0 (inf for no bound), got ", config.max_scale);
   TORCH_CHECK_VALUE(config.min_scale <= config.max_scale, op, ": min_scale (", config.min_scale,
                     ") must not exceed max_scale (", config.max_scale, ")");
+  check_no_overlap(op,
+                   {{"scale", &scale}, {"growth_tracker", &growth_tracker}, {"hysteresis_tracker", &hysteresis_tracker}},
+                   {{"found_inf", &found_inf}});
   return device;
 }
 

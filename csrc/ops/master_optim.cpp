@@ -4,6 +4,9 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <initializer_list>
+#include <utility>
+#include <vector>
 
 #include "ops/validation.h"
 
@@ -58,6 +61,27 @@ MasterStepArgs check_common(const char* op, at::TensorList params, at::TensorLis
   return args;
 }
 
+// Every tensor a step writes (params, masters, state, steps) must be its own: a parameter listed
+// twice would be updated twice, a state shared by two parameters would mix their histories.
+void check_step_aliasing(const char* op, at::TensorList params, at::TensorList master_params, at::TensorList grads,
+                         std::initializer_list<std::pair<const char*, at::TensorList>> state_lists,
+                         at::TensorList steps, const at::Tensor& lr, const at::Tensor& inv_scale,
+                         const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf) {
+  std::vector<NamedTensor> written;
+  written.reserve(params.size() * (3 + state_lists.size()));
+  append_named(written, "params", params);
+  append_named(written, "master_params", master_params);
+  for (const auto& [name, list] : state_lists) append_named(written, name, list);
+  append_named(written, "steps", steps);
+  std::vector<NamedTensor> read;
+  append_named(read, "grads", grads);
+  read.push_back({"lr", &lr});
+  read.push_back({"inv_scale", &inv_scale});
+  read.push_back({"clip_coef", &clip_coef});
+  if (found_inf.has_value()) read.push_back({"found_inf", &*found_inf});
+  check_no_overlap(op, written, read);
+}
+
 }  // namespace
 
 MasterStepArgs check_master_sgd_step_args(at::TensorList params, at::TensorList master_params, at::TensorList grads,
@@ -79,6 +103,8 @@ MasterStepArgs check_master_sgd_step_args(at::TensorList params, at::TensorList 
                 momentum, ") is nonzero, got an empty list");
   }
   check_fp32_list(op, "momentum_buffers", momentum_buffers, params, args.device, /*allow_empty=*/momentum == 0.0);
+  check_step_aliasing(op, params, master_params, grads, {{"momentum_buffers", momentum_buffers}}, steps, lr, inv_scale,
+                      clip_coef, found_inf);
   return args;
 }
 
@@ -95,6 +121,8 @@ MasterStepArgs check_master_adam_step_args(at::TensorList params, at::TensorList
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0.0, op, ": eps must be a finite value > 0, got ", eps);
   check_fp32_list(op, "exp_avgs", exp_avgs, params, args.device, /*allow_empty=*/false);
   check_fp32_list(op, "exp_avg_sqs", exp_avg_sqs, params, args.device, /*allow_empty=*/false);
+  check_step_aliasing(op, params, master_params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, steps,
+                      lr, inv_scale, clip_coef, found_inf);
   return args;
 }
 

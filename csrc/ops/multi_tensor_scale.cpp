@@ -17,6 +17,11 @@ c10::Device check_multi_tensor_scale_args(at::TensorList inputs, at::TensorList 
   check_scalar_tensor(op, "found_inf", found_inf);
   check_device(op, "scale", scale, device, "inputs[0]");
   check_device(op, "found_inf", found_inf, device, "inputs[0]");
+  // outputs[i] may be inputs[i] (in place), but no output may be written twice.
+  std::vector<NamedTensor> written;
+  append_named(written, "outputs", outputs);
+  written.push_back({"found_inf", &found_inf});
+  check_no_overlap(op, written, {{"scale", &scale}});
   return device;
 }
 

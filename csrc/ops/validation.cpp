@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <sstream>
+#include <unordered_map>
 
 namespace ampkit::detail {
 
@@ -94,6 +95,75 @@ void check_matching_lists(const char* op, const char* a_name, at::TensorList a, 
   for (size_t i = 0; i < a.size(); ++i) {
     TORCH_CHECK(a[i].sizes() == b[i].sizes(), op, ": ", indexed(b_name, i), " must have the shape of ",
                 indexed(a_name, i), " ", a[i].sizes(), ", got ", b[i].sizes());
+  }
+}
+
+namespace {
+
+struct ByteRange {
+  int64_t begin = 0;
+  int64_t end = 0;  // one past the last byte
+};
+
+// The bytes of its storage that a strided tensor can touch (non-negative strides, as dense tensors have).
+ByteRange byte_range(const at::Tensor& tensor) {
+  const int64_t item = static_cast<int64_t>(tensor.element_size());
+  int64_t last = 0;
+  for (int64_t d = 0; d < tensor.dim(); ++d) last += (tensor.size(d) - 1) * std::abs(tensor.stride(d));
+  const int64_t begin = tensor.storage_offset() * item;
+  return {begin, begin + (last + 1) * item};
+}
+
+bool same_view(const at::Tensor& a, const at::Tensor& b) {
+  return a.storage_offset() == b.storage_offset() && a.sizes() == b.sizes() && a.strides() == b.strides() &&
+         a.element_size() == b.element_size();
+}
+
+// True when a and b (of one storage) certainly share memory.
+bool overlaps(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  if (a.unsafeGetTensorImpl() == b.unsafeGetTensorImpl() || same_view(a, b)) return true;
+  if (!a.is_contiguous() || !b.is_contiguous()) return false;
+  const ByteRange ra = byte_range(a);
+  const ByteRange rb = byte_range(b);
+  return ra.begin < rb.end && rb.begin < ra.end;
+}
+
+const void* storage_key(const at::Tensor& tensor) {
+  // The storage object, not its data pointer: meta and fake tensors have no data but distinct storages.
+  return tensor.has_storage() ? static_cast<const void*>(tensor.storage().unsafeGetStorageImpl())
+                              : static_cast<const void*>(tensor.unsafeGetTensorImpl());
+}
+
+}  // namespace
+
+void append_named(std::vector<NamedTensor>& out, const char* name, at::TensorList list) {
+  for (size_t i = 0; i < list.size(); ++i) out.push_back({indexed(name, i), &list[i]});
+}
+
+void check_no_overlap(const char* op, const std::vector<NamedTensor>& written, const std::vector<NamedTensor>& read) {
+  std::unordered_map<const void*, std::vector<size_t>> by_storage;
+  by_storage.reserve(written.size());
+  for (size_t i = 0; i < written.size(); ++i) {
+    const at::Tensor& tensor = *written[i].tensor;
+    if (!tensor.defined()) continue;
+    std::vector<size_t>& same_storage = by_storage[storage_key(tensor)];
+    for (const size_t j : same_storage) {
+      TORCH_CHECK(!overlaps(*written[j].tensor, tensor), op, ": ", written[i].name, " shares memory with ",
+                  written[j].name, " (the same tensor, or overlapping views); each tensor the op writes must be "
+                  "its own, got both at storage offset ", tensor.storage_offset());
+    }
+    same_storage.push_back(i);
+  }
+  for (const NamedTensor& entry : read) {
+    const at::Tensor& tensor = *entry.tensor;
+    if (!tensor.defined()) continue;
+    const auto found = by_storage.find(storage_key(tensor));
+    if (found == by_storage.end()) continue;
+    for (const size_t j : found->second) {
+      TORCH_CHECK(!overlaps(*written[j].tensor, tensor), op, ": ", entry.name, " shares memory with ",
+                  written[j].name, ", which the op writes; pass a separate tensor");
+    }
   }
 }
 

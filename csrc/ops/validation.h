@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace ampkit::detail {
 
@@ -42,5 +43,23 @@ std::optional<c10::Device> check_tensor_list(const char* op, const char* name, a
 // `b` has as many tensors as `a`, and b[i] has the shape of a[i].
 void check_matching_lists(const char* op, const char* a_name, at::TensorList a, const char* b_name,
                           at::TensorList b);
+
+// ---- aliasing (bad input: the same tensor twice where each must be its own) ----
+// One tensor an op reads or writes, with the name errors use ("params[3]", "found_inf").
+struct NamedTensor {
+  std::string name;
+  const at::Tensor* tensor;
+};
+
+// Every tensor of `written` must have memory of its own: no two of them, and none of them and any
+// of `read`, may share memory (the same tensor twice, or overlapping views of one storage). A list
+// op would otherwise update the shared elements twice, or read values it has already overwritten,
+// and silently give a wrong answer. Read-only tensors may alias each other. Views of one storage
+// that are not both contiguous are only refused when they are identical (no false alarms for
+// interleaved views, which cannot be told apart cheaply).
+void check_no_overlap(const char* op, const std::vector<NamedTensor>& written, const std::vector<NamedTensor>& read = {});
+
+// Helper: appends list[i] as "name[i]".
+void append_named(std::vector<NamedTensor>& out, const char* name, at::TensorList list);
 
 }  // namespace ampkit::detail

@@ -51,11 +51,16 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _device_name(device_type: str | torch.device) -> str:
-    if isinstance(device_type, torch.device):
-        return device_type.type
-    if not isinstance(device_type, str):
+    if not isinstance(device_type, (str, torch.device)):
         raise TypeError(f"device_type must be 'cpu' or 'cuda', got {type(device_type).__name__}")
-    return torch.device(device_type).type
+    try:
+        kind = torch.device(device_type).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        # ampkit's autocast layer exists for these two; torch.device() also accepts "xla", "meta", ...
+        raise ValueError(f"device_type must be cpu or cuda, got {kind or device_type}")
+    return kind
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

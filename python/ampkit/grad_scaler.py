@@ -149,9 +149,11 @@ class GradScaler:
         if process_group is not None and not isinstance(process_group, torch.distributed.ProcessGroup):
             raise TypeError(f"GradScaler: process_group must be a torch.distributed.ProcessGroup or None, "
                             f"got {type(process_group).__name__}")
+        if not isinstance(enabled, bool):
+            raise TypeError(f"GradScaler: enabled must be a bool, got {type(enabled).__name__}")
         self._process_group = process_group
         self._device = device
-        self._enabled = bool(enabled)
+        self._enabled = enabled
         if self._device == "cuda" and self._enabled and not torch.cuda.is_available():
             warnings.warn("ampkit.GradScaler is enabled, but CUDA is not available.  Disabling.", stacklevel=2)
             self._enabled = False
@@ -211,12 +213,12 @@ class GradScaler:
                 if value.device not in per_device:
                     per_device[value.device] = self._scale.to(device=value.device, non_blocking=True)
                 return value * per_device[value.device]
-            if isinstance(value, abc.Iterable):
+            if isinstance(value, abc.Iterable) and not isinstance(value, (str, bytes)):
                 scaled = map(apply_scale, value)
                 if isinstance(value, (list, tuple)):
                     return type(value)(scaled)
                 return scaled
-            raise ValueError("outputs must be a Tensor or an iterable of Tensors")
+            raise ValueError(f"outputs must be a Tensor or an iterable of Tensors, got {type(value).__name__}")
 
         return apply_scale(outputs)
 
@@ -324,6 +326,8 @@ class GradScaler:
         torch's fused Adam/AdamW/SGD): it receives ``grad_scale`` and ``found_inf`` and skips on the
         device. Any other optimizer costs one ``.item()`` (torch's behaviour). Closures are rejected.
         """
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"GradScaler.step: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if not self._enabled:
             return optimizer.step(*args, **kwargs)
         if "closure" in kwargs or (args and callable(args[0])):

@@ -50,6 +50,11 @@ class FusedLinear(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"FusedLinear: activation must be one of {', '.join(map(repr, ACTIVATIONS))} "
                              f"(gelu is the tanh approximation), got {activation!r}")
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"FusedLinear: {name} must be an int, got {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"FusedLinear: {name} must be >= 0, got {value}")
         factory = {"device": device, "dtype": dtype}
         self.in_features = in_features
         self.out_features = out_features

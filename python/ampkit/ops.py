@@ -20,6 +20,9 @@ def _first_device(tensors: Sequence[torch.Tensor], name: str) -> torch.device:
         raise TypeError(f"{name} must be a list or tuple of tensors, got {type(tensors).__name__}")
     if len(tensors) == 0:
         raise ValueError(f"{name} must hold at least one tensor, got an empty list")
+    for index, tensor in enumerate(tensors):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name}[{index}] must be a tensor, got {type(tensor).__name__}")
     return tensors[0].device
 
 

@@ -18,6 +18,7 @@ can be captured in a CUDA graph when ``lr`` is a tensor.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import torch
@@ -54,6 +55,8 @@ def to_low_precision(
     parameter's master (so no precision is lost in the conversion). Run the forward pass under
     autocast so fp32 layers and low-precision layers meet in the right dtype.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"to_low_precision: model must be a torch.nn.Module, got {type(model).__name__}")
     if dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"to_low_precision: dtype must be torch.float16 or torch.bfloat16, got {dtype}")
     if not isinstance(keep_fp32, tuple) or not all(isinstance(t, type) for t in keep_fp32):
@@ -81,6 +84,9 @@ def _check_hyper(name: str, value: Any, *, low: float = 0.0, low_inclusive: bool
         return  # a device tensor's value is not read on the host (that would sync)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"ampkit.optim.{optimizer}: {name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value):
+        # inf or NaN would turn every master weight into inf/NaN on the first step.
+        raise ValueError(f"ampkit.optim.{optimizer}: {name} must be a finite number, got {value}")
     too_low = value < low if low_inclusive else value <= low
     too_high = high is not None and value >= high
     if too_low or too_high or value != value:
@@ -120,7 +126,13 @@ class _MasterWeightOptimizer(Optimizer):
         try:
             self._check_group(group)
             devices = set()
+            seen: set[int] = set()
             for index, param in enumerate(group["params"]):
+                if id(param) in seen:
+                    # torch only warns; a parameter listed twice here would be updated twice per step.
+                    raise ValueError(f"ampkit.optim.{name}: params[{index}] of group {len(self.param_groups) - 1} "
+                                     "appears twice in the group; pass each parameter once")
+                seen.add(id(param))
                 if param.dtype not in SUPPORTED_DTYPES:
                     raise TypeError(f"ampkit.optim.{name}: params[{index}] of group {len(self.param_groups) - 1} has "
                                     f"dtype {param.dtype}; supported: float32, float16, bfloat16")
@@ -191,6 +203,10 @@ class _MasterWeightOptimizer(Optimizer):
     def step(self, closure=None, *, clip_coef: float | torch.Tensor | None = None):
         """One optimizer step. `clip_coef` (a float or a one-element tensor, e.g. from a gradient-norm
         clip computed on the device) multiplies every gradient in the same pass."""
+        if clip_coef is not None and not isinstance(clip_coef, torch.Tensor) and (
+                isinstance(clip_coef, bool) or not isinstance(clip_coef, (int, float))):
+            raise TypeError(f"ampkit.optim.{type(self).__name__}.step: clip_coef must be a float or a one-element "
+                            f"float tensor, got {type(clip_coef).__name__}")
         loss = None
         if closure is not None:
             with torch.enable_grad():

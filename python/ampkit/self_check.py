@@ -8,6 +8,7 @@ It answers two questions on the target device, and says why when the answer is n
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import torch
@@ -88,6 +89,12 @@ def check_amp(model: nn.Module | None = None, device: str | torch.device | None 
     """
     from . import autocast as default_autocast  # noqa: PLC0415 (the package imports this module)
 
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"check_amp: model must be a torch.nn.Module or None, got {type(model).__name__}")
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+                                  or not math.isfinite(tolerance) or tolerance <= 0):
+        # A NaN tolerance would make every comparison pass.
+        raise ValueError(f"check_amp: tolerance must be a finite number > 0 or None, got {tolerance!r}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype if dtype is not None else (torch.float16 if device.type == "cuda" else torch.bfloat16)
     supported, why = dtype_support(device, dtype)

@@ -103,6 +103,11 @@ class Trainer:
                  seed: int = 0, self_check: bool = True, check_input: torch.Tensor | None = None,
                  progress: bool = True, log_every: int = 20, diagnose: bool = False,
                  max_consecutive_skips: int = 50, scaler_options: dict | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        for name, value in (("batch_size", batch_size), ("max_consecutive_skips", max_consecutive_skips)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device is {self.device} but CUDA is not available on this machine")
@@ -261,6 +266,9 @@ class Trainer:
 
         self._pending_non_finite: list[tuple[int, torch.Tensor]] = []
         samples = self._length(train_data)
+        if samples == 0 and self.epoch < epochs:
+            # An epoch over nothing would record a loss of 0 and look like a finished run.
+            raise ValueError("train_data is empty: it must hold at least one sample")
         while self.epoch < epochs:
             self.model.train()
             start = time.perf_counter()
