@@ -22,7 +22,7 @@ TORCH_LIBRARY(ampkit, m) {
         "float max_scale=3.4028234663852886e+38) -> ()");
 }
 
-// ---- FP32-master-weight optimizers (issue 4) ----
+// ---- FP32-master-weight optimizers ----
 // One pass per step over every parameter: grad (fp32/fp16/bf16, maybe loss-scaled) * inv_scale *
 // clip_coef updates the FP32 master (or the fp32 param itself when master_params is empty) and
 // the FP32 state, and the model copy `params` is written in the same pass. steps[i] (one-element

@@ -4,7 +4,7 @@
 #include <torch/extension.h>
 
 #include "ampkit/build_info.h"
-// ---- autocast policies (issue 6) ----
+// ---- autocast policies ----
 #include "autocast_bindings.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
@@ -18,6 +18,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
     result["cuda_architectures"] = info.cuda_architectures;
     return result;
   });
-  // ---- autocast policies (issue 6): ampkit._C._AutocastPolicy, _AutocastRegion, ... ----
+  // ---- autocast policies: ampkit._C._AutocastPolicy, _AutocastRegion, ... ----
   ampkit::python::bind_autocast(module);
 }

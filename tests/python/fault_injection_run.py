@@ -1,5 +1,5 @@
 """A 500-step mixed-precision training run with injected non-finite gradients, checkpointing and
-resume: the workload of tests/python/test_fault_injection.py (issue 8, item 4).
+resume: the workload of tests/python/test_fault_injection.py.
 
 A small MLP holds bf16 weights (``ampkit.optim.to_low_precision``); ``ampkit.optim.AdamW`` keeps
 FP32 masters; ``ampkit.GradScaler`` does fp16-style dynamic loss scaling. At seeded random steps

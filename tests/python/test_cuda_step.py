@@ -1,4 +1,4 @@
-"""No host sync in a training step, and the whole step in a CUDA graph (issue 8, item 2). GPU only.
+"""No host sync in a training step, and the whole step in a CUDA graph. GPU only.
 
 The step: an MLP with fp16 weights (``ampkit.optim.to_low_precision``; LayerNorm stays fp32) and
 an ``ampkit.nn.FusedLinear`` layer, forward under ``ampkit.autocast("cuda", float16)``, backward

@@ -1,4 +1,4 @@
-"""Fault injection, nothing lost (issue 8, item 4).
+"""Fault injection, nothing lost.
 
 tests/python/fault_injection_run.py trains a bf16 MLP (FP32 masters in ampkit.optim.AdamW, loss
 scaling by ampkit.GradScaler) for 500 steps, with inf/-inf/NaN written into a gradient at seeded

@@ -1,14 +1,11 @@
 // Everything a torch:: C++ frontend training loop needs from ampkit.
 #pragma once
 
+#include "ampkit/autocast.h"      // AutocastGuard, Policy, per-module policies
 #include "ampkit/build_info.h"
-#include "ampkit/ops.h"
-// ---- dynamic loss scaling (GradScaler) ----
-#include "ampkit/grad_scaler.h"
-#include "ampkit/loss_scaling.h"
-// FP32-master-weight optimizers (issue 4)
-#include "ampkit/optim.h"
-// fused linear (issue 5)
-#include "ampkit/fused_linear.h"
-#include "ampkit/nn.h"
-#include "ampkit/autocast.h"
+#include "ampkit/fused_linear.h"  // fused_linear, fused_mlp ops
+#include "ampkit/grad_scaler.h"   // GradScaler
+#include "ampkit/loss_scaling.h"  // unscale_and_check_, update_scale_ ops
+#include "ampkit/nn.h"            // nn::FusedLinear
+#include "ampkit/ops.h"           // multi_tensor_scale_
+#include "ampkit/optim.h"         // optim::SGD, Adam, AdamW with FP32 masters
