@@ -51,6 +51,9 @@ def shard_run(rank: int, world: int, init_file: str, use_group: bool, out_dir: s
             dist.broadcast(p.data, src=i % world)
     torch.save({"scales": scales, "skipped": skipped, "weights": [p.detach().clone() for p in params]},
                os.path.join(out_dir, f"rank{rank}.pt"))
+    # Both ranks finish their collectives before either tears gloo down: a rank that exits while
+    # its peer is still closing the connection can abort in gloo's destructor.
+    dist.barrier()
     dist.destroy_process_group()
 
 
