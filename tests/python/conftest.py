@@ -27,6 +27,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def registered_ampkit_ops() -> list[str]:
+    """Every op registered in the ampkit namespace (from the dispatcher: dir(torch.ops.ampkit) only
+    lists the ops already looked up)."""
+    names = {op.split("::", 1)[1].split(".")[0] for op in torch._C._dispatch_get_all_op_names()
+             if op.startswith("ampkit::")}
+    assert names, "no ampkit ops are registered"
+    return sorted(names)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     return request.param

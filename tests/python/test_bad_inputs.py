@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import ampkit
+from conftest import registered_ampkit_ops
 from ampkit import optim as aoptim
 
 ops = torch.ops.ampkit
@@ -502,16 +503,9 @@ def test_every_op_has_a_bad_input_case():
                "fused_mlp": "fused_mlp"}
     internal = {"fused_linear_forward", "fused_linear_backward", "fused_mlp_forward", "fused_mlp_backward"}
     prefixes = {case[0].split("/")[0].split(".")[-1] for case in CASES}
-    for op in _public_ops():
+    for op in registered_ampkit_ops():
         if op in internal:
             continue
         assert op in covered and covered[op] in prefixes, f"no bad-input case for torch.ops.ampkit.{op}"
 
 
-def _public_ops() -> list[str]:
-    """Every op registered in the ampkit namespace (from the dispatcher: dir(torch.ops.ampkit) only
-    lists the ops already looked up)."""
-    names = {op.split("::", 1)[1].split(".")[0] for op in torch._C._dispatch_get_all_op_names()
-             if op.startswith("ampkit::")}
-    assert names, "no ampkit ops are registered"
-    return sorted(names)
