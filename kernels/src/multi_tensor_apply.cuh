@@ -1,11 +1,7 @@
 // The generic multi-tensor launcher: one kernel launch processes many tensors.
 //
-// Every tensor is cut into chunks of `chunk_size` elements; each CUDA block processes one
-// chunk. The (tensor, chunk) map and the tensors' addresses travel in the kernel's argument
-// space (a LaunchTable passed by value as a __grid_constant__), so no host->device copy and
-// no device allocation is needed per launch. The table is kept under the classic 4 KiB
-// kernel-parameter limit; when it fills up (too many tensors or too many blocks) the launcher
-// issues the launch and starts a new table, carrying a partially processed tensor over.
+// How tensors are cut into chunks and tables is planned on the host (ampkit_kernels/
+// multi_tensor_plan.h, tested without a GPU); this file adds the kernel and its launches.
 //
 // A list operation is a small functor `Op` with
 //   __device__ void operator()(const LaunchTable<Depth>& table, int slot, int64_t chunk,
@@ -21,6 +17,7 @@
 #include <cstdint>
 
 #include "ampkit_kernels/common.h"
+#include "ampkit_kernels/multi_tensor_plan.h"
 
 namespace ampkit_kernels {
 namespace detail {
@@ -31,31 +28,6 @@ constexpr int kThreadsPerBlock = 512;
 constexpr int64_t kDefaultChunkSize = 65536;
 // Elements each thread handles per iteration; with 16-byte aligned fp32 this is a 16-byte load.
 constexpr int kIlp = 4;
-
-// Capacities chosen so sizeof(LaunchTable<Depth>) stays below 4 KiB for every depth <= 6.
-template <int Depth>
-struct TableCapacity {
-  static constexpr int kMaxTensors =
-      Depth == 1 ? 110 : Depth == 2 ? 64 : Depth == 3 ? 48 : Depth == 4 ? 36 : Depth == 5 ? 30 : 32;
-  static constexpr int kMaxBlocks = 320;
-};
-
-template <int Depth>
-struct LaunchTable {
-  static constexpr int kMaxTensors = TableCapacity<Depth>::kMaxTensors;
-  static constexpr int kMaxBlocks = TableCapacity<Depth>::kMaxBlocks;
-  void* addresses[Depth][kMaxTensors];
-  int64_t numels[kMaxTensors];
-  unsigned char block_to_slot[kMaxBlocks];
-  int block_to_chunk[kMaxBlocks];
-};
-
-static_assert(sizeof(LaunchTable<1>) <= 4096, "launch table exceeds kernel parameter space");
-static_assert(sizeof(LaunchTable<2>) <= 4096, "launch table exceeds kernel parameter space");
-static_assert(sizeof(LaunchTable<3>) <= 4096, "launch table exceeds kernel parameter space");
-static_assert(sizeof(LaunchTable<4>) <= 4096, "launch table exceeds kernel parameter space");
-static_assert(sizeof(LaunchTable<5>) <= 4096, "launch table exceeds kernel parameter space");
-static_assert(sizeof(LaunchTable<6>) <= 4096, "launch table exceeds kernel parameter space");
 
 template <int Depth, typename Op>
 __global__ void __launch_bounds__(kThreadsPerBlock)
@@ -71,62 +43,17 @@ template <int Depth, typename Op>
 Result multi_tensor_apply(const TensorLists& tensors, Op op, cudaStream_t stream,
                           int64_t chunk_size = kDefaultChunkSize) {
   Result result;
-  if (static_cast<int>(tensors.lists.size()) != Depth || chunk_size <= 0) {
-    result.status = Status::InvalidArgument;
-    return result;
-  }
-  const size_t num_tensors = tensors.numels.size();
-  for (const auto& list : tensors.lists) {
-    if (list.size() != num_tensors) {
-      result.status = Status::InvalidArgument;
-      return result;
-    }
-  }
-  using Table = LaunchTable<Depth>;
-  Table table;
-  int slots_used = 0;
-  int blocks_used = 0;
-
-  auto launch = [&]() -> bool {
-    multi_tensor_kernel<Depth, Op><<<blocks_used, kThreadsPerBlock, 0, stream>>>(table, chunk_size, op);
-    const cudaError_t error = cudaGetLastError();
-    if (error != cudaSuccess) {
-      result.status = Status::CudaError;
-      result.cuda_error = error;
-      return false;
-    }
-    return true;
-  };
-
-  for (size_t t = 0; t < num_tensors; ++t) {
-    const int64_t numel = tensors.numels[t];
-    if (numel == 0) continue;
-    const int slot = slots_used++;
-    for (int l = 0; l < Depth; ++l) table.addresses[l][slot] = tensors.lists[l][t];
-    table.numels[slot] = numel;
-    const int64_t num_chunks = (numel + chunk_size - 1) / chunk_size;
-    for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
-      table.block_to_slot[blocks_used] = static_cast<unsigned char>(slot);
-      table.block_to_chunk[blocks_used] = static_cast<int>(chunk);
-      ++blocks_used;
-      const bool last_chunk = chunk == num_chunks - 1;
-      const bool blocks_full = blocks_used == Table::kMaxBlocks;
-      const bool slots_full = slots_used == Table::kMaxTensors && last_chunk;
-      if (blocks_full || slots_full) {
-        if (!launch()) return result;
-        blocks_used = 0;
-        if (last_chunk) {
-          slots_used = 0;
-        } else {
-          // The current tensor has chunks left: it becomes slot 0 of the next table.
-          for (int l = 0; l < Depth; ++l) table.addresses[l][0] = table.addresses[l][slot];
-          table.numels[0] = numel;
-          slots_used = 1;
-        }
-      }
-    }
-  }
-  if (blocks_used > 0) launch();
+  LaunchTable<Depth> table;
+  const PlanStatus planned = plan_multi_tensor_launches<Depth>(
+      tensors.lists, tensors.numels, chunk_size, table, [&](const LaunchTable<Depth>& full, int num_blocks) {
+        multi_tensor_kernel<Depth, Op><<<num_blocks, kThreadsPerBlock, 0, stream>>>(full, chunk_size, op);
+        const cudaError_t error = cudaGetLastError();
+        if (error == cudaSuccess) return true;
+        result.status = Status::CudaError;
+        result.cuda_error = error;
+        return false;
+      });
+  if (planned == PlanStatus::InvalidArgument) result.status = Status::InvalidArgument;
   return result;
 }
 
