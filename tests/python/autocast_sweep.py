@@ -3,10 +3,18 @@ convs, pointwise, reductions, norms, softmax, losses, cat/stack, index ops, pool
 
 Imports torch only, so a subprocess can run it without ampkit to get pristine torch results.
 Each case: name -> function of a seeded generator returning the op's output.
+
+On a machine without a GPU the CUDA routing is still checked: with `fake=True` the sweep runs on
+fake CUDA tensors (torch's FakeTensorMode: shapes and dtypes, no data), which pass through the
+AutocastCUDA dispatch key like real ones, so output dtypes and shapes can be compared; values
+need the real device.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 import torch.nn.functional as F
 
 
@@ -19,7 +27,22 @@ def _r(g, *shape, dtype=None):
     dtype = dtype or INPUT_DTYPE
     if dtype == torch.bfloat16 and g.device.type == "cuda":  # the CUDA sweep's low dtype is fp16
         dtype = torch.float16
+    if not isinstance(g, torch.Generator):  # fake tensors: no data, so no generator either
+        return torch.randn(*shape, dtype=torch.float32, device=g.device).to(dtype)
     return torch.randn(*shape, generator=g, dtype=torch.float32, device=g.device).to(dtype)
+
+
+def _uniform(g, *shape):
+    if not isinstance(g, torch.Generator):
+        return torch.rand(*shape, device=g.device)
+    return torch.rand(*shape, generator=g, device=g.device)
+
+
+class _FakeGenerator:
+    """Stands in for a CUDA generator under FakeTensorMode (a real one needs a GPU)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
 
 
 def _cases():
@@ -169,9 +192,9 @@ def _cases():
     @case
     def kl_div(g): return F.kl_div(F.log_softmax(_r(g, 8, 5), 1), F.softmax(_r(g, 8, 5), 1), reduction="batchmean")
     @case
-    def bce_with_logits(g): return F.binary_cross_entropy_with_logits(_r(g, 8, 4), torch.rand(8, 4, generator=g, device=g.device))
+    def bce_with_logits(g): return F.binary_cross_entropy_with_logits(_r(g, 8, 4), _uniform(g, 8, 4))
     @case
-    def bce(g): return F.binary_cross_entropy(torch.sigmoid(_r(g, 8, 4)), torch.rand(8, 4, generator=g, device=g.device))
+    def bce(g): return F.binary_cross_entropy(torch.sigmoid(_r(g, 8, 4)), _uniform(g, 8, 4))
     @case
     def margin_ranking_loss(g): return F.margin_ranking_loss(_r(g, 8), _r(g, 8), torch.ones(8))
     @case
@@ -244,36 +267,68 @@ def flatten(value) -> list:
     raise TypeError(f"unexpected result type {type(value).__name__}")
 
 
-def run_sweep(region_factory, input_dtype=torch.float32, device="cpu") -> dict:
+def run_sweep(region_factory, input_dtype=torch.float32, device="cpu", fake=False) -> dict:
     """{case: [output tensors] or the error text} with every case run inside `region_factory()`
-    from seed 0, inputs made in `input_dtype` on `device` (torch's default device meanwhile)."""
+    from seed 0, inputs made in `input_dtype` on `device` (torch's default device meanwhile).
+    With `fake=True` (no GPU needed) every case runs under FakeTensorMode and the results are
+    [(dtype, shape)] signatures instead of tensors."""
     global INPUT_DTYPE
     INPUT_DTYPE = input_dtype
     results = {}
     previous_device = torch.get_default_device()
     torch.set_default_device(device)
     try:
-        for name, fn in CASES.items():
-            g = torch.Generator(device=device).manual_seed(0)
-            try:
-                with region_factory():
-                    results[name] = [t.detach().clone() for t in flatten(fn(g))]
-            except RuntimeError as error:
-                results[name] = f"RuntimeError: {error}".split("\n")[0]
-            if device != "cpu":
-                results[name] = results[name] if isinstance(results[name], str) else [t.cpu() for t in results[name]]
+        with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext():
+            for name, fn in CASES.items():
+                g = _FakeGenerator(device) if fake else torch.Generator(device=device).manual_seed(0)
+                try:
+                    with region_factory():
+                        outputs = flatten(fn(g))
+                        results[name] = (signature(outputs) if fake else [t.detach().clone() for t in outputs])
+                except RuntimeError as error:
+                    results[name] = f"RuntimeError: {error}".split("\n")[0]
+                if device != "cpu" and not fake:
+                    results[name] = results[name] if isinstance(results[name], str) else [t.cpu() for t in results[name]]
     finally:
         INPUT_DTYPE = torch.float32
         torch.set_default_device(previous_device)
     return results
 
 
+def signature(tensors) -> list[tuple[str, tuple[int, ...]]]:
+    """What a fake run can compare: each output's dtype and shape."""
+    return [(str(t.dtype), tuple(t.shape)) for t in tensors]
+
+
+@contextlib.contextmanager
+def torch_routing(device_type: str, dtype: torch.dtype):
+    """torch.autocast's own region entry and exit, minus its check that the device is present (so
+    torch's AutocastCUDA kernels can route fake CUDA tensors on a machine without a GPU)."""
+    previous = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+    torch.set_autocast_enabled(device_type, True)
+    torch.set_autocast_dtype(device_type, dtype)
+    torch.autocast_increment_nesting()
+    try:
+        yield
+    finally:
+        if torch.autocast_decrement_nesting() == 0:
+            torch.clear_autocast_cache()
+        torch.set_autocast_enabled(device_type, previous[0])
+        torch.set_autocast_dtype(device_type, previous[1])
+
+
 if __name__ == "__main__":
-    # Pristine torch: `python autocast_sweep.py OUT [cpu|cuda]` saves torch.autocast results
-    # (cpu: bfloat16, cuda: float16) for float32 inputs and for lower-precision inputs.
+    # Pristine torch: `python autocast_sweep.py OUT [cpu|cuda|fake-cuda]` saves torch's autocast
+    # results (cpu: bfloat16, cuda: float16) for float32 inputs and for lower-precision inputs;
+    # fake-cuda: torch's CUDA routing on fake tensors, as dtype/shape signatures.
     import sys
 
-    device = sys.argv[2] if len(sys.argv) > 2 else "cpu"
+    target = sys.argv[2] if len(sys.argv) > 2 else "cpu"
+    fake = target == "fake-cuda"
+    device = "cuda" if fake else target
     low = torch.bfloat16 if device == "cpu" else torch.float16
-    region = lambda: torch.autocast(device, dtype=low)  # noqa: E731
-    torch.save({dtype: run_sweep(region, dtype, device) for dtype in (torch.float32, low)}, sys.argv[1])
+    if fake:
+        region = lambda: torch_routing("cuda", low)  # noqa: E731
+    else:
+        region = lambda: torch.autocast(device, dtype=low)  # noqa: E731
+    torch.save({dtype: run_sweep(region, dtype, device, fake=fake) for dtype in (torch.float32, low)}, sys.argv[1])

@@ -14,6 +14,7 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ampkit
@@ -96,10 +97,68 @@ def test_default_policy_matches_torch_autocast_on_cuda(tmp_path, input_dtype):
     assert differences(pristine[input_dtype], with_ampkit) == []
 
 
-@pytest.mark.cuda
-def test_edited_policy_on_cuda():
-    a, b = torch.randn(8, 16, device="cuda"), torch.randn(16, 4, device="cuda")
+# ---- CUDA routing without a GPU: fake CUDA tensors (dtypes and shapes, no data) ----
+# Torch's AutocastCUDA kernels and ampkit's route FakeTensorMode's CUDA tensors exactly as real
+# ones, so the CUDA lists are checked here on every machine; values need the GPU (tests above).
+
+@pytest.fixture(scope="module")
+def pristine_fake_cuda(tmp_path_factory) -> dict:
+    """torch's CUDA fp16 routing of the sweep on fake tensors, from a process that never loaded ampkit."""
+    out = tmp_path_factory.mktemp("pristine_fake_cuda") / "sweep.pt"
+    subprocess.run([sys.executable, os.path.join(HERE, "autocast_sweep.py"), str(out), "fake-cuda"], check=True,
+                   cwd=HERE)
+    return torch.load(out)
+
+
+def signature_differences(expected: dict, actual: dict) -> list[str]:
+    out = []
+    for name in expected:
+        e, a = expected[name], actual[name]
+        if (isinstance(e, str) or isinstance(a, str)) and not (isinstance(e, str) and isinstance(a, str)):
+            out.append(f"{name}: torch {e} ampkit {a}")
+        elif not isinstance(e, str) and e != a:
+            out.append(f"{name}: torch {e} ampkit {a}")
+    return out
+
+
+def fake_cuda_torch_region():
+    return autocast_sweep.torch_routing("cuda", torch.float16)
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.float16], ids=["fp32_inputs", "fp16_inputs"])
+def test_default_policy_matches_torch_cuda_routing_on_fake_tensors(pristine_fake_cuda, input_dtype):
+    expected = pristine_fake_cuda[input_dtype]
+    actual = autocast_sweep.run_sweep(lambda: ampkit.autocast("cuda", dtype=torch.float16), input_dtype, "cuda",
+                                      fake=True)
+    assert signature_differences(expected, actual) == []
+    # torch's own CUDA routing is unchanged in a process with ampkit's kernels installed.
+    with_ampkit = autocast_sweep.run_sweep(fake_cuda_torch_region, input_dtype, "cuda", fake=True)
+    assert signature_differences(expected, with_ampkit) == []
+    # Not vacuous: fp32 inputs show the lower-precision list, fp16 inputs the fp32 list.
+    other = "torch.float16" if input_dtype == torch.float32 else "torch.float32"
+    assert sum(not isinstance(r, str) and r[0][0] == other for r in expected.values()) >= 15
+
+
+def test_edited_cuda_policy_and_uninstall_on_fake_tensors(pristine_fake_cuda):
     policy = ampkit.Policy.default("cuda", torch.float16).deny("mm").allow("softmax", "add")
+    with FakeTensorMode():
+        a, b = torch.randn(8, 16, device="cuda"), torch.randn(16, 4, device="cuda")
+        assert a.is_cuda
+        check_edited_cuda_policy(policy, a, b)
+    # Edits on a CUDA policy leave torch's CUDA routing alone, installed or removed.
+    policy.install()
+    assert ampkit.autocast.is_installed("cuda")
+    for input_dtype in (torch.float32, torch.float16):
+        actual = autocast_sweep.run_sweep(fake_cuda_torch_region, input_dtype, "cuda", fake=True)
+        assert signature_differences(pristine_fake_cuda[input_dtype], actual) == []
+    ampkit.autocast.uninstall()
+    assert not ampkit.autocast.is_installed("cuda")
+    for input_dtype in (torch.float32, torch.float16):
+        actual = autocast_sweep.run_sweep(fake_cuda_torch_region, input_dtype, "cuda", fake=True)
+        assert signature_differences(pristine_fake_cuda[input_dtype], actual) == []
+
+
+def check_edited_cuda_policy(policy, a, b):
     with ampkit.autocast("cuda", policy=policy):
         assert torch.mm(a, b).dtype == torch.float32
         assert torch.softmax(a, 1).dtype == torch.float16
@@ -109,6 +168,12 @@ def test_edited_policy_on_cuda():
             F.binary_cross_entropy(torch.sigmoid(a), torch.rand_like(a))
     with ampkit.autocast("cuda", policy=policy.deny("binary_cross_entropy")):
         assert F.binary_cross_entropy(torch.sigmoid(a), torch.rand_like(a)).dtype == torch.float32
+
+
+@pytest.mark.cuda
+def test_edited_policy_on_cuda():
+    a, b = torch.randn(8, 16, device="cuda"), torch.randn(16, 4, device="cuda")
+    check_edited_cuda_policy(ampkit.Policy.default("cuda", torch.float16).deny("mm").allow("softmax", "add"), a, b)
 
 
 def test_torch_autocast_unchanged_while_ampkit_is_installed_and_after_uninstall(pristine):
