@@ -315,7 +315,7 @@ void unscale_and_check_cpu(at::TensorList grads, const at::Tensor& found_inf, co
   if (norm) *norm_out->mutable_data_ptr<float>() = static_cast<float>(std::sqrt(sum_of_squares));
 }
 
-// The update rule; the CUDA kernel (kernels/src/update_scale.cu) implements the same steps.
+// The update rule; the CUDA kernel (update_scale_kernel in kernels/src/loss_scaling.cu) implements the same steps.
 void update_scale_cpu(const at::Tensor& scale, const at::Tensor& growth_tracker, const at::Tensor& hysteresis_tracker,
                       const at::Tensor& found_inf, double growth_factor, double backoff_factor, int64_t growth_interval,
                       int64_t hysteresis, double min_scale, double max_scale) {

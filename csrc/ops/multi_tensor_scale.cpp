@@ -22,6 +22,7 @@ c10::Device check_multi_tensor_scale_args(at::TensorList inputs, at::TensorList 
   append_named(written, "outputs", outputs);
   written.push_back({"found_inf", &found_inf});
   check_no_overlap(op, written, {{"scale", &scale}});
+  check_inputs_apart_from_outputs(op, "inputs", inputs, "outputs", outputs);
   return device;
 }
 

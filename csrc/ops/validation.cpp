@@ -167,4 +167,25 @@ void check_no_overlap(const char* op, const std::vector<NamedTensor>& written, c
   }
 }
 
+void check_inputs_apart_from_outputs(const char* op, const char* inputs_name, at::TensorList inputs,
+                                     const char* outputs_name, at::TensorList outputs) {
+  std::unordered_map<const void*, std::vector<size_t>> outputs_by_storage;
+  outputs_by_storage.reserve(outputs.size());
+  for (size_t j = 0; j < outputs.size(); ++j) {
+    if (outputs[j].defined()) outputs_by_storage[storage_key(outputs[j])].push_back(j);
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const at::Tensor& input = inputs[i];
+    if (!input.defined()) continue;
+    const auto found = outputs_by_storage.find(storage_key(input));
+    if (found == outputs_by_storage.end()) continue;
+    for (const size_t j : found->second) {
+      if (j == i && same_view(input, outputs[j])) continue;  // in place
+      TORCH_CHECK(!overlaps(input, outputs[j]), op, ": ", indexed(inputs_name, i), " shares memory with ",
+                  indexed(outputs_name, j), ", which the op writes while other elements still read it; an ",
+                  "input may only be its own output (the same view, in place)");
+    }
+  }
+}
+
 }  // namespace ampkit::detail

@@ -59,6 +59,11 @@ struct NamedTensor {
 // interleaved views, which cannot be told apart cheaply).
 void check_no_overlap(const char* op, const std::vector<NamedTensor>& written, const std::vector<NamedTensor>& read = {});
 
+// inputs[i] may be outputs[i] itself (the same view: in place); otherwise no input may share memory
+// with any output (the GPU's blocks would race: one reads what another has already written).
+void check_inputs_apart_from_outputs(const char* op, const char* inputs_name, at::TensorList inputs,
+                                     const char* outputs_name, at::TensorList outputs);
+
 // Helper: appends list[i] as "name[i]".
 void append_named(std::vector<NamedTensor>& out, const char* name, at::TensorList list);
 

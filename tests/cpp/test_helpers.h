@@ -12,11 +12,15 @@
 
 namespace ampkit_test {
 
-// CPU always; CUDA too when AMPKIT_TEST_CUDA=1 and a GPU is present (the GPU machine's run).
+// CPU always; CUDA too when AMPKIT_TEST_CUDA=1 (the GPU machine's run). Asking for CUDA where
+// there is no GPU fails the test instead of passing it on the CPU alone.
 inline std::vector<torch::Device> devices_under_test() {
   std::vector<torch::Device> devices = {torch::kCPU};
   const char* flag = std::getenv("AMPKIT_TEST_CUDA");
-  if (flag != nullptr && std::string(flag) == "1" && torch::cuda::is_available()) devices.emplace_back(torch::kCUDA);
+  if (flag != nullptr && std::string(flag) == "1") {
+    if (!torch::cuda::is_available()) FAIL("AMPKIT_TEST_CUDA=1 but LibTorch sees no CUDA GPU");
+    devices.emplace_back(torch::kCUDA);
+  }
   return devices;
 }
 

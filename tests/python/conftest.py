@@ -17,11 +17,20 @@ CUDA_USABLE = CUDA_REQUESTED and torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if CUDA_USABLE else [])
 
 
+def pytest_configure(config):
+    if not CUDA_REQUESTED:
+        return
+    if not torch.cuda.is_available():
+        pytest.exit("AMPKIT_TEST_CUDA=1 but torch sees no CUDA GPU: refusing to pass by skipping the CUDA tests",
+                    returncode=3)
+    if not ampkit.build_info()["cuda"]:
+        pytest.exit("AMPKIT_TEST_CUDA=1 but this ampkit was built without its CUDA kernels", returncode=3)
+
+
 def pytest_collection_modifyitems(config, items):
     if CUDA_USABLE:
         return
-    reason = "needs AMPKIT_TEST_CUDA=1 and a CUDA GPU" if not CUDA_REQUESTED else "AMPKIT_TEST_CUDA=1 but no CUDA GPU"
-    skip = pytest.mark.skip(reason=reason)
+    skip = pytest.mark.skip(reason="needs AMPKIT_TEST_CUDA=1 and a CUDA GPU")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)

@@ -156,6 +156,12 @@ CASES = [
      RuntimeError, "outputs[1] shares memory with outputs[0]"),
     ("mts/found_inf is an output", shared(lambda: torch.zeros(1), lambda t: mts([torch.ones(1)], [t], found_inf=t)),
      RuntimeError, "found_inf shares memory with outputs[0]"),
+    ("mts/an input is another output", shared(lambda: torch.ones(4), lambda t: mts([torch.ones(4), t], [t, torch.zeros(4)])),
+     RuntimeError, "inputs[1] shares memory with outputs[0]"),
+    ("mts/input overlaps its output shifted", shared(lambda: torch.ones(8), lambda t: mts([t[:4]], [t[2:6]])),
+     RuntimeError, "inputs[0] shares memory with outputs[0]"),
+    ("mts/input is its output in another dtype", shared(lambda: torch.ones(4), lambda t: mts([t], [t.view(torch.bfloat16)[:4]])),
+     RuntimeError, "inputs[0] shares memory with outputs[0]"),
     ("mts/wrong python type for scale", lambda: ops.multi_tensor_scale_([torch.ones(4)], [torch.ones(4)], 2.0, one(0)),
      RuntimeError, "argument 'scale'"),
     ("ampkit.mts/scale str", lambda: ampkit.multi_tensor_scale_([torch.ones(4)], scale="2"), TypeError,
@@ -475,6 +481,10 @@ def test_in_place_multi_tensor_scale_is_not_aliasing():
     values = torch.ones(4)
     ops.multi_tensor_scale_([values], [values], one(2.0), one(0))
     assert torch.equal(values, torch.full((4,), 2.0))
+    # Separate views of one buffer as inputs and outputs, each its own: accepted too.
+    flat = torch.ones(16)
+    ops.multi_tensor_scale_([flat[:4], flat[4:8]], [flat[8:12], flat[12:]], one(2.0), one(0))
+    assert torch.equal(flat, torch.cat([torch.ones(8), torch.full((8,), 2.0)]))
 
 
 def test_refused_optimizer_hyper_parameter_leaves_the_optimizer_unchanged():
