@@ -7,12 +7,10 @@
 // would only be a silent bug in a plan (a pointer the epilogue ignores, a read of memory nobody
 // wrote, a matrix that runs past its buffer).
 //
-// Sources (paraphrased below, per rule): the cuBLAS library documentation, cuBLASLt API reference
+// Source (paraphrased below, per rule): the cuBLAS library documentation, cuBLASLt API reference
 // (https://docs.nvidia.com/cuda/cublas/ : cublasLtMatmul, cublasLtMatrixLayoutAttribute_t,
 // cublasLtMatmulDescAttributes_t, cublasLtEpilogue_t), whose text is also the doc comments of
-// cublasLt.h in the CUDA 13.0 toolkit; and NVIDIA's nvmath-python "Epilogs" tutorial
-// (https://docs.nvidia.com/cuda/nvmath-python/latest/tutorials/notebooks/matmul/02_epilogs.html),
-// which shows BIAS broadcast along the columns of the result.
+// cublasLt.h in the CUDA 13.0 toolkit.
 #pragma once
 
 #include <algorithm>
