@@ -1,24 +1,9 @@
-// fused_linear on CUDA: row-major PyTorch tensors through the column-major cuBLASLt wrapper.
-//
-// The transposition trick: a row-major [r, c] tensor is, byte for byte, the column-major c x r
-// matrix with leading dimension c. So every product below is written for the transposes, and no
-// tensor is ever copied or transposed in memory:
-//   forward  y[M,N] = x[M,K] W[N,K]^T + b   <=>  Y (N x M) = op_T(W: K x N) * X (K x M) + b per row
-//            -> gemm(m=N, n=M, k=K, A=W transposed, lda=K; B=x, ldb=K; D=y, ldd=N), so the bias is a
-//               per-row vector of D (what cuBLASLt's BIAS epilogues add) and the GELU_AUX buffer is
-//               N x M with leading dimension round_up(N, 8) = the row-major saved [M, round_up(N, 8)].
-//   dgrad    dx[M,K] = g[M,N] W[N,K]         <=>  dX (K x M) = W (K x N) * G (N x M)
-//            -> gemm(m=K, n=M, k=N, A=W, lda=K; B=g, ldb=N; D=dx, ldd=K)
-//   wgrad    dW[N,K] = g^T[N,M] x[M,K]       <=>  dW (K x N) = X (K x M) * op_T(G: N x M)
-//            -> gemm(m=K, n=N, k=M, A=x, lda=K; B=g transposed, ldb=N; D=dW, ldd=K) with the BGRADB
-//               epilogue: db[n] = sum over k (= the M rows) of op(B)[:, n] = the column sums of g.
-// Here g is the gradient at the pre-activation: grad_output times the activation's derivative
-// (one elementwise pass reading the saved GELU input or the ReLU output): in a single layer the
-// gradient arrives from outside, so no GEMM of ours produces it.
-// fused_mlp (Linear -> GELU -> Linear) is where the DGELU epilogue applies: layer 2's dgrad GEMM
-// computes grad_hidden = grad_output W2 and, in its epilogue, grad_pre = grad_hidden * gelu'(pre)
-// (pre = layer 1's saved GELU_AUX buffer) and bias1's gradient (DGELU_BGRAD's bias output: the
-// row sums of the column-major result = the column sums of the row-major grad_pre).
+// fused_linear / fused_mlp on CUDA: row-major PyTorch tensors through the column-major cuBLASLt
+// wrapper. Which GEMMs run, with which transposes, leading dimensions, epilogues and buffers, is
+// decided by the CUDA-free builders in kernels/include/ampkit_kernels/linear_gemms.h (the
+// transposition trick is explained there, and a host model of cuBLASLt checks those plans in every
+// build); this file adds the tensors, the workspace, the stream, and the unfused fallbacks for
+// problems cuBLASLt has no fused algorithm for.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/gelu_backward.h>
@@ -32,6 +17,7 @@
 #include <mutex>
 
 #include "ampkit_kernels/cublaslt_gemm.h"
+#include "ampkit_kernels/linear_gemms.h"
 #include "cuda/kernel_glue.h"
 #include "ops/fused_linear.h"
 
@@ -39,9 +25,20 @@ namespace ampkit::cuda {
 namespace {
 
 using ampkit_kernels::GemmArgs;
-using ampkit_kernels::GemmEpilogue;
+using ampkit_kernels::LinearDims;
 using detail::Activation;
 using detail::LinearShape;
+
+LinearDims dims_of(const LinearShape& shape) { return {shape.rows, shape.in_features, shape.out_features}; }
+
+ampkit_kernels::LinearActivation kernel_activation(Activation activation) {
+  switch (activation) {
+    case Activation::Relu: return ampkit_kernels::LinearActivation::Relu;
+    case Activation::Gelu: return ampkit_kernels::LinearActivation::Gelu;
+    case Activation::None: return ampkit_kernels::LinearActivation::None;
+  }
+  return ampkit_kernels::LinearActivation::None;
+}
 
 void check_on_cuda(const char* op, const at::Tensor& input) {
   TORCH_CHECK(input.is_cuda(), op, ": input (argument 0) must be a CUDA tensor for the CUDA kernel, got ",
@@ -89,43 +86,22 @@ void forward_gemm(const char* op, const at::Tensor& x, const at::Tensor& w, cons
                   Activation act, const LinearShape& shape, at::Tensor& y, at::Tensor* saved) {
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
-  GemmArgs args;
-  args.transpose_a = true;
-  args.m = shape.out_features;
-  args.n = shape.rows;
-  args.k = shape.in_features;
-  args.ab_dtype = kernel_dtype(x.scalar_type());
-  args.d_dtype = args.ab_dtype;
-  args.a = w.data_ptr();
-  args.lda = shape.in_features;
-  args.b = x.data_ptr();
-  args.ldb = shape.in_features;
-  args.d = y.data_ptr();
-  args.ldd = shape.out_features;
-  args.bias = has_bias ? b.data_ptr() : nullptr;
-  switch (act) {
-    case Activation::None: args.epilogue = has_bias ? GemmEpilogue::Bias : GemmEpilogue::None; break;
-    case Activation::Relu: args.epilogue = has_bias ? GemmEpilogue::BiasRelu : GemmEpilogue::Relu; break;
-    case Activation::Gelu:
-      if (saved != nullptr) {
-        args.epilogue = has_bias ? GemmEpilogue::BiasGeluAux : GemmEpilogue::GeluAux;
-        args.aux = saved->data_ptr();
-        args.ld_aux = saved->size(1);
-      } else {
-        args.epilogue = has_bias ? GemmEpilogue::BiasGelu : GemmEpilogue::Gelu;
-      }
-      break;
-  }
+  const LinearDims dims = dims_of(shape);
+  const ampkit_kernels::DType dtype = kernel_dtype(x.scalar_type());
+  const GemmArgs args = ampkit_kernels::linear_forward_gemm(
+      dims, dtype, kernel_activation(act), has_bias, saved != nullptr, x.data_ptr(), w.data_ptr(),
+      has_bias ? b.data_ptr() : nullptr, y.data_ptr(), saved != nullptr ? saved->data_ptr() : nullptr);
+  // The plan's aux layout is the saved tensor's (empty_saved: [rows, round_up(out_features, 8)]).
+  TORCH_INTERNAL_ASSERT(args.aux == nullptr || (saved->is_contiguous() && saved->size(1) == args.ld_aux), op,
+                        ": saved GELU input of width ", saved->size(1), ", the GEMM plan expects ", args.ld_aux);
   const ampkit_kernels::Result fused = run_gemm(args, x);
   if (fused.ok()) return;
   if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, args);
   // cuBLASLt could not fuse this epilogue at these sizes/alignments: the plain GEMM, then the
   // bias and activation as separate passes (same result, one extra rounding of the pre-activation).
-  GemmArgs plain = args;
-  plain.epilogue = GemmEpilogue::None;
-  plain.bias = nullptr;
-  plain.aux = nullptr;
-  plain.ld_aux = 0;
+  const GemmArgs plain = ampkit_kernels::linear_forward_gemm(dims, dtype, ampkit_kernels::LinearActivation::None,
+                                                             false, false, x.data_ptr(), w.data_ptr(), nullptr,
+                                                             y.data_ptr(), nullptr);
   check_gemm(op, run_gemm(plain, x), plain);
   at::Tensor pre = has_bias ? y.add_(b) : y;
   if (saved != nullptr && act == Activation::Gelu) saved->narrow(1, 0, shape.out_features).copy_(pre);
@@ -178,50 +154,20 @@ std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cuda(const at::Tensor& i
   return {output, saved};
 }
 
-// dx[M, K] = g[M, N] w[N, K]  <=>  dX (K x M) = W (K x N) * G (N x M). The caller may add an epilogue.
-GemmArgs dgrad_args(const at::Tensor& g, const at::Tensor& w, at::Tensor& dx) {
-  GemmArgs args;
-  args.m = w.size(1);
-  args.n = g.size(0);
-  args.k = g.size(1);
-  args.ab_dtype = args.d_dtype = kernel_dtype(g.scalar_type());
-  args.a = w.data_ptr();
-  args.lda = w.size(1);
-  args.b = g.data_ptr();
-  args.ldb = g.size(1);
-  args.d = dx.data_ptr();
-  args.ldd = w.size(1);
-  return args;
-}
-
-// dw[N, K] = g[M, N]^T x[M, K]  <=>  dW (K x N) = X (K x M) * op_T(G: N x M).
-GemmArgs wgrad_args(const at::Tensor& g, const at::Tensor& x, at::Tensor& dw) {
-  GemmArgs args;
-  args.transpose_b = true;
-  args.m = x.size(1);
-  args.n = g.size(1);
-  args.k = g.size(0);
-  args.ab_dtype = args.d_dtype = kernel_dtype(g.scalar_type());
-  args.a = x.data_ptr();
-  args.lda = x.size(1);
-  args.b = g.data_ptr();
-  args.ldb = g.size(1);
-  args.d = dw.data_ptr();
-  args.ldd = x.size(1);
-  return args;
-}
-
-// The weight gradient with the bias gradient (column sums of g) from the BGRADB epilogue. All
-// tensors contiguous and non-empty.
-void wgrad_with_bias_grad(const char* op, const at::Tensor& g, const at::Tensor& x, at::Tensor& dw, at::Tensor& db) {
-  GemmArgs args = wgrad_args(g, x, dw);
-  args.epilogue = GemmEpilogue::BGradB;
-  args.bias_grad = db.data_ptr();
+// The weight gradient with the bias gradient (column sums of g) from the BGRADB epilogue, for the
+// layer of size `dims` (g: [rows, out_features], x: [rows, in_features]). All tensors contiguous
+// and non-empty.
+void wgrad_with_bias_grad(const char* op, const LinearDims& dims, const at::Tensor& g, const at::Tensor& x,
+                          at::Tensor& dw, at::Tensor& db) {
+  const ampkit_kernels::DType dtype = kernel_dtype(g.scalar_type());
+  const GemmArgs args =
+      ampkit_kernels::linear_wgrad_gemm(dims, dtype, true, g.data_ptr(), x.data_ptr(), dw.data_ptr(), db.data_ptr());
   const ampkit_kernels::Result fused = run_gemm(args, x);
   if (fused.ok()) return;
   if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, args);
   // No algorithm fuses the bias gradient here: plain GEMM plus a column sum (accumulated in fp32).
-  const GemmArgs plain = wgrad_args(g, x, dw);
+  const GemmArgs plain =
+      ampkit_kernels::linear_wgrad_gemm(dims, dtype, false, g.data_ptr(), x.data_ptr(), dw.data_ptr(), nullptr);
   check_gemm(op, run_gemm(plain, x), plain);
   db.copy_(at::sum(g, {0}, false, at::kFloat));
 }
@@ -262,9 +208,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(const 
   }
   const at::Tensor x = input.reshape({M, K}).contiguous();
   const at::Tensor w = weight.contiguous();
-  const GemmArgs dgrad = dgrad_args(grad_pre, w, grad_input);
+  const GemmArgs dgrad = ampkit_kernels::linear_dgrad_gemm(dims_of(shape), kernel_dtype(grad_pre.scalar_type()),
+                                                           grad_pre.data_ptr(), w.data_ptr(), grad_input.data_ptr());
   check_gemm(op, run_gemm(dgrad, x), dgrad);
-  wgrad_with_bias_grad(op, grad_pre, x, grad_weight, grad_bias);
+  wgrad_with_bias_grad(op, dims_of(shape), grad_pre, x, grad_weight, grad_bias);
   return {grad_input.view(input.sizes()), grad_weight, grad_bias};
 }
 
@@ -324,32 +271,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp
   const at::Tensor hidden_rows = hidden.contiguous(), pre_rows = pre.contiguous();
   at::Tensor grad_weight2 = at::empty({N, H}, input.options());
   at::Tensor grad_bias2 = at::empty({N}, input.options());
-  wgrad_with_bias_grad(op, grad, hidden_rows, grad_weight2, grad_bias2);
+  const LinearDims first{M, K, H}, second{M, H, N};
+  const ampkit_kernels::DType dtype = kernel_dtype(grad.scalar_type());
+  wgrad_with_bias_grad(op, second, grad, hidden_rows, grad_weight2, grad_bias2);
 
   // Layer 2's data gradient with DGELU_BGRAD: grad_pre = (grad @ W2) * gelu'(pre), and bias1's
   // gradient (the column sums of grad_pre) from the same GEMM.
   at::Tensor grad_pre = at::empty({M, H}, input.options());
   at::Tensor grad_bias1 = at::empty({H}, input.options());
-  GemmArgs dgelu = dgrad_args(grad, w2, grad_pre);
-  dgelu.epilogue = GemmEpilogue::DGeluBGrad;
-  dgelu.aux = pre_rows.data_ptr();
-  dgelu.ld_aux = pre_rows.size(1);
-  dgelu.bias_grad = grad_bias1.data_ptr();
+  const GemmArgs dgelu = ampkit_kernels::mlp_dgelu_bgrad_gemm(second, dtype, grad.data_ptr(), w2.data_ptr(),
+                                                               pre_rows.data_ptr(), grad_pre.data_ptr(),
+                                                               grad_bias1.data_ptr());
+  TORCH_INTERNAL_ASSERT(pre_rows.size(1) == dgelu.ld_aux, op, ": pre of width ", pre_rows.size(1),
+                        ", the GEMM plan expects ", dgelu.ld_aux);
   const ampkit_kernels::Result fused = run_gemm(dgelu, x);
   if (!fused.ok()) {
     if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, dgelu);
     // No algorithm fuses DGELU_BGRAD here: plain GEMM, then the GELU backward and a column sum.
-    const GemmArgs plain = dgrad_args(grad, w2, grad_pre);
+    const GemmArgs plain =
+        ampkit_kernels::linear_dgrad_gemm(second, dtype, grad.data_ptr(), w2.data_ptr(), grad_pre.data_ptr());
     check_gemm(op, run_gemm(plain, x), plain);
     grad_pre = at::gelu_backward(grad_pre, pre_rows.narrow(1, 0, H), "tanh").contiguous();
     grad_bias1.copy_(at::sum(grad_pre, {0}, false, at::kFloat));
   }
 
   at::Tensor grad_input = at::empty({M, K}, input.options());
-  const GemmArgs dgrad = dgrad_args(grad_pre, w1, grad_input);
+  const GemmArgs dgrad =
+      ampkit_kernels::linear_dgrad_gemm(first, dtype, grad_pre.data_ptr(), w1.data_ptr(), grad_input.data_ptr());
   check_gemm(op, run_gemm(dgrad, x), dgrad);
   at::Tensor grad_weight1 = at::empty({H, K}, input.options());
-  const GemmArgs wgrad = wgrad_args(grad_pre, x, grad_weight1);
+  const GemmArgs wgrad = ampkit_kernels::linear_wgrad_gemm(first, dtype, false, grad_pre.data_ptr(), x.data_ptr(),
+                                                           grad_weight1.data_ptr(), nullptr);
   check_gemm(op, run_gemm(wgrad, x), wgrad);
   return {grad_input.view(input.sizes()), grad_weight1, grad_bias1, grad_weight2, grad_bias2};
 }

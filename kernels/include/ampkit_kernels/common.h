@@ -8,9 +8,9 @@
 
 #include <cuda_runtime_api.h>
 
-namespace ampkit_kernels {
+#include "ampkit_kernels/gemm_types.h"  // DType (CUDA-free)
 
-enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
+namespace ampkit_kernels {
 
 enum class Status : int {
   Ok = 0,
