@@ -7,6 +7,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/threshold_backward.h>
@@ -72,6 +73,19 @@ void check_gemm(const char* op, const ampkit_kernels::Result& result, const Gemm
               ", epilogue ", ampkit_kernels::epilogue_name(args.epilogue), "): ", ampkit_kernels::describe(result));
 }
 
+// A plain product (no epilogue) into `out`. When cuBLASLt has no algorithm at all for it (its
+// heuristic refuses some shapes with a dimension of 1), the product is taken in fp32 through ATen
+// and rounded once into `out`: the same fp32 accumulation, without the library's fast path.
+template <typename Fp32Product>
+void run_plain_gemm(const char* op, const GemmArgs& args, const at::Tensor& like, at::Tensor& out,
+                    Fp32Product&& fp32_product) {
+  TORCH_INTERNAL_ASSERT(args.epilogue == ampkit_kernels::GemmEpilogue::None, op, ": a plain GEMM with an epilogue");
+  const ampkit_kernels::Result result = run_gemm(args, like);
+  if (result.ok()) return;
+  if (result.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, result, args);
+  out.copy_(fp32_product());
+}
+
 at::Tensor apply_activation(const at::Tensor& pre, Activation activation) {
   switch (activation) {
     case Activation::Relu: return at::relu(pre);
@@ -102,7 +116,7 @@ void forward_gemm(const char* op, const at::Tensor& x, const at::Tensor& w, cons
   const GemmArgs plain = ampkit_kernels::linear_forward_gemm(dims, dtype, ampkit_kernels::LinearActivation::None,
                                                              false, false, x.data_ptr(), w.data_ptr(), nullptr,
                                                              y.data_ptr(), nullptr);
-  check_gemm(op, run_gemm(plain, x), plain);
+  run_plain_gemm(op, plain, x, y, [&] { return at::mm(x.to(at::kFloat), w.to(at::kFloat).t()); });
   at::Tensor pre = has_bias ? y.add_(b) : y;
   if (saved != nullptr && act == Activation::Gelu) saved->narrow(1, 0, shape.out_features).copy_(pre);
   y.copy_(apply_activation(pre, act));
@@ -168,7 +182,7 @@ void wgrad_with_bias_grad(const char* op, const LinearDims& dims, const at::Tens
   // No algorithm fuses the bias gradient here: plain GEMM plus a column sum (accumulated in fp32).
   const GemmArgs plain =
       ampkit_kernels::linear_wgrad_gemm(dims, dtype, false, g.data_ptr(), x.data_ptr(), dw.data_ptr(), nullptr);
-  check_gemm(op, run_gemm(plain, x), plain);
+  run_plain_gemm(op, plain, x, dw, [&] { return at::mm(g.to(at::kFloat).t(), x.to(at::kFloat)); });
   db.copy_(at::sum(g, {0}, false, at::kFloat));
 }
 
@@ -210,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(const 
   const at::Tensor w = weight.contiguous();
   const GemmArgs dgrad = ampkit_kernels::linear_dgrad_gemm(dims_of(shape), kernel_dtype(grad_pre.scalar_type()),
                                                            grad_pre.data_ptr(), w.data_ptr(), grad_input.data_ptr());
-  check_gemm(op, run_gemm(dgrad, x), dgrad);
+  run_plain_gemm(op, dgrad, x, grad_input, [&] { return at::mm(grad_pre.to(at::kFloat), w.to(at::kFloat)); });
   wgrad_with_bias_grad(op, dims_of(shape), grad_pre, x, grad_weight, grad_bias);
   return {grad_input.view(input.sizes()), grad_weight, grad_bias};
 }
@@ -290,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp
     // No algorithm fuses DGELU_BGRAD here: plain GEMM, then the GELU backward and a column sum.
     const GemmArgs plain =
         ampkit_kernels::linear_dgrad_gemm(second, dtype, grad.data_ptr(), w2.data_ptr(), grad_pre.data_ptr());
-    check_gemm(op, run_gemm(plain, x), plain);
+    run_plain_gemm(op, plain, x, grad_pre, [&] { return at::mm(grad.to(at::kFloat), w2.to(at::kFloat)); });
     grad_pre = at::gelu_backward(grad_pre, pre_rows.narrow(1, 0, H), "tanh").contiguous();
     grad_bias1.copy_(at::sum(grad_pre, {0}, false, at::kFloat));
   }
@@ -298,11 +312,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp
   at::Tensor grad_input = at::empty({M, K}, input.options());
   const GemmArgs dgrad =
       ampkit_kernels::linear_dgrad_gemm(first, dtype, grad_pre.data_ptr(), w1.data_ptr(), grad_input.data_ptr());
-  check_gemm(op, run_gemm(dgrad, x), dgrad);
+  run_plain_gemm(op, dgrad, x, grad_input, [&] { return at::mm(grad_pre.to(at::kFloat), w1.to(at::kFloat)); });
   at::Tensor grad_weight1 = at::empty({H, K}, input.options());
   const GemmArgs wgrad = ampkit_kernels::linear_wgrad_gemm(first, dtype, false, grad_pre.data_ptr(), x.data_ptr(),
                                                            grad_weight1.data_ptr(), nullptr);
-  check_gemm(op, run_gemm(wgrad, x), wgrad);
+  run_plain_gemm(op, wgrad, x, grad_weight1,
+                 [&] { return at::mm(grad_pre.to(at::kFloat).t(), x.to(at::kFloat)); });
   return {grad_input.view(input.sizes()), grad_weight1, grad_bias1, grad_weight2, grad_bias2};
 }
 

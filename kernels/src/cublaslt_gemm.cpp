@@ -176,6 +176,24 @@ bool valid(const GemmArgs& args) {
   return true;
 }
 
+Result no_algorithm(int library_status) {
+  Result result;
+  result.status = Status::NoAlgorithm;
+  result.library_status = library_status;
+  return result;
+}
+
+// The epilogue kernels access bias / bias_grad / aux with 16-byte vectors, and the heuristic has no
+// alignment preference for them: a vector that is less aligned (a slice of a larger buffer) gets
+// no fused algorithm here, and the caller runs the unfused path.
+bool epilogue_vectors_aligned(const GemmArgs& args) {
+  constexpr uint32_t kVectorBytes = 16;
+  if (reads_bias(args.epilogue) && alignment_bytes(args.bias) < kVectorBytes) return false;
+  if (writes_bias_grad(args.epilogue) && alignment_bytes(args.bias_grad) < kVectorBytes) return false;
+  if (uses_aux(args.epilogue) && alignment_bytes(args.aux) < kVectorBytes) return false;
+  return true;
+}
+
 }  // namespace
 
 const char* epilogue_name(GemmEpilogue epilogue) {
@@ -218,6 +236,7 @@ void clear_gemm_algorithm_cache() {
 
 Result cublaslt_gemm(const GemmArgs& args, cudaStream_t stream) {
   if (!valid(args)) return invalid_argument();
+  if (!epilogue_vectors_aligned(args)) return no_algorithm(0);
 
   int device = 0;
   if (const cudaError_t error = cudaGetDevice(&device); error != cudaSuccess) {
@@ -297,11 +316,11 @@ Result cublaslt_gemm(const GemmArgs& args, cudaStream_t stream) {
     const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, op, a_layout, b_layout,
                                                                  d_layout, d_layout, pref, 1,
                                                                  &heuristic, &found);
-    if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0)) {
-      Result result;
-      result.status = Status::NoAlgorithm;
-      result.library_status = static_cast<int>(status);
-      return result;
+    // Our arguments passed valid() above, so INVALID_VALUE here is the heuristic declining the
+    // problem (it does so for some shapes with a dimension of 1), not a caller bug.
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE ||
+        (status == CUBLAS_STATUS_SUCCESS && found == 0)) {
+      return no_algorithm(static_cast<int>(status));
     }
     if (status != CUBLAS_STATUS_SUCCESS) return library_error(status);
     algo = heuristic.algo;

@@ -80,6 +80,27 @@ TEST_CASE("cublaslt_gemm rejects inconsistent arguments without touching the dev
   REQUIRE(std::string(ampkit_kernels::epilogue_name(GemmEpilogue::DGeluBGrad)) == "dgelu+bgrad");
 }
 
+TEST_CASE("cublaslt_gemm sends epilogue vectors that are not 16-byte aligned to the unfused path", "[cublaslt]") {
+  // Decided before any device call, so it runs everywhere; the glue then takes the plain GEMM.
+  alignas(256) static unsigned char buffer[1024] = {};
+  GemmArgs args;
+  args.m = args.n = args.k = 8;
+  args.a = args.b = args.d = buffer;
+  args.lda = args.ldb = args.ldd = 8;
+  args.ld_aux = 8;
+  args.epilogue = GemmEpilogue::Bias;
+  args.bias = buffer + 2;  // a slice one fp16 element into a buffer
+  CHECK(ampkit_kernels::cublaslt_gemm(args, nullptr).status == Status::NoAlgorithm);
+  args.epilogue = GemmEpilogue::BiasGeluAux;
+  args.bias = buffer + 16;
+  args.aux = buffer + 8;
+  CHECK(ampkit_kernels::cublaslt_gemm(args, nullptr).status == Status::NoAlgorithm);
+  args.epilogue = GemmEpilogue::BGradB;
+  args.aux = nullptr;
+  args.bias_grad = buffer + 4;
+  CHECK(ampkit_kernels::cublaslt_gemm(args, nullptr).status == Status::NoAlgorithm);
+}
+
 TEST_CASE("cublaslt_gemm forward epilogues match fp32 torch", "[cublaslt][cuda]") {
   if (!cuda_under_test()) return;
   for (auto dtype : {torch::kHalf, torch::kBFloat16}) {

@@ -213,8 +213,11 @@ def test_autocast_runs_fp32_inputs_in_the_autocast_dtype(device, device_type, dt
     with torch.autocast(device_type, dtype=dtype):
         out = ampkit.fused_linear(x, w, b, "gelu")
     assert out.dtype == dtype
-    # Exactly what the op computes on inputs cast to the autocast dtype.
-    assert torch.equal(out, ampkit.fused_linear(x.to(dtype), w.detach().to(dtype), b.to(dtype), "gelu"))
+    # Exactly what the op computes on inputs cast to the autocast dtype, through the same path (a
+    # weight that needs a gradient takes the forward that saves the GELU input: another epilogue,
+    # on CUDA maybe another kernel).
+    w_cast = w.detach().to(dtype).requires_grad_()
+    assert torch.equal(out, ampkit.fused_linear(x.to(dtype), w_cast, b.to(dtype), "gelu").detach())
     out.float().sum().backward()
     assert w.grad is not None and w.grad.dtype == torch.float32
 
@@ -353,6 +356,37 @@ def test_cuda_large_k_and_misaligned_pointers(dtype, activation):
     out = ampkit.fused_linear(x_view, w, b, activation)
     ref, _ = reference(x, w, b, activation)
     assert_within(out, ref, forward_bound(x, w, b, activation, ref, dtype), "output")
+
+
+def _offset_view(t):
+    """The same values in a view one element into a larger buffer (2-byte aligned on CUDA)."""
+    buffer = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    buffer[1:].copy_(t.flatten())
+    return buffer[1:].view_as(t)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
+def test_misaligned_bias_input_and_weight_views(device, dtype, activation):
+    """Slices of larger buffers everywhere: on CUDA the epilogues refuse a bias that is not 16-byte
+    aligned, so the op takes the plain GEMM + separate bias/activation passes; the result must
+    still be within the forward bound, and the gradients within 8 units of rounding (plus 8 u of
+    the mean magnitude) of those of aligned copies: the unfused path rounds the pre-activation
+    once more and sums the bias gradient in another order."""
+    x, w, b = make_problem((7,), 24, 40, dtype, device, seed=4)
+    views = [_offset_view(t).requires_grad_() for t in (x, w, b)]
+    copies = [t.clone().requires_grad_() for t in (x, w, b)]
+    out = ampkit.fused_linear(*views, activation)
+    ref, _ = reference(x, w, b, activation)
+    assert_within(out, ref, forward_bound(x, w, b, activation, ref, dtype), "output")
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype=dtype, device=device)
+    out.backward(grad)
+    ampkit.fused_linear(*copies, activation).backward(grad)
+    u = U_OUT[dtype]
+    for name, view, copy in zip(("grad_input", "grad_weight", "grad_bias"), views, copies):
+        expected = copy.grad.float()
+        bound = 8 * u * (expected.abs() + expected.abs().mean())
+        assert_within(view.grad, expected, bound, name)
 
 
 # ---- torch.library and torch.compile ----

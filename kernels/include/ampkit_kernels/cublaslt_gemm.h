@@ -28,8 +28,9 @@ const char* epilogue_name(GemmEpilogue epilogue);
 
 // Enqueues the GEMM on `stream` (never synchronises). m, n, k must be >= 1: empty problems are the
 // caller's to handle. Returns InvalidArgument for inconsistent arguments, NoAlgorithm when cuBLASLt's
-// heuristic offers none for the problem (e.g. an epilogue it cannot fuse at these alignments),
-// LibraryError (library_status = the cublasStatus_t) when a cuBLASLt call fails.
+// heuristic offers none for the problem (e.g. an epilogue it cannot fuse at these alignments, some
+// shapes with a dimension of 1) or when bias / bias_grad / aux is not 16-byte aligned (decided
+// before any device call), LibraryError (library_status = the cublasStatus_t) when a cuBLASLt call fails.
 Result cublaslt_gemm(const GemmArgs& args, cudaStream_t stream);
 
 // Workspace the heuristic may use on `device`: 32 MiB on Hopper and newer (what its fastest
