@@ -14,7 +14,7 @@ def main() -> None:
     cases = {"one tensor": [1 << (20 if args.quick else 26)],
              "150 tensors": [(1 << (12 if args.quick else 19)) + 7 * i for i in range(150)]}
     rows = []
-    for dtype in (torch.float32, torch.float16):
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for name, numels in cases.items():
             tensors = [torch.randn(n, device=args.device, dtype=dtype) for n in numels]
             scale = torch.full((1,), 0.5, device=args.device)

@@ -12,16 +12,11 @@
 
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
-#include <string>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include "cpu/cpu_loops.h"
+#include "cpu/vector_isa.h"
 #include "ops/loss_scaling.h"
 
 namespace ampkit::cpu {
@@ -31,28 +26,6 @@ struct FlatResult {
   bool non_finite = false;
   double sum_of_squares = 0.0;
 };
-
-// x86-64 builds compile the hot loops twice, for AVX2/FMA/F16C and for the baseline, and pick one at run time: LibTorch users get vector code without -march flags.
-// AMPKIT_CPU_ISA=baseline forces the baseline code (how the tests cover it on an AVX2 machine).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER)
-#define AMPKIT_X86_DISPATCH 1
-#define AMPKIT_X86_V3 __attribute__((target("avx2,fma,f16c")))
-#else
-#define AMPKIT_X86_DISPATCH 0
-#endif
-
-bool use_vector_isa() {
-#if AMPKIT_X86_DISPATCH
-  static const bool enabled = [] {
-    const char* isa = std::getenv("AMPKIT_CPU_ISA");
-    if (isa != nullptr && std::string(isa) == "baseline") return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  }();
-  return enabled;
-#else
-  return false;
-#endif
-}
 
 // One block [begin, end). Written so that the compiler vectorises it: independent lanes, the
 // non-finite test as a float sum (x - x is 0 for finite x, NaN otherwise), and the squares
@@ -134,8 +107,9 @@ AMPKIT_DEFINE_BLOCK_FN(block_bf16_rn, c10::BFloat16, false, true)
 #undef AMPKIT_DEFINE_BLOCK_FN
 
 #if AMPKIT_X86_DISPATCH
-// fp16 <-> fp32 through F16C: c10::Half's portable conversion does not vectorise. The hardware
-// conversion rounds to nearest even, as c10::Half's does, so results are identical.
+// fp16 <-> fp32 through F16C and bf16 <-> fp32 through AVX2 integer ops (cpu/vector_isa.h).
+// fp16 NaNs keep their payload here, as in torch's own unscale; the baseline code writes
+// c10::Half's sign | 0x7E00. Every other value is identical on both.
 // The end of an AVX2 block: fold the vector lanes, then the scalar tail [i, end).
 template <typename T>
 AMPKIT_X86_V3 inline bool finish_block_avx2(T* data, int64_t i, int64_t end, float factor, bool write, bool norm,
@@ -173,14 +147,14 @@ AMPKIT_X86_V3 bool block_f16_f16c(void* raw, int64_t begin, int64_t end, float f
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
     __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + i));
-    const __m256 values = _mm256_cvtph_ps(halves);
+    const __m256 values = x86::widen_f16(halves);
     non_finite = _mm256_add_ps(non_finite, _mm256_sub_ps(values, values));
     if (write) {
-      halves = _mm256_cvtps_ph(_mm256_mul_ps(values, factors), _MM_FROUND_TO_NEAREST_INT);
+      halves = x86::narrow_f16(_mm256_mul_ps(values, factors));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(data + i), halves);
     }
     if (norm) {
-      const __m256 unscaled = write ? _mm256_cvtph_ps(halves) : values;
+      const __m256 unscaled = write ? x86::widen_f16(halves) : values;
       const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(unscaled));
       const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(unscaled, 1));
       squares_low = _mm256_fmadd_pd(low, low, squares_low);
@@ -190,34 +164,23 @@ AMPKIT_X86_V3 bool block_f16_f16c(void* raw, int64_t begin, int64_t end, float f
   return finish_block_avx2(data, i, end, factor, write, norm, non_finite, squares_low, squares_high, sum_of_squares);
 }
 
-// bf16 <-> fp32 with AVX2 integer ops: widening is a 16-bit shift; narrowing rounds to nearest
-// even and maps NaN to 0x7FC0, exactly as c10::BFloat16's conversion does.
 AMPKIT_X86_V3 bool block_bf16_avx2(void* raw, int64_t begin, int64_t end, float factor,
                                                           bool write, bool norm, double& sum_of_squares) {
   c10::BFloat16* data = static_cast<c10::BFloat16*>(raw);
   const __m256 factors = _mm256_set1_ps(factor);
-  const __m256i one = _mm256_set1_epi32(1);
-  const __m256i rounding_base = _mm256_set1_epi32(0x7FFF);
-  const __m256i quiet_nan = _mm256_set1_epi32(0x7FC0);
   __m256 non_finite = _mm256_setzero_ps();
   __m256d squares_low = _mm256_setzero_pd();
   __m256d squares_high = _mm256_setzero_pd();
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
     __m128i narrow = _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + i));
-    const __m256 values = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(narrow), 16));
+    const __m256 values = x86::widen_bf16(narrow);
     non_finite = _mm256_add_ps(non_finite, _mm256_sub_ps(values, values));
     __m256 unscaled = values;
     if (write) {
-      const __m256 product = _mm256_mul_ps(values, factors);
-      const __m256i bits = _mm256_castps_si256(product);
-      const __m256i bias = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 16), one), rounding_base);
-      __m256i high_halves = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
-      const __m256 is_nan = _mm256_cmp_ps(product, product, _CMP_UNORD_Q);
-      high_halves = _mm256_blendv_epi8(high_halves, quiet_nan, _mm256_castps_si256(is_nan));
-      narrow = _mm_packus_epi32(_mm256_castsi256_si128(high_halves), _mm256_extracti128_si256(high_halves, 1));
+      narrow = x86::narrow_bf16(_mm256_mul_ps(values, factors));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(data + i), narrow);
-      unscaled = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(narrow), 16));
+      unscaled = x86::widen_bf16(narrow);
     }
     if (norm) {
       const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(unscaled));
