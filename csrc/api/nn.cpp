@@ -50,4 +50,31 @@ at::Tensor FusedLinearImpl::forward(const at::Tensor& input) {
                               options.activation());
 }
 
+FusedMLPImpl::FusedMLPImpl(const FusedMLPOptions& options_) : options(options_) { reset(); }
+
+void FusedMLPImpl::reset() {
+  TORCH_CHECK_VALUE(options.in_features() >= 0 && options.hidden_features() >= 0 && options.out_features() >= 0,
+                    "ampkit::nn::FusedMLP: in_features, hidden_features and out_features must be >= 0, got ",
+                    options.in_features(), ", ", options.hidden_features(), " and ", options.out_features());
+  fc1 = register_module(
+      "fc1", torch::nn::Linear(torch::nn::LinearOptions(options.in_features(), options.hidden_features())
+                                   .bias(options.bias())));
+  fc2 = register_module(
+      "fc2", torch::nn::Linear(torch::nn::LinearOptions(options.hidden_features(), options.out_features())
+                                   .bias(options.bias())));
+}
+
+void FusedMLPImpl::pretty_print(std::ostream& stream) const {
+  stream << "ampkit::nn::FusedMLP(in_features=" << options.in_features()
+         << ", hidden_features=" << options.hidden_features() << ", out_features=" << options.out_features()
+         << ", bias=" << std::boolalpha << options.bias() << ")";
+}
+
+at::Tensor FusedMLPImpl::forward(const at::Tensor& input) {
+  auto optional = [](const at::Tensor& bias) {
+    return bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt;
+  };
+  return ampkit::fused_mlp(input, fc1->weight, optional(fc1->bias), fc2->weight, optional(fc2->bias));
+}
+
 }  // namespace ampkit::nn

@@ -204,3 +204,53 @@ TEST_CASE("ampkit::nn::FusedLinear loads a torch::nn::Linear's parameters and tr
   CHECK(throws_with([] { ampkit::nn::FusedLinear(ampkit::nn::FusedLinearOptions(3, 2).activation("tanh")); },
                     "activation must be one of 'none', 'relu', 'gelu'"));
 }
+
+TEST_CASE("ampkit::nn::FusedMLP matches Linear -> GELU(tanh) -> Linear, with Linear's parameter names",
+          "[fused_linear][nn]") {
+  for (const auto& device : devices_under_test()) {
+    torch::manual_seed(3);
+    ampkit::nn::FusedMLP mlp(ampkit::nn::FusedMLPOptions(12, 20, 5));
+    torch::nn::Sequential reference(torch::nn::Linear(12, 20),
+                                    torch::nn::GELU(torch::nn::GELUOptions().approximate("tanh")),
+                                    torch::nn::Linear(20, 5));
+    std::vector<std::string> names;
+    for (const auto& item : mlp->named_parameters()) names.push_back(item.key());
+    REQUIRE(names == std::vector<std::string>{"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"});
+    {
+      // The reference takes the MLP's parameters ("0.weight" <- "fc1.weight", "2.weight" <- "fc2.weight").
+      torch::NoGradGuard no_grad;
+      auto ours = mlp->named_parameters();
+      auto theirs = reference->named_parameters();
+      for (const std::string suffix : {"weight", "bias"}) {
+        theirs["0." + suffix].copy_(ours["fc1." + suffix]);
+        theirs["2." + suffix].copy_(ours["fc2." + suffix]);
+      }
+    }
+    mlp->to(device);
+    reference->to(device);
+    auto x = torch::randn({3, 4, 12}, torch::device(device));
+    auto out = mlp(x);
+    auto expected = reference->forward(x);
+    REQUIRE(out.sizes() == torch::IntArrayRef({3, 4, 5}));
+    // fp32 throughout; sums of <= 20 products in another order: a few ulps of the magnitudes.
+    CHECK(torch::allclose(out, expected, /*rtol=*/1e-5, /*atol=*/1e-6));
+    out.sum().backward();
+    expected.sum().backward();
+    auto ours = mlp->named_parameters();
+    auto theirs = reference->named_parameters();
+    for (const std::string suffix : {"weight", "bias"}) {
+      CHECK(torch::allclose(ours["fc1." + suffix].grad(), theirs["0." + suffix].grad(), 1e-5, 1e-6));
+      CHECK(torch::allclose(ours["fc2." + suffix].grad(), theirs["2." + suffix].grad(), 1e-5, 1e-6));
+    }
+
+    ampkit::nn::FusedMLP no_bias(ampkit::nn::FusedMLPOptions(4, 8, 2).bias(false));
+    REQUIRE(!no_bias->fc1->bias.defined());
+    no_bias->to(device);
+    REQUIRE(no_bias(torch::ones({2, 4}, torch::device(device))).sizes() == torch::IntArrayRef({2, 2}));
+    std::ostringstream printed;
+    printed << *no_bias;
+    REQUIRE(printed.str().find("hidden_features=8") != std::string::npos);
+  }
+  CHECK(throws_with([] { ampkit::nn::FusedMLP(ampkit::nn::FusedMLPOptions(3, -1, 2)); },
+                    "in_features, hidden_features and out_features must be >= 0, got 3, -1 and 2"));
+}
