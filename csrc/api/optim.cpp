@@ -202,6 +202,20 @@ void MasterWeightOptimizer::set_grad_scaling(const at::Tensor& grad_scale, const
 
 void MasterWeightOptimizer::set_clip_coef(const at::Tensor& clip_coef) { clip_coef_ = clip_coef; }
 
+void MasterWeightOptimizer::set_lr_tensor(size_t group_index, const at::Tensor& lr) {
+  TORCH_CHECK_INDEX(group_index < param_groups_.size(), "ampkit::optim::", name(), "::set_lr_tensor: group_index ",
+                    group_index, " is out of range: the optimizer has ", param_groups_.size(), " param groups");
+  if (lr.defined()) {
+    TORCH_CHECK_VALUE(lr.numel() == 1, "ampkit::optim::", name(),
+                      "::set_lr_tensor: lr must be a one-element float32 tensor, got ", lr.numel(), " elements");
+    TORCH_CHECK_TYPE(lr.scalar_type() == at::kFloat, "ampkit::optim::", name(),
+                     "::set_lr_tensor: lr must be a one-element float32 tensor, got dtype ",
+                     c10::toString(lr.scalar_type()));
+  }
+  if (lr_tensors_.size() < param_groups_.size()) lr_tensors_.resize(param_groups_.size());
+  lr_tensors_[group_index] = lr;
+}
+
 std::vector<at::Tensor> MasterWeightOptimizer::master_params() {
   std::vector<at::Tensor> result;
   for (auto& group : param_groups_) {
@@ -255,7 +269,8 @@ torch::Tensor MasterWeightOptimizer::step(LossClosure closure) {
         return value.to(options, /*non_blocking=*/true).reshape({1});
       };
       Scalars scalars;
-      scalars.lr = at::full({1}, group.options().get_lr(), options);
+      const bool lr_on_device = g < lr_tensors_.size() && lr_tensors_[g].defined();
+      scalars.lr = lr_on_device ? device_scalar(lr_tensors_[g], 0.0) : at::full({1}, group.options().get_lr(), options);
       // As torch.amp.GradScaler.unscale_: the reciprocal in double, then float32, on the device.
       scalars.inv_scale = grad_scale.defined()
                               ? grad_scale.to(bucket.params[0].device(), at::kDouble).reciprocal().to(at::kFloat).reshape({1})

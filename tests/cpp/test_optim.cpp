@@ -5,6 +5,7 @@
 // formula or step count would be off by orders of magnitude more.
 #include "test_helpers.h"
 
+#include <cmath>
 #include <sstream>
 
 #include "ampkit/ampkit.h"
@@ -259,4 +260,41 @@ TEST_CASE("ampkit::optim rejects bad options, params and archives with clear err
   fp32.mutable_grad() = torch::ones({4}, torch::kDouble);
   CHECK(throws_with([&] { plain.step(); }, "params[0] of group 0 has a Double gradient; supported: float32, float16, "
                                            "bfloat16"));
+}
+
+TEST_CASE("a device lr tensor changed in place steps exactly as options().lr() set from the host", "[optim]") {
+  for (const auto& device : devices_under_test()) {
+    for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      auto host_params = make_params(dtype, device), device_params = make_params(dtype, device);
+      ampkit::optim::AdamW host_lr(host_params, ampkit::optim::AdamWOptions(1e-2));
+      ampkit::optim::AdamW device_lr(device_params, ampkit::optim::AdamWOptions(123.0));  // overridden below
+      auto lr = torch::full({1}, 1e-2, torch::dtype(torch::kFloat).device(device));
+      device_lr.set_lr_tensor(0, lr);
+      for (int step = 0; step < 12; ++step) {
+        const double value = 1e-2 * std::pow(0.8, step);  // a schedule: host options vs in-place fill
+        host_lr.param_groups()[0].options().set_lr(value);
+        lr.fill_(value);
+        set_grads(host_params, step);
+        set_grads(device_params, step);
+        host_lr.step();
+        device_lr.step();
+      }
+      CHECK(all_equal(snapshot(host_lr, host_params), snapshot(device_lr, device_params)));
+      // Undefined: back to the group's options().lr() (123: the weights blow up, so they differ).
+      device_lr.set_lr_tensor(0, torch::Tensor());
+      set_grads(host_params, 12);
+      set_grads(device_params, 12);
+      host_lr.step();
+      device_lr.step();
+      CHECK_FALSE(all_equal(snapshot(host_lr, host_params), snapshot(device_lr, device_params)));
+    }
+  }
+  auto params = make_params(torch::kFloat, torch::kCPU);
+  ampkit::optim::SGD sgd(params, ampkit::optim::SGDOptions(0.1));
+  CHECK(throws_with([&] { sgd.set_lr_tensor(1, torch::ones({1})); },
+                    "set_lr_tensor: group_index 1 is out of range: the optimizer has 1 param groups"));
+  CHECK(throws_with([&] { sgd.set_lr_tensor(0, torch::ones({2})); },
+                    "lr must be a one-element float32 tensor, got 2 elements"));
+  CHECK(throws_with([&] { sgd.set_lr_tensor(0, torch::ones({1}, torch::kDouble)); },
+                    "lr must be a one-element float32 tensor, got dtype Double"));
 }

@@ -99,6 +99,12 @@ class MasterWeightOptimizer : public torch::optim::Optimizer {
   // tensor, e.g. a gradient-norm clip factor computed on the device).
   void set_clip_coef(const at::Tensor& clip_coef);
 
+  // The learning rate of param group `group_index` as a tensor (one-element float32) read on the
+  // device at every step, instead of the group's options().lr(): a schedule can then change it in
+  // place (lr.fill_(value)) without a host value in the step, and a captured CUDA graph replays
+  // with the new value. An undefined tensor returns the group to options().lr().
+  void set_lr_tensor(size_t group_index, const at::Tensor& lr);
+
   // Steps once; see the class comment. Returns the closure's loss, if any.
   torch::Tensor step(LossClosure closure = nullptr) override;
 
@@ -139,6 +145,7 @@ class MasterWeightOptimizer : public torch::optim::Optimizer {
 
  private:
   at::Tensor grad_scale_, found_inf_, clip_coef_;
+  std::vector<at::Tensor> lr_tensors_;  // per param group; undefined: the group's options().lr()
 };
 
 class SGD : public MasterWeightOptimizer {
