@@ -32,15 +32,20 @@ using ampkit_kernels::GemmArgs;
 using ampkit_kernels::GemmEpilogue;
 
 // GELU, tanh approximation (the form cuBLASLt's GELU epilogues and torch's gelu(approximate="tanh")
-// use): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), and its derivative.
-inline float gelu_tanh(float x) {
-  const float c = 0.7978845608028654f;  // sqrt(2 / pi)
-  return 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x)));
+// use): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), and its derivative. The model runs them in
+// float; the plan tests' reference runs them in double.
+template <typename Real>
+Real gelu_tanh(Real x) {
+  const Real c = static_cast<Real>(0.7978845608028654);  // sqrt(2 / pi)
+  const Real k = static_cast<Real>(0.044715);
+  return Real(0.5) * x * (Real(1) + std::tanh(c * (x + k * x * x * x)));
 }
-inline float gelu_tanh_grad(float x) {
-  const float c = 0.7978845608028654f;
-  const float t = std::tanh(c * (x + 0.044715f * x * x * x));
-  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * x * x);
+template <typename Real>
+Real gelu_tanh_grad(Real x) {
+  const Real c = static_cast<Real>(0.7978845608028654);
+  const Real k = static_cast<Real>(0.044715);
+  const Real t = std::tanh(c * (x + k * x * x * x));
+  return Real(0.5) * (Real(1) + t) + Real(0.5) * x * (Real(1) - t * t) * c * (Real(1) + Real(3) * k * x * x);
 }
 
 // The model's "device memory": named host buffers of floats, each element with a written flag.

@@ -52,15 +52,10 @@ Matrix random_matrix(int64_t rows, int64_t cols, std::mt19937& rng) {
   return m;
 }
 
-// A[r, c] B[c2, c]^T (a linear layer's product).
-Matrix times_transposed(const Matrix& a, const Matrix& b) {
-  Matrix out(a.rows, b.rows);
+Matrix transposed(const Matrix& a) {
+  Matrix out(a.cols, a.rows);
   for (int64_t i = 0; i < a.rows; ++i)
-    for (int64_t j = 0; j < b.rows; ++j) {
-      double s = 0;
-      for (int64_t l = 0; l < a.cols; ++l) s += a(i, l) * b(j, l);
-      out(i, j) = s;
-    }
+    for (int64_t j = 0; j < a.cols; ++j) out(j, i) = a(i, j);
   return out;
 }
 // A[r, c] B[c, c2].
@@ -74,17 +69,6 @@ Matrix times(const Matrix& a, const Matrix& b) {
     }
   return out;
 }
-// A[r, c]^T B[r, c2].
-Matrix transposed_times(const Matrix& a, const Matrix& b) {
-  Matrix out(a.cols, b.cols);
-  for (int64_t i = 0; i < a.cols; ++i)
-    for (int64_t j = 0; j < b.cols; ++j) {
-      double s = 0;
-      for (int64_t l = 0; l < a.rows; ++l) s += a(l, i) * b(l, j);
-      out(i, j) = s;
-    }
-  return out;
-}
 std::vector<double> column_sums(const Matrix& a) {
   std::vector<double> s(static_cast<size_t>(a.cols), 0.0);
   for (int64_t i = 0; i < a.rows; ++i)
@@ -92,19 +76,10 @@ std::vector<double> column_sums(const Matrix& a) {
   return s;
 }
 
-double gelu(double x) {
-  const double c = 0.79788456080286536;  // sqrt(2 / pi)
-  return 0.5 * x * (1.0 + std::tanh(c * (x + 0.044715 * x * x * x)));
-}
-double gelu_grad(double x) {
-  const double c = 0.79788456080286536;  // sqrt(2 / pi)
-  const double t = std::tanh(c * (x + 0.044715 * x * x * x));
-  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x);
-}
 double activate(double x, LinearActivation act) {
   switch (act) {
     case LinearActivation::Relu: return x > 0 ? x : 0.0;
-    case LinearActivation::Gelu: return gelu(x);
+    case LinearActivation::Gelu: return lt_model::gelu_tanh(x);
     case LinearActivation::None: return x;
   }
   return x;
@@ -112,7 +87,7 @@ double activate(double x, LinearActivation act) {
 double activation_grad(double x, LinearActivation act) {
   switch (act) {
     case LinearActivation::Relu: return x > 0 ? 1.0 : 0.0;
-    case LinearActivation::Gelu: return gelu_grad(x);
+    case LinearActivation::Gelu: return lt_model::gelu_tanh_grad(x);
     case LinearActivation::None: return 1.0;
   }
   return 1.0;
@@ -205,7 +180,7 @@ TEST_CASE("linear GEMM plans: forward, dgrad and wgrad(+BGRADB) match a double r
 
           // Reference: pre = x W^T + b, y = act(pre), grad_pre = g * act'(pre), dx = grad_pre W,
           // dW = grad_pre^T x, db = column sums of grad_pre.
-          Matrix pre = times_transposed(x, w);
+          Matrix pre = times(x, transposed(w));
           if (has_bias)
             for (int64_t i = 0; i < s.M; ++i)
               for (int64_t o = 0; o < s.N; ++o) pre(i, o) += b(0, o);
@@ -244,7 +219,7 @@ TEST_CASE("linear GEMM plans: forward, dgrad and wgrad(+BGRADB) match a double r
           run_plan("dgrad", ampkit_kernels::linear_dgrad_gemm(dims, kDtype, g_h, w_h, dx_h), memory);
           check_tensor(memory, "grad_input", dx_h, times(grad_pre, w), s.K, s.N);
           run_plan("wgrad", ampkit_kernels::linear_wgrad_gemm(dims, kDtype, has_bias, g_h, x_h, dw_h, db_h), memory);
-          check_tensor(memory, "grad_weight", dw_h, transposed_times(grad_pre, x), s.K, s.M);
+          check_tensor(memory, "grad_weight", dw_h, times(transposed(grad_pre), x), s.K, s.M);
           if (has_bias) {
             check_vector(memory, "grad_bias (BGRADB)", db_h, column_sums(grad_pre), s.M);
           } else {
@@ -277,24 +252,24 @@ TEST_CASE("linear GEMM plans: the fused_mlp chain (GELU_AUX forward, BGRADB, DGE
         const Matrix b2 = random_matrix(1, s.N, rng), grad = random_matrix(s.M, s.N, rng);
 
         // Reference chain in double.
-        Matrix pre = times_transposed(x, w1);
+        Matrix pre = times(x, transposed(w1));
         Matrix hidden(s.M, s.H);
         for (int64_t i = 0; i < s.M; ++i)
           for (int64_t h = 0; h < s.H; ++h) {
             if (has_bias1) pre(i, h) += b1(0, h);
-            hidden(i, h) = gelu(pre(i, h));
+            hidden(i, h) = lt_model::gelu_tanh(pre(i, h));
           }
-        Matrix out = times_transposed(hidden, w2);
+        Matrix out = times(hidden, transposed(w2));
         if (has_bias2)
           for (int64_t i = 0; i < s.M; ++i)
             for (int64_t o = 0; o < s.N; ++o) out(i, o) += b2(0, o);
-        const Matrix grad_w2 = transposed_times(grad, hidden);
+        const Matrix grad_w2 = times(transposed(grad), hidden);
         const std::vector<double> grad_b2 = column_sums(grad);
         Matrix grad_pre = times(grad, w2);
         for (int64_t i = 0; i < s.M; ++i)
-          for (int64_t h = 0; h < s.H; ++h) grad_pre(i, h) *= gelu_grad(pre(i, h));
+          for (int64_t h = 0; h < s.H; ++h) grad_pre(i, h) *= lt_model::gelu_tanh_grad(pre(i, h));
         const std::vector<double> grad_b1 = column_sums(grad_pre);
-        const Matrix grad_x = times(grad_pre, w1), grad_w1 = transposed_times(grad_pre, x);
+        const Matrix grad_x = times(grad_pre, w1), grad_w1 = times(transposed(grad_pre), x);
 
         Memory memory;
         float* x_h = upload(memory, "x", x, s.K);
