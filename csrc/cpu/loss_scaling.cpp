@@ -137,36 +137,20 @@ AMPKIT_X86_V3 inline bool finish_block_avx2(T* data, int64_t i, int64_t end, flo
   return found;
 }
 
-AMPKIT_X86_V3 bool block_f16_f16c(void* raw, int64_t begin, int64_t end, float factor,
-                                                                bool write, bool norm, double& sum_of_squares) {
-  c10::Half* data = static_cast<c10::Half*>(raw);
-  const __m256 factors = _mm256_set1_ps(factor);
-  __m256 non_finite = _mm256_setzero_ps();
-  __m256d squares_low = _mm256_setzero_pd();
-  __m256d squares_high = _mm256_setzero_pd();
-  int64_t i = begin;
-  for (; i + 8 <= end; i += 8) {
-    __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + i));
-    const __m256 values = x86::widen_f16(halves);
-    non_finite = _mm256_add_ps(non_finite, _mm256_sub_ps(values, values));
-    if (write) {
-      halves = x86::narrow_f16(_mm256_mul_ps(values, factors));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(data + i), halves);
-    }
-    if (norm) {
-      const __m256 unscaled = write ? x86::widen_f16(halves) : values;
-      const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(unscaled));
-      const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(unscaled, 1));
-      squares_low = _mm256_fmadd_pd(low, low, squares_low);
-      squares_high = _mm256_fmadd_pd(high, high, squares_high);
-    }
-  }
-  return finish_block_avx2(data, i, end, factor, write, norm, non_finite, squares_low, squares_high, sum_of_squares);
-}
+// How the 16-bit block below widens and narrows: the one difference between fp16 and bf16.
+struct F16cConversion {
+  AMPKIT_X86_V3 static __m256 widen(__m128i narrow) { return x86::widen_f16(narrow); }
+  AMPKIT_X86_V3 static __m128i narrow(__m256 values) { return x86::narrow_f16(values); }
+};
+struct Bf16Avx2Conversion {
+  AMPKIT_X86_V3 static __m256 widen(__m128i narrow) { return x86::widen_bf16(narrow); }
+  AMPKIT_X86_V3 static __m128i narrow(__m256 values) { return x86::narrow_bf16(values); }
+};
 
-AMPKIT_X86_V3 bool block_bf16_avx2(void* raw, int64_t begin, int64_t end, float factor,
-                                                          bool write, bool norm, double& sum_of_squares) {
-  c10::BFloat16* data = static_cast<c10::BFloat16*>(raw);
+template <typename T, typename Conversion>
+AMPKIT_X86_V3 bool block_16bit_avx2(void* raw, int64_t begin, int64_t end, float factor, bool write, bool norm,
+                                    double& sum_of_squares) {
+  T* data = static_cast<T*>(raw);
   const __m256 factors = _mm256_set1_ps(factor);
   __m256 non_finite = _mm256_setzero_ps();
   __m256d squares_low = _mm256_setzero_pd();
@@ -174,13 +158,13 @@ AMPKIT_X86_V3 bool block_bf16_avx2(void* raw, int64_t begin, int64_t end, float 
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
     __m128i narrow = _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + i));
-    const __m256 values = x86::widen_bf16(narrow);
+    const __m256 values = Conversion::widen(narrow);
     non_finite = _mm256_add_ps(non_finite, _mm256_sub_ps(values, values));
     __m256 unscaled = values;
     if (write) {
-      narrow = x86::narrow_bf16(_mm256_mul_ps(values, factors));
+      narrow = Conversion::narrow(_mm256_mul_ps(values, factors));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(data + i), narrow);
-      unscaled = x86::widen_bf16(narrow);
+      unscaled = Conversion::widen(narrow);
     }
     if (norm) {
       const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(unscaled));
@@ -237,11 +221,13 @@ FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float f
       const int64_t end = std::min(numel, begin + kGrainSize);
 #if AMPKIT_X86_DISPATCH
       if (use_f16c) {
-        non_finite |= block_f16_f16c(data, begin, end, factor, write, norm, partials[block]);
+        non_finite |= block_16bit_avx2<c10::Half, F16cConversion>(data, begin, end, factor, write, norm,
+                                                                   partials[block]);
         continue;
       }
       if (use_bf16_avx2) {
-        non_finite |= block_bf16_avx2(data, begin, end, factor, write, norm, partials[block]);
+        non_finite |= block_16bit_avx2<c10::BFloat16, Bf16Avx2Conversion>(data, begin, end, factor, write, norm,
+                                                                           partials[block]);
         continue;
       }
 #endif
