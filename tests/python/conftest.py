@@ -6,6 +6,8 @@ them, tests marked `cuda` are skipped with the reason.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -34,6 +36,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def run_with_baseline_cpu_isa(test_file: str, selection: str) -> None:
+    """Reruns the tests of `test_file` matching `selection` (a -k expression) in a subprocess with
+    AMPKIT_CPU_ISA=baseline, which forces the portable loops that CPUs without AVX2/F16C run."""
+    env = dict(os.environ, AMPKIT_CPU_ISA="baseline")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, "-k", selection],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert " passed" in result.stdout
 
 
 def registered_ampkit_ops() -> list[str]:

@@ -1,14 +1,11 @@
 """multi_tensor_scale_ against plain torch, on every device under test."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import ampkit
+from conftest import run_with_baseline_cpu_isa
 
 FLOATS = [torch.float32, torch.float16, torch.bfloat16]
 # Sizes: empty, below one vector pack, odd, several 65536-element chunks.
@@ -311,9 +308,4 @@ def test_cpu_found_inf_in_one_tensor_of_many():
 def test_baseline_cpu_code_in_a_subprocess():
     # The same bitwise and found_inf tests, with AMPKIT_CPU_ISA=baseline forcing the portable loops
     # (what CPUs without AVX2/F16C run).
-    env = dict(os.environ, AMPKIT_CPU_ISA="baseline")
-    selection = "(bitwise or found_inf or non_finite) and not subprocess and not cuda"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
-                            env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert " passed" in result.stdout
+    run_with_baseline_cpu_isa(__file__, "(bitwise or found_inf or non_finite) and not subprocess and not cuda")

@@ -1,14 +1,11 @@
 """unscale_and_check_ against plain-torch references, on every device under test."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import ampkit  # noqa: F401  (registers torch.ops.ampkit.*)
+from conftest import run_with_baseline_cpu_isa
 
 FLOATS = [torch.float32, torch.float16, torch.bfloat16]
 # Sizes: empty, one element, below one 16-byte vector, odd, several 65536-element chunks.
@@ -314,9 +311,4 @@ def test_cuda_scalars_on_the_cpu_are_clear_errors():
 def test_baseline_cpu_code_in_a_subprocess():
     # x86-64 builds choose AVX2/F16C loops at run time; AMPKIT_CPU_ISA=baseline forces the
     # portable ones, which CPUs without AVX2 run. The same bitwise tests must pass there.
-    env = dict(os.environ, AMPKIT_CPU_ISA="baseline")
-    selection = "(bitwise or non_finite or norm or mixed or contiguous) and not subprocess and not cuda"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
-                            env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert " passed" in result.stdout
+    run_with_baseline_cpu_isa(__file__, "(bitwise or non_finite or norm or mixed or contiguous) and not subprocess and not cuda")
