@@ -65,12 +65,15 @@ ampkit_kernels::Result run_gemm(GemmArgs args, const at::Tensor& like) {
   return ampkit_kernels::cublaslt_gemm(args, current_stream());
 }
 
-// A failed GEMM as an error that says which problem cuBLASLt could not run.
-void check_gemm(const char* op, const ampkit_kernels::Result& result, const GemmArgs& args) {
-  TORCH_CHECK(result.ok(), op, ": cuBLASLt ",
-              result.status == ampkit_kernels::Status::NoAlgorithm ? "has no algorithm for" : "failed on",
-              " the GEMM m=", args.m, " n=", args.n, " k=", args.k, " (", ampkit_kernels::dtype_name(args.ab_dtype),
-              ", epilogue ", ampkit_kernels::epilogue_name(args.epilogue), "): ", ampkit_kernels::describe(result));
+// Runs the GEMM; false when cuBLASLt has no algorithm for it (the caller then takes another path),
+// and for any other failure an error that says which problem cuBLASLt could not run.
+bool try_gemm(const char* op, const GemmArgs& args, const at::Tensor& like) {
+  const ampkit_kernels::Result result = run_gemm(args, like);
+  if (result.status == ampkit_kernels::Status::NoAlgorithm) return false;
+  TORCH_CHECK(result.ok(), op, ": cuBLASLt failed on the GEMM m=", args.m, " n=", args.n, " k=", args.k, " (",
+              ampkit_kernels::dtype_name(args.ab_dtype), ", epilogue ", ampkit_kernels::epilogue_name(args.epilogue),
+              "): ", ampkit_kernels::describe(result));
+  return true;
 }
 
 // A plain product (no epilogue) into `out`. When cuBLASLt has no algorithm at all for it (its
@@ -80,10 +83,7 @@ template <typename Fp32Product>
 void run_plain_gemm(const char* op, const GemmArgs& args, const at::Tensor& like, at::Tensor& out,
                     Fp32Product&& fp32_product) {
   TORCH_INTERNAL_ASSERT(args.epilogue == ampkit_kernels::GemmEpilogue::None, op, ": a plain GEMM with an epilogue");
-  const ampkit_kernels::Result result = run_gemm(args, like);
-  if (result.ok()) return;
-  if (result.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, result, args);
-  out.copy_(fp32_product());
+  if (!try_gemm(op, args, like)) out.copy_(fp32_product());
 }
 
 at::Tensor apply_activation(const at::Tensor& pre, Activation activation) {
@@ -108,9 +108,7 @@ void forward_gemm(const char* op, const at::Tensor& x, const at::Tensor& w, cons
   // The plan's aux layout is the saved tensor's (empty_saved: [rows, round_up(out_features, 8)]).
   TORCH_INTERNAL_ASSERT(args.aux == nullptr || (saved->is_contiguous() && saved->size(1) == args.ld_aux), op,
                         ": saved GELU input of width ", saved->size(1), ", the GEMM plan expects ", args.ld_aux);
-  const ampkit_kernels::Result fused = run_gemm(args, x);
-  if (fused.ok()) return;
-  if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, args);
+  if (try_gemm(op, args, x)) return;
   // cuBLASLt could not fuse this epilogue at these sizes/alignments: the plain GEMM, then the
   // bias and activation as separate passes (same result, one extra rounding of the pre-activation).
   const GemmArgs plain = ampkit_kernels::linear_forward_gemm(dims, dtype, ampkit_kernels::LinearActivation::None,
@@ -176,9 +174,7 @@ void wgrad_with_bias_grad(const char* op, const LinearDims& dims, const at::Tens
   const ampkit_kernels::DType dtype = kernel_dtype(g.scalar_type());
   const GemmArgs args =
       ampkit_kernels::linear_wgrad_gemm(dims, dtype, true, g.data_ptr(), x.data_ptr(), dw.data_ptr(), db.data_ptr());
-  const ampkit_kernels::Result fused = run_gemm(args, x);
-  if (fused.ok()) return;
-  if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, args);
+  if (try_gemm(op, args, x)) return;
   // No algorithm fuses the bias gradient here: plain GEMM plus a column sum (accumulated in fp32).
   const GemmArgs plain =
       ampkit_kernels::linear_wgrad_gemm(dims, dtype, false, g.data_ptr(), x.data_ptr(), dw.data_ptr(), nullptr);
@@ -298,9 +294,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp
                                                                grad_bias1.data_ptr());
   TORCH_INTERNAL_ASSERT(pre_rows.size(1) == dgelu.ld_aux, op, ": pre of width ", pre_rows.size(1),
                         ", the GEMM plan expects ", dgelu.ld_aux);
-  const ampkit_kernels::Result fused = run_gemm(dgelu, x);
-  if (!fused.ok()) {
-    if (fused.status != ampkit_kernels::Status::NoAlgorithm) check_gemm(op, fused, dgelu);
+  if (!try_gemm(op, dgelu, x)) {
     // No algorithm fuses DGELU_BGRAD here: plain GEMM, then the GELU backward and a column sum.
     const GemmArgs plain =
         ampkit_kernels::linear_dgrad_gemm(second, dtype, grad.data_ptr(), w2.data_ptr(), grad_pre.data_ptr());
