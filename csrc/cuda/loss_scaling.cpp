@@ -46,20 +46,21 @@ void unscale_and_check_cuda(at::TensorList grads, const at::Tensor& found_inf, c
       for (const auto& tensor : group) numels.push_back(tensor.numel());
       count += ampkit_kernels::unscale_norm_partial_count(numels);
     }
-    partials = at::empty({std::max<int64_t>(count, 1)}, found_inf.options());
+    // Double partials: the kernel sums squares in double (kernels/src/loss_scaling.cu says why).
+    partials = at::empty({std::max<int64_t>(count, 1)}, found_inf.options().dtype(at::kDouble));
   }
   int64_t partial_offset = 0;
   for (size_t d = 0; d < dtypes.size(); ++d) {
     if (groups[d].empty()) continue;
     const ampkit_kernels::TensorLists lists = make_tensor_lists({groups[d]});
-    float* group_partials = partials.defined() ? partials.data_ptr<float>() + partial_offset : nullptr;
+    double* group_partials = partials.defined() ? partials.data_ptr<double>() + partial_offset : nullptr;
     check_result(op, ampkit_kernels::unscale_and_check(lists, kernel_dtype(dtypes[d]), inv_scale.const_data_ptr<float>(),
                                                        found_inf.mutable_data_ptr<float>(), group_partials,
                                                        current_stream()));
     partial_offset += ampkit_kernels::unscale_norm_partial_count(lists.numels);
   }
   if (norm_out.has_value()) {
-    check_result(op, ampkit_kernels::finish_norm(partials.const_data_ptr<float>(), partial_offset,
+    check_result(op, ampkit_kernels::finish_norm(partials.const_data_ptr<double>(), partial_offset,
                                                  norm_out->mutable_data_ptr<float>(), current_stream()));
   }
   for (auto& [grad, work] : staged) grad.copy_(work);

@@ -21,24 +21,31 @@ struct alignas(16) Vec16 {
   T values[kSize];
 };
 
-__device__ __forceinline__ float block_sum(float value) {
-  __shared__ float warp_sums[detail::kThreadsPerBlock / kWarpSize];
+// Sum of `value` over the block, valid in thread 0. Every thread of the block must call it.
+__device__ __forceinline__ double block_sum(double value) {
+  AMPKIT_SHARED_ARRAY(double, warp_sums, detail::kThreadsPerBlock / kWarpSize);
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   if (lane == 0) warp_sums[warp] = value;
   __syncthreads();
-  value = 0.0f;
+  value = 0.0;
   if (warp == 0) {
     const int num_warps = blockDim.x / kWarpSize;
-    value = lane < num_warps ? warp_sums[lane] : 0.0f;
+    value = lane < num_warps ? static_cast<double>(warp_sums[lane]) : 0.0;
     for (int offset = kWarpSize / 2; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
   }
-  return value;  // valid in thread 0
+  return value;
 }
 
 // Lists: {grads} or, with the norm, {grads, partials}, where partials[t] points at tensor t's
-// first chunk partial (a real float array of num_chunks(t) elements).
+// first chunk partial (a real double array of num_chunks(t) elements).
+//
+// The squares are summed in double: the square of any float, subnormals included, is exact in
+// double and far from its range limits, so the norm is finite whenever the true norm is below
+// FLT_MAX and tiny gradients keep their bits (an fp32 sum overflows at 65,536 values of 1e17 and
+// loses precision to subnormal squares below 1e-19). The pass is memory-bound; the double adds
+// cost no time on a GPU that streams the gradients.
 template <typename T, bool Norm>
 struct UnscaleOp {
   static constexpr int kDepth = Norm ? 2 : 1;
@@ -46,12 +53,12 @@ struct UnscaleOp {
   float* found_inf;
 
   __device__ __forceinline__ void visit(T& element, float factor, bool write, bool& non_finite,
-                                        float& sum_of_squares) const {
+                                        double& sum_of_squares) const {
     const float value = detail::to_float(element);
     non_finite |= !isfinite(value);
     if (write) element = detail::from_float<T>(value * factor);
     if (Norm) {
-      const float unscaled = detail::to_float(element);
+      const double unscaled = detail::to_float(element);
       sum_of_squares += unscaled * unscaled;
     }
   }
@@ -64,7 +71,7 @@ struct UnscaleOp {
     // Multiplying by exactly 1 changes nothing: a check-only pass reads and never writes.
     const bool write = factor != 1.0f;
     bool non_finite = false;
-    float sum_of_squares = 0.0f;
+    double sum_of_squares = 0.0;
 
     constexpr int kVec = Vec16<T>::kSize;
     int64_t scalar_begin = 0;
@@ -105,14 +112,14 @@ struct UnscaleOp {
     // Every writer stores the same value, so the race between writers is benign.
     if (non_finite) *found_inf = 1.0f;
     if constexpr (Norm) {
-      const float total = block_sum(sum_of_squares);
-      if (threadIdx.x == 0) static_cast<float*>(table.addresses[1][slot])[chunk] = total;
+      const double total = block_sum(sum_of_squares);
+      if (threadIdx.x == 0) static_cast<double*>(table.addresses[1][slot])[chunk] = total;
     }
   }
 };
 
-__global__ void finish_norm_kernel(const float* partials, int64_t count, float* norm_out) {
-  __shared__ double sums[detail::kThreadsPerBlock];
+__global__ void finish_norm_kernel(const double* partials, int64_t count, float* norm_out) {
+  AMPKIT_SHARED_ARRAY(double, sums, detail::kThreadsPerBlock);
   double sum = 0.0;
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) sum += partials[i];
   sums[threadIdx.x] = sum;
@@ -180,7 +187,7 @@ int64_t unscale_norm_partial_count(const std::vector<int64_t>& numels) {
 }
 
 Result unscale_and_check(const TensorLists& tensors, DType dtype, const float* inv_scale, float* found_inf,
-                         float* norm_partials, cudaStream_t stream) {
+                         double* norm_partials, cudaStream_t stream) {
   if (inv_scale == nullptr || found_inf == nullptr || tensors.lists.size() != 1) return invalid_argument();
   return detail::dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -201,9 +208,9 @@ Result unscale_and_check(const TensorLists& tensors, DType dtype, const float* i
   });
 }
 
-Result finish_norm(const float* partials, int64_t count, float* norm_out, cudaStream_t stream) {
+Result finish_norm(const double* partials, int64_t count, float* norm_out, cudaStream_t stream) {
   if (norm_out == nullptr || count < 0 || (count > 0 && partials == nullptr)) return invalid_argument();
-  finish_norm_kernel<<<1, detail::kThreadsPerBlock, 0, stream>>>(partials, count, norm_out);
+  AMPKIT_LAUNCH(1, detail::kThreadsPerBlock, 0, stream, finish_norm_kernel)(partials, count, norm_out);
   return launch_status();
 }
 
@@ -213,7 +220,7 @@ Result update_scale(float* scale, int* growth_tracker, int* hysteresis_tracker, 
       config.growth_interval <= 0 || config.hysteresis <= 0) {
     return invalid_argument();
   }
-  update_scale_kernel<<<1, 1, 0, stream>>>(scale, growth_tracker, hysteresis_tracker, found_inf, config);
+  AMPKIT_LAUNCH(1, 1, 0, stream, update_scale_kernel)(scale, growth_tracker, hysteresis_tracker, found_inf, config);
   return launch_status();
 }
 

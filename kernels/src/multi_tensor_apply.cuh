@@ -18,6 +18,7 @@
 
 #include "ampkit_kernels/common.h"
 #include "ampkit_kernels/multi_tensor_plan.h"
+#include "device_syntax.cuh"
 
 namespace ampkit_kernels {
 namespace detail {
@@ -46,7 +47,7 @@ Result multi_tensor_apply(const TensorLists& tensors, Op op, cudaStream_t stream
   LaunchTable<Depth> table;
   const PlanStatus planned = plan_multi_tensor_launches<Depth>(
       tensors.lists, tensors.numels, chunk_size, table, [&](const LaunchTable<Depth>& full, int num_blocks) {
-        multi_tensor_kernel<Depth, Op><<<num_blocks, kThreadsPerBlock, 0, stream>>>(full, chunk_size, op);
+        AMPKIT_LAUNCH(num_blocks, kThreadsPerBlock, 0, stream, multi_tensor_kernel<Depth, Op>)(full, chunk_size, op);
         const cudaError_t error = cudaGetLastError();
         if (error == cudaSuccess) return true;
         result.status = Status::CudaError;

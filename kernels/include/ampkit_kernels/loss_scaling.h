@@ -10,18 +10,19 @@
 
 namespace ampkit_kernels {
 
-// How many float partials unscale_and_check needs for tensors of these sizes (one per chunk).
+// How many double partials unscale_and_check needs for tensors of these sizes (one per chunk).
 int64_t unscale_norm_partial_count(const std::vector<int64_t>& numels);
 
 // tensors.lists = {grads} (one dtype, flat runs of numels[t] elements). grads[t][i] *= *inv_scale
 // (fp32 math, one rounding; no store at all when *inv_scale == 1). *found_inf = 1.0f if any
 // element is inf/NaN (never cleared). When norm_partials is not null it receives, for each chunk,
-// the sum of squares of the unscaled values: unscale_norm_partial_count(numels) floats.
+// the sum of squares of the unscaled values, accumulated in double (exact squares: no overflow or
+// underflow for any float): unscale_norm_partial_count(numels) doubles.
 Result unscale_and_check(const TensorLists& tensors, DType dtype, const float* inv_scale, float* found_inf,
-                         float* norm_partials, cudaStream_t stream);
+                         double* norm_partials, cudaStream_t stream);
 
 // *norm_out = sqrt(sum of partials[0..count)), summed in double in a fixed order (deterministic).
-Result finish_norm(const float* partials, int64_t count, float* norm_out, cudaStream_t stream);
+Result finish_norm(const double* partials, int64_t count, float* norm_out, cudaStream_t stream);
 
 struct ScaleUpdateConfig {
   double growth_factor;
