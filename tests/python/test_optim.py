@@ -376,7 +376,7 @@ def test_to_low_precision_keeps_norm_layers_fp32_and_masters_exact():
     (lambda p: aoptim.SGD(p, weight_decay=-1.0), ValueError, "weight_decay must be >= 0.0, got -1.0"),
     (lambda p: aoptim.SGD(p, momentum=-0.5), ValueError, "momentum must be >= 0.0, got -0.5"),
     (lambda p: aoptim.SGD(p, nesterov=True), ValueError, "nesterov momentum needs momentum > 0"),
-    (lambda p: aoptim.SGD([{"params": p, "lr": -1.0}]), ValueError, "lr must be >= 0.0, got -1.0"),
+    (lambda p: aoptim.SGD([{"params": p, "lr": -1.0}]), ValueError, "lr of group 0 must be >= 0.0, got -1.0"),
     (lambda p: aoptim.Adam(p, master_weights=1), TypeError, "master_weights must be a bool"),
 ])
 def test_bad_hyper_parameters_raise(make, error, message):
