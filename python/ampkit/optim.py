@@ -75,23 +75,45 @@ def to_low_precision(
     return model
 
 
+def _describe_tensor(value: torch.Tensor) -> str:
+    """How an error message shows a tensor without reading a device value back to the host:
+    a plain CPU tensor by its value, any other (a CUDA tensor, a fake one) by its metadata."""
+    if type(value) in (torch.Tensor, nn.Parameter) and value.device.type == "cpu":
+        return repr(value)
+    return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
+
+
 def _check_hyper(name: str, value: Any, *, low: float = 0.0, low_inclusive: bool = True,
-                 high: float | None = None, optimizer: str) -> None:
+                 high: float | None = None, optimizer: str, where: str = "", tensor_ok: bool = False) -> None:
+    """Checks one numeric hyper-parameter. Only `lr` may be a tensor (`tensor_ok`): the ops take
+    it as a device tensor. The others are doubles in the op schemas, so a tensor there would be
+    read back to the host on every step (a device sync, and an error under CUDA graph capture)."""
+    label = f"ampkit.optim.{optimizer}: {name}{where}"
     if isinstance(value, torch.Tensor):
+        if not tensor_ok:
+            raise TypeError(f"{label} must be a Python float (a tensor would be read on the host every step); "
+                            f"got {_describe_tensor(value)}")
         if value.numel() != 1 or not value.is_floating_point():
-            raise ValueError(f"ampkit.optim.{optimizer}: {name} must be a float or a one-element float tensor, "
+            raise ValueError(f"{label} must be a float or a one-element float tensor, "
                              f"got a {value.dtype} tensor of shape {tuple(value.shape)}")
         return  # a device tensor's value is not read on the host (that would sync)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"ampkit.optim.{optimizer}: {name} must be a float, got {type(value).__name__}")
+        raise TypeError(f"{label} must be a float, got {type(value).__name__}")
     if not math.isfinite(value):
         # inf or NaN would turn every master weight into inf/NaN on the first step.
-        raise ValueError(f"ampkit.optim.{optimizer}: {name} must be a finite number, got {value}")
+        raise ValueError(f"{label} must be a finite number, got {value}")
     too_low = value < low if low_inclusive else value <= low
     too_high = high is not None and value >= high
     if too_low or too_high or value != value:
         bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"ampkit.optim.{optimizer}: {name} must be {bound}, got {value}")
+        raise ValueError(f"{label} must be {bound}, got {value}")
+
+
+def _check_flag(name: str, value: Any, *, optimizer: str, where: str = "") -> None:
+    """nesterov / maximize pick a code path on the host; a tensor there would be read every step."""
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"ampkit.optim.{optimizer}: {name}{where} must be a Python bool (a tensor would be read "
+                        f"on the host every step); got {_describe_tensor(value)}")
 
 
 class _MasterWeightOptimizer(Optimizer):
@@ -113,7 +135,11 @@ class _MasterWeightOptimizer(Optimizer):
 
     # ---- groups and state ----
 
-    def _check_group(self, group: dict) -> None:
+    def _check_group(self, group: dict, where: str = "", label: str | None = None) -> None:
+        """Checks a group's hyper-parameters (TypeError/ValueError naming the value); `where` says
+        which group (" of group 1"), `label` which entry point (default: the class name). Runs at
+        construction, in add_param_group, in load_state_dict before anything changes, and at every
+        step, so a value set into ``param_groups`` between steps is checked before it is used."""
         raise NotImplementedError
 
     def _state_keys_for(self, group: dict) -> tuple[str, ...]:
@@ -124,7 +150,7 @@ class _MasterWeightOptimizer(Optimizer):
         group = self.param_groups[-1]
         name = type(self).__name__
         try:
-            self._check_group(group)
+            self._check_group(group, where=f" of group {len(self.param_groups) - 1}")
             devices = set()
             seen: set[int] = set()
             for index, param in enumerate(group["params"]):
@@ -212,6 +238,10 @@ class _MasterWeightOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         name = type(self).__name__
+        # Every group first, so a bad value (a tensor momentum set into a group since the last step,
+        # which would be read on the host) raises before any group has been updated.
+        for group_index, group in enumerate(self.param_groups):
+            self._check_group(group, where=f" of group {group_index}")
         for group_index, group in enumerate(self.param_groups):
             buckets: dict[tuple, list[torch.Tensor]] = {}
             for index, param in enumerate(group["params"]):
@@ -229,8 +259,6 @@ class _MasterWeightOptimizer(Optimizer):
                 buckets.setdefault(key, []).append(param)
             if not buckets:
                 continue
-            if not isinstance(group["lr"], torch.Tensor) and group["lr"] < 0:
-                raise ValueError(f"ampkit.optim.{name}: lr of group {group_index} must be >= 0, got {group['lr']}")
             for (device, _, _, has_master), params in buckets.items():
                 lr = self._as_device_scalar(group["lr"], device)
                 clip = self._constant(1.0, device) if clip_coef is None else self._as_device_scalar(clip_coef, device)
@@ -296,10 +324,10 @@ class _MasterWeightOptimizer(Optimizer):
                                      f"{tuple(state[key].shape)} (a model of another shape?)")
                 updates.append((state[key], value))
         new_groups = []
-        for group, saved in zip(self.param_groups, saved_groups):
+        for group_index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             merged = dict(group)
             merged.update({k: v for k, v in saved.items() if k != "params"})
-            self._check_group(merged)
+            self._check_group(merged, where=f" of group {group_index}", label=f"{name}.load_state_dict")
             new_groups.append(merged)
         for target, value in updates:
             target.copy_(value)
@@ -318,14 +346,17 @@ class SGD(_MasterWeightOptimizer):
         self._check_group(defaults)
         super().__init__(params, defaults, master_weights)
 
-    def _check_group(self, group: dict) -> None:
-        _check_hyper("lr", group["lr"], optimizer="SGD")
-        _check_hyper("momentum", group["momentum"], optimizer="SGD")
-        _check_hyper("weight_decay", group["weight_decay"], optimizer="SGD")
-        _check_hyper("dampening", group["dampening"], low=float("-inf"), optimizer="SGD")
+    def _check_group(self, group: dict, where: str = "", label: str | None = None) -> None:
+        label = label or "SGD"
+        _check_hyper("lr", group["lr"], optimizer=label, where=where, tensor_ok=True)
+        _check_hyper("momentum", group["momentum"], optimizer=label, where=where)
+        _check_hyper("weight_decay", group["weight_decay"], optimizer=label, where=where)
+        _check_hyper("dampening", group["dampening"], low=float("-inf"), optimizer=label, where=where)
+        _check_flag("nesterov", group["nesterov"], optimizer=label, where=where)
+        _check_flag("maximize", group["maximize"], optimizer=label, where=where)
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError("ampkit.optim.SGD: nesterov momentum needs momentum > 0 and dampening == 0, got "
-                             f"momentum={group['momentum']}, dampening={group['dampening']}")
+            raise ValueError(f"ampkit.optim.{label}: nesterov momentum{where} needs momentum > 0 and dampening == 0, "
+                             f"got momentum={group['momentum']}, dampening={group['dampening']}")
 
     def _state_keys_for(self, group: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -357,16 +388,20 @@ class Adam(_MasterWeightOptimizer):
         self._check_group(defaults)
         super().__init__(params, defaults, master_weights)
 
-    def _check_group(self, group: dict) -> None:
-        name = type(self).__name__
-        _check_hyper("lr", group["lr"], optimizer=name)
+    def _check_group(self, group: dict, where: str = "", label: str | None = None) -> None:
+        label = label or type(self).__name__
+        _check_hyper("lr", group["lr"], optimizer=label, where=where, tensor_ok=True)
         betas = group["betas"]
+        if isinstance(betas, torch.Tensor):
+            raise TypeError(f"ampkit.optim.{label}: betas{where} must be a pair of Python floats (a tensor would be "
+                            f"read on the host every step); got {_describe_tensor(betas)}")
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"ampkit.optim.{name}: betas must be a pair of floats, got {betas!r}")
-        _check_hyper("betas[0]", betas[0], high=1.0, optimizer=name)
-        _check_hyper("betas[1]", betas[1], high=1.0, optimizer=name)
-        _check_hyper("eps", group["eps"], low_inclusive=False, optimizer=name)
-        _check_hyper("weight_decay", group["weight_decay"], optimizer=name)
+            raise ValueError(f"ampkit.optim.{label}: betas{where} must be a pair of floats, got {betas!r}")
+        _check_hyper("betas[0]", betas[0], high=1.0, optimizer=label, where=where)
+        _check_hyper("betas[1]", betas[1], high=1.0, optimizer=label, where=where)
+        _check_hyper("eps", group["eps"], low_inclusive=False, optimizer=label, where=where)
+        _check_hyper("weight_decay", group["weight_decay"], optimizer=label, where=where)
+        _check_flag("maximize", group["maximize"], optimizer=label, where=where)
 
     def _launch(self, group, params, masters, grads, states, scalars) -> None:
         lr, inv_scale, clip, found_inf = scalars

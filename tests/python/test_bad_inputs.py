@@ -490,7 +490,7 @@ def test_in_place_multi_tensor_scale_is_not_aliasing():
 def test_refused_optimizer_hyper_parameter_leaves_the_optimizer_unchanged():
     param = nn.Parameter(torch.ones(4))
     optimizer = aoptim.SGD([param], lr=0.1)
-    with pytest.raises(ValueError, match="momentum must be a finite number"):
+    with pytest.raises(ValueError, match="momentum of group 1 must be a finite number, got inf"):
         optimizer.add_param_group({"params": [nn.Parameter(torch.ones(2))], "momentum": INF})
     assert len(optimizer.param_groups) == 1
     param.grad = torch.ones(4)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 
 import pytest
 import torch
@@ -376,7 +377,7 @@ def test_to_low_precision_keeps_norm_layers_fp32_and_masters_exact():
     (lambda p: aoptim.SGD(p, weight_decay=-1.0), ValueError, "weight_decay must be >= 0.0, got -1.0"),
     (lambda p: aoptim.SGD(p, momentum=-0.5), ValueError, "momentum must be >= 0.0, got -0.5"),
     (lambda p: aoptim.SGD(p, nesterov=True), ValueError, "nesterov momentum needs momentum > 0"),
-    (lambda p: aoptim.SGD([{"params": p, "lr": -1.0}]), ValueError, "lr must be >= 0.0, got -1.0"),
+    (lambda p: aoptim.SGD([{"params": p, "lr": -1.0}]), ValueError, "lr of group 0 must be >= 0.0, got -1.0"),
     (lambda p: aoptim.Adam(p, master_weights=1), TypeError, "master_weights must be a bool"),
 ])
 def test_bad_hyper_parameters_raise(make, error, message):
@@ -421,6 +422,169 @@ def test_load_state_dict_rejects_foreign_or_mismatched_state():
         adamw.load_state_dict(fp32_masterless.state_dict())
     # Nothing was changed by the failed loads.
     assert all(v["step"].item() == 0 for v in adamw.state.values())
+
+
+# ---- tensor hyper-parameters: only lr may be a tensor ----
+# The ops take momentum, dampening, betas, eps and weight_decay as doubles (only lr, inv_scale,
+# clip_coef and found_inf are device tensors), so a tensor there would be read back to the host on
+# every step: a device sync on CUDA, an error under graph capture. ampkit refuses such a tensor
+# wherever it can enter a param group, with a TypeError naming it; lr stays a device tensor.
+
+BASE_HYPER = {
+    aoptim.SGD: dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01),
+    aoptim.Adam: dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
+    aoptim.AdamW: dict(lr=1e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+}
+TENSOR_HYPER_CASES = [(aoptim.SGD, name) for name in ("momentum", "dampening", "weight_decay")] + [
+    (cls, name) for cls in (aoptim.Adam, aoptim.AdamW) for name in ("betas[0]", "betas[1]", "eps", "weight_decay")]
+TENSOR_HYPER_IDS = [f"{cls.__name__}-{name}" for cls, name in TENSOR_HYPER_CASES]
+
+
+def hyper_value(group, name):
+    return group["betas"][int(name[6])] if name.startswith("betas[") else group[name]
+
+
+def with_hyper(group, name, value):
+    """A copy of the dict `group` with the hyper-parameter `name` ("betas[0]" too) set to `value`."""
+    group = dict(group)
+    if name.startswith("betas["):
+        betas = list(group["betas"])
+        betas[int(name[6])] = value
+        group["betas"] = tuple(betas)
+    else:
+        group[name] = value
+    return group
+
+
+def group_with_tensor(params, base, name):
+    """A param group for `params` whose `name` is a 0-dim CPU tensor of `base`'s value (for a beta,
+    the other beta is `base`'s float)."""
+    group = {"params": params, "betas": base["betas"]} if name.startswith("betas[") else {"params": params}
+    return with_hyper(group, name, torch.tensor(hyper_value(base, name)))
+
+
+def tensor_refused(cls, name, where="", label=None):
+    """The message that refuses a 0-dim CPU tensor for `name`: it says what, why, and shows the value."""
+    label = label or cls.__name__
+    return (rf"^ampkit\.optim\.{re.escape(label)}: {re.escape(name)}{where} must be a Python float \(a tensor "
+            rf"would be read on the host every step\); got tensor\([-0-9.e]+\)$")
+
+
+@pytest.mark.parametrize("cls, name", TENSOR_HYPER_CASES, ids=TENSOR_HYPER_IDS)
+def test_tensor_hyper_parameter_is_refused_at_construction(cls, name):
+    base = BASE_HYPER[cls]
+    hyper = with_hyper(base, name, torch.tensor(hyper_value(base, name)))
+    with pytest.raises(TypeError, match=tensor_refused(cls, name)):
+        cls(make_params(torch.float16, "cpu"), **hyper)
+    # In a group given to the constructor, too.
+    group = group_with_tensor(make_params(torch.float16, "cpu"), base, name)
+    with pytest.raises(TypeError, match=tensor_refused(cls, name, " of group 0")):
+        cls([group], **base)
+
+
+@pytest.mark.parametrize("cls, name", TENSOR_HYPER_CASES, ids=TENSOR_HYPER_IDS)
+def test_tensor_hyper_parameter_is_refused_in_add_param_group(cls, name):
+    base = BASE_HYPER[cls]
+    optimizer = cls(make_params(torch.float16, "cpu"), **base)
+    extra = make_params(torch.bfloat16, "cpu", seed=1)
+    group = group_with_tensor(extra, base, name)
+    with pytest.raises(TypeError, match=tensor_refused(cls, name, " of group 1")):
+        optimizer.add_param_group(group)
+    assert len(optimizer.param_groups) == 1 and not any(p in optimizer.state for p in extra)
+
+
+@pytest.mark.parametrize("cls, name", TENSOR_HYPER_CASES, ids=TENSOR_HYPER_IDS)
+def test_tensor_hyper_parameter_set_into_a_group_is_refused_by_step(cls, name):
+    # A value mutated into param_groups between steps (as a hand-written schedule might) is checked
+    # before anything is updated: the step raises instead of reading the tensor on the host, and no
+    # group is half-stepped (the tensor is in the second group, the first is left alone too).
+    base = BASE_HYPER[cls]
+    first, second = make_params(torch.float16, "cpu"), make_params(torch.float32, "cpu", seed=1)
+    optimizer = cls([{"params": first}, {"params": second}], **base)
+    for step in range(2):
+        for p, g in zip(first + second, grads_for_step(step) * 2):
+            p.grad = g.to(p.dtype)
+        if step == 1:
+            before = snapshot(optimizer, first + second)
+            group = optimizer.param_groups[1]
+            group.update(with_hyper(group, name, torch.tensor(hyper_value(group, name))))
+            with pytest.raises(TypeError, match=tensor_refused(cls, name, " of group 1")):
+                optimizer.step()
+            assert all(torch.equal(a, b) for a, b in zip(before, snapshot(optimizer, first + second)))
+        else:
+            optimizer.step()
+    # Set back to a float, the step runs.
+    group.update(with_hyper(group, name, hyper_value(base, name)))
+    optimizer.step()
+    assert optimizer.state[first[0]]["step"].item() == 2
+
+
+@pytest.mark.parametrize("cls, name", TENSOR_HYPER_CASES, ids=TENSOR_HYPER_IDS)
+def test_tensor_hyper_parameter_in_a_state_dict_is_refused_before_anything_loads(cls, name):
+    base = BASE_HYPER[cls]
+
+    def build(seed):
+        groups = [{"params": make_params(torch.float16, "cpu", seed=seed)},
+                  {"params": make_params(torch.bfloat16, "cpu", seed=seed + 1), "lr": 2e-3}]
+        optimizer = cls(groups, **base)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        return optimizer, params
+
+    source, source_params = build(0)
+    for p, g in zip(source_params, grads_for_step(0) * 2):
+        p.grad = g.to(p.dtype)
+    source.step()
+    saved = source.state_dict()
+    saved["param_groups"][0]["lr"] = 0.5  # a loadable change in the group before the bad one
+    saved["param_groups"][1] = with_hyper(saved["param_groups"][1], name,
+                                          torch.tensor(hyper_value(saved["param_groups"][1], name)))
+    target, target_params = build(5)
+    before = snapshot(target, target_params)
+    groups_before = copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in target.param_groups])
+    with pytest.raises(TypeError, match=tensor_refused(cls, name, " of group 1", f"{cls.__name__}.load_state_dict")):
+        target.load_state_dict(saved)
+    # Nothing half-applied: no state copied, no group value changed.
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshot(target, target_params)))
+    assert [{k: v for k, v in g.items() if k != "params"} for g in target.param_groups] == groups_before
+
+
+@pytest.mark.parametrize("cls", [aoptim.SGD, aoptim.Adam])
+def test_tensor_flags_and_betas_as_one_tensor_are_refused(cls):
+    params = make_params(torch.float32, "cpu")
+    with pytest.raises(TypeError, match=r"maximize must be a Python bool \(a tensor would be read on the host "
+                                        r"every step\); got tensor\(True\)"):
+        cls(params, maximize=torch.tensor(True))
+    if cls is aoptim.SGD:
+        with pytest.raises(TypeError, match=r"nesterov must be a Python bool .*; got tensor\(True\)"):
+            cls(params, momentum=0.9, nesterov=torch.tensor(True))
+    else:
+        with pytest.raises(TypeError, match=r"Adam: betas must be a pair of Python floats \(a tensor would be read "
+                                            r"on the host every step\); got tensor\(\[0\.9000, 0\.9990\]\)"):
+            cls(params, betas=torch.tensor([0.9, 0.999]))
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)], ids=["0-dim", "1-element", "1x1"])
+@pytest.mark.parametrize("config", ["sgd_momentum_wd_dampening", "adam_l2_wd", "adamw"])
+def test_lr_tensor_of_one_element_equals_a_float_lr(config, shape):
+    # lr stays a tensor end to end: any one-element shape works, gives bitwise the float lr's
+    # result, and a value written into it in place (a schedule on the device) is used by the next step.
+    cls, _, hyper = CONFIGS[config]
+    lr = hyper["lr"]
+    tensor_params, float_params = make_params(torch.bfloat16, "cpu"), make_params(torch.bfloat16, "cpu")
+    lr_tensor = torch.full(shape, lr)
+    with_tensor = cls(tensor_params, **{**hyper, "lr": lr_tensor})
+    with_float = cls(float_params, **hyper)
+    for step in range(4):
+        if step == 2:
+            lr_tensor.fill_(lr / 2)
+            with_float.param_groups[0]["lr"] = lr / 2
+        for p, q, g in zip(tensor_params, float_params, grads_for_step(step)):
+            p.grad, q.grad = g.bfloat16(), g.bfloat16()
+        with_tensor.step()
+        with_float.step()
+    assert with_tensor.param_groups[0]["lr"] is lr_tensor
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(with_tensor, tensor_params),
+                                                 snapshot(with_float, float_params)))
 
 
 # ---- the ops directly ----

@@ -10,6 +10,8 @@ runs the full step under ``torch.cuda.set_sync_debug_mode("error")`` in test_cud
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -70,5 +72,45 @@ def test_training_step_reads_nothing_back_to_the_host(device, low, optimizer_cla
             # The check has teeth: an API that does read the host raises in this mode.
             with pytest.raises(Exception, match="data-dependent|item|local_scalar_dense"):
                 scaler.get_scale()
+    finally:
+        torch.set_default_device(previous_device)
+
+
+@pytest.mark.parametrize("lr_shape", [(), (1,)], ids=["0-dim", "1-element"])
+@pytest.mark.parametrize("optimizer_class, hyper, name", [
+    (ampkit.optim.SGD, {"momentum": 0.9, "dampening": 0.1, "weight_decay": 1e-2}, "momentum"),
+    (ampkit.optim.SGD, {"momentum": 0.9, "dampening": 0.1, "weight_decay": 1e-2}, "weight_decay"),
+    (ampkit.optim.AdamW, {"betas": (0.9, 0.999), "eps": 1e-8}, "eps"),
+    (ampkit.optim.Adam, {"betas": (0.9, 0.999), "weight_decay": 1e-2}, "betas"),
+])
+def test_device_lr_steps_without_host_reads_and_a_tensor_hyper_parameter_is_refused(
+        optimizer_class, hyper, name, lr_shape):
+    # On fake CUDA tensors: a device lr (0-dim or one element) steps with no host read; a device
+    # tensor then set into the group for a hyper-parameter the op takes as a double (a sync on
+    # every step, an error under graph capture) raises the clear TypeError, not a host read.
+    previous_device = torch.get_default_device()
+    try:
+        with FakeTensorMode():
+            torch.set_default_device("cuda")
+            params = [nn.Parameter(torch.randn(33, 7, dtype=torch.float16)), nn.Parameter(torch.randn(5))]
+            lr = torch.full(lr_shape, 1e-3)
+            optimizer = optimizer_class(params, lr=lr, **hyper)
+            for _ in range(2):
+                for param in params:
+                    param.grad = torch.randn_like(param)
+                optimizer.step()
+            assert optimizer.param_groups[0]["lr"] is lr
+            group = optimizer.param_groups[0]
+            if name == "betas":
+                group["betas"] = (torch.full((), 0.9), group["betas"][1])
+                name = "betas[0]"
+            else:
+                group[name] = torch.full((), group[name])
+            assert group["lr"].device.type == "cuda"
+            with pytest.raises(TypeError, match=rf"ampkit\.optim\.{optimizer_class.__name__}: {re.escape(name)} of "
+                                                r"group 0 must be a Python float \(a tensor would be read on the "
+                                                r"host every step\); got a torch\.float32 tensor of shape \(\) on "
+                                                r"cuda"):
+                optimizer.step()
     finally:
         torch.set_default_device(previous_device)
