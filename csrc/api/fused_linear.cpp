@@ -2,6 +2,10 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <atomic>
+
+#include "ops/fused_linear.h"
+
 namespace ampkit {
 
 at::Tensor fused_linear(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -21,5 +25,28 @@ at::Tensor fused_mlp(const at::Tensor& input, const at::Tensor& weight1, const s
                                                const at::Tensor&, const std::optional<at::Tensor>&)>();
   return op.call(input, weight1, bias1, weight2, bias2);
 }
+
+namespace {
+std::atomic<int64_t> fused_epilogues{0};
+std::atomic<int64_t> unfused_epilogues{0};
+}  // namespace
+
+FusedEpilogueCounts fused_epilogue_counts() {
+  FusedEpilogueCounts counts;
+  counts.fused = fused_epilogues.load(std::memory_order_relaxed);
+  counts.unfused = unfused_epilogues.load(std::memory_order_relaxed);
+  return counts;
+}
+
+void reset_fused_epilogue_counts() {
+  fused_epilogues.store(0, std::memory_order_relaxed);
+  unfused_epilogues.store(0, std::memory_order_relaxed);
+}
+
+namespace detail {
+void count_epilogue_gemm(bool fused) {
+  (fused ? fused_epilogues : unfused_epilogues).fetch_add(1, std::memory_order_relaxed);
+}
+}  // namespace detail
 
 }  // namespace ampkit

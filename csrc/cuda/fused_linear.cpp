@@ -76,6 +76,14 @@ bool try_gemm(const char* op, const GemmArgs& args, const at::Tensor& like) {
   return true;
 }
 
+// try_gemm for a GEMM whose epilogue the caller otherwise runs unfused; records which path ran
+// (ampkit::fused_epilogue_counts(), so a fallback on every call is visible to tests).
+bool try_fused_gemm(const char* op, const GemmArgs& args, const at::Tensor& like) {
+  const bool fused = try_gemm(op, args, like);
+  if (args.epilogue != ampkit_kernels::GemmEpilogue::None) detail::count_epilogue_gemm(fused);
+  return fused;
+}
+
 // A plain product (no epilogue) into `out`. When cuBLASLt has no algorithm at all for it (its
 // heuristic refuses some shapes with a dimension of 1), the product is taken in fp32 through ATen
 // and rounded once into `out`: the same fp32 accumulation, without the library's fast path.
@@ -108,7 +116,7 @@ void forward_gemm(const char* op, const at::Tensor& x, const at::Tensor& w, cons
   // The plan's aux layout is the saved tensor's (empty_saved: [rows, round_up(out_features, 8)]).
   TORCH_INTERNAL_ASSERT(args.aux == nullptr || (saved->is_contiguous() && saved->size(1) == args.ld_aux), op,
                         ": saved GELU input of width ", saved->size(1), ", the GEMM plan expects ", args.ld_aux);
-  if (try_gemm(op, args, x)) return;
+  if (try_fused_gemm(op, args, x)) return;
   // cuBLASLt could not fuse this epilogue at these sizes/alignments: the plain GEMM, then the
   // bias and activation as separate passes (same result, one extra rounding of the pre-activation).
   const GemmArgs plain = ampkit_kernels::linear_forward_gemm(dims, dtype, ampkit_kernels::LinearActivation::None,
@@ -174,7 +182,7 @@ void wgrad_with_bias_grad(const char* op, const LinearDims& dims, const at::Tens
   const ampkit_kernels::DType dtype = kernel_dtype(g.scalar_type());
   const GemmArgs args =
       ampkit_kernels::linear_wgrad_gemm(dims, dtype, true, g.data_ptr(), x.data_ptr(), dw.data_ptr(), db.data_ptr());
-  if (try_gemm(op, args, x)) return;
+  if (try_fused_gemm(op, args, x)) return;
   // No algorithm fuses the bias gradient here: plain GEMM plus a column sum (accumulated in fp32).
   const GemmArgs plain =
       ampkit_kernels::linear_wgrad_gemm(dims, dtype, false, g.data_ptr(), x.data_ptr(), dw.data_ptr(), nullptr);
@@ -294,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp
                                                                grad_bias1.data_ptr());
   TORCH_INTERNAL_ASSERT(pre_rows.size(1) == dgelu.ld_aux, op, ": pre of width ", pre_rows.size(1),
                         ", the GEMM plan expects ", dgelu.ld_aux);
-  if (!try_gemm(op, dgelu, x)) {
+  if (!try_fused_gemm(op, dgelu, x)) {
     // No algorithm fuses DGELU_BGRAD here: plain GEMM, then the GELU backward and a column sum.
     const GemmArgs plain =
         ampkit_kernels::linear_dgrad_gemm(second, dtype, grad.data_ptr(), w2.data_ptr(), grad_pre.data_ptr());

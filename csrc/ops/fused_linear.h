@@ -27,6 +27,10 @@ constexpr const char* kFusedLinearBackwardOp = "ampkit.fused_linear_backward";
 
 enum class Activation { None, Relu, Gelu };
 
+// Records one GEMM with an epilogue run by a CUDA kernel: fused in cuBLASLt, or not (cuBLASLt had
+// no fused algorithm). Read through ampkit::fused_epilogue_counts() (ampkit/fused_linear.h).
+void count_epilogue_gemm(bool fused);
+
 // "none" | "relu" | "gelu" (tanh approximation); anything else is a ValueError naming the op.
 Activation parse_activation(const char* op, c10::string_view name);
 

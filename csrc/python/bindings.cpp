@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "ampkit/build_info.h"
+#include "ampkit/fused_linear.h"
 // ---- autocast policies ----
 #include "autocast_bindings.h"
 
@@ -18,6 +19,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
     result["cuda_architectures"] = info.cuda_architectures;
     return result;
   });
+  // Diagnostics: fused vs unfused epilogue GEMMs of the CUDA fused_linear / fused_mlp kernels.
+  module.def("_fused_epilogue_counts", [] {
+    const ampkit::FusedEpilogueCounts counts = ampkit::fused_epilogue_counts();
+    pybind11::dict result;
+    result["fused"] = counts.fused;
+    result["unfused"] = counts.unfused;
+    return result;
+  });
+  module.def("_reset_fused_epilogue_counts", &ampkit::reset_fused_epilogue_counts);
   // ---- autocast policies: ampkit._C._AutocastPolicy, _AutocastRegion, ... ----
   ampkit::python::bind_autocast(module);
 }

@@ -2,6 +2,8 @@
 
 #include <cublasLt.h>
 
+#include "ampkit_kernels/gemm_preference.h"
+
 #include <array>
 #include <cstring>
 #include <mutex>
@@ -11,6 +13,13 @@ namespace ampkit_kernels {
 namespace {
 
 constexpr size_t kMiB = size_t{1} << 20;
+
+// gemm_preference.h spells cuBLASLt's reduction schemes without CUDA; they must be cuBLASLt's.
+static_assert(kReductionNone == CUBLASLT_REDUCTION_SCHEME_NONE, "reduction scheme NONE");
+static_assert(kReductionInPlace == CUBLASLT_REDUCTION_SCHEME_INPLACE, "reduction scheme INPLACE");
+static_assert(kReductionComputeType == CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE, "reduction scheme COMPUTE_TYPE");
+static_assert(kReductionOutputType == CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE, "reduction scheme OUTPUT_TYPE");
+static_assert(kReductionAll == CUBLASLT_REDUCTION_SCHEME_MASK, "reduction scheme mask");
 
 cudaDataType_t cuda_type(DType dtype) {
   switch (dtype) {
@@ -48,13 +57,7 @@ bool uses_aux(GemmEpilogue e) {
          e == GemmEpilogue::DGeluBGrad;
 }
 
-// Largest power of two (<= 256, cuBLASLt's largest alignment preference) dividing the address.
-uint32_t alignment_bytes(const void* pointer) {
-  const auto address = reinterpret_cast<uintptr_t>(pointer);
-  uint32_t alignment = 256;
-  while (alignment > 1 && address % alignment != 0) alignment /= 2;
-  return alignment;
-}
+uint32_t alignment_bytes(const void* pointer) { return pointer_alignment_bytes(pointer); }
 
 Result library_error(cublasStatus_t status) {
   Result result;
@@ -300,16 +303,21 @@ Result cublaslt_gemm(const GemmArgs& args, cudaStream_t stream) {
     }
   }
   if (!cached) {
+    // The values come from the CUDA-free builder (gemm_preference.h, host-tested): the workspace,
+    // split-K reductions that keep partial sums in fp32 only (a 16-bit D excludes the INPLACE and
+    // OUTPUT_TYPE schemes, which add partials in D's type), and the operands' real alignments (the
+    // heuristic assumes 256 bytes unless told otherwise, and an algorithm picked on that assumption
+    // can fault on a less aligned view: a slice, an odd-sized neighbour).
+    const GemmPreference wanted = gemm_preference(args);
     cublasLtMatmulPreferenceOpaque_t pref_storage;
     const cublasLtMatmulPreference_t pref = &pref_storage;
     AMPKIT_LT_TRY(cublasLtMatmulPreferenceInit(pref));
-    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, args.workspace_bytes));
-    // The heuristic assumes 256-byte aligned operands unless told otherwise; an algorithm picked
-    // on that assumption can fault on a less aligned view (a slice, an odd-sized neighbour).
-    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align.a));
-    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align.b));
-    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align.d));
-    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align.d));
+    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, wanted.max_workspace_bytes));
+    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, wanted.reduction_scheme_mask));
+    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, wanted.min_alignment_a));
+    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, wanted.min_alignment_b));
+    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, wanted.min_alignment_c));
+    AMPKIT_LT_TRY(set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, wanted.min_alignment_d));
     cublasLtMatmulHeuristicResult_t heuristic;
     std::memset(&heuristic, 0, sizeof(heuristic));
     int found = 0;
@@ -324,6 +332,13 @@ Result cublaslt_gemm(const GemmArgs& args, cudaStream_t stream) {
     }
     if (status != CUBLAS_STATUS_SUCCESS) return library_error(status);
     algo = heuristic.algo;
+    // The mask is a filter on the heuristic's answer; check the answer too, so that a library that
+    // ignored it could not silently add partial sums in fp16/bf16. Such an algorithm is not run.
+    uint32_t scheme = kReductionNone;
+    size_t written = 0;
+    AMPKIT_LT_TRY(cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme,
+                                                       sizeof(scheme), &written));
+    if (!reduction_scheme_allowed(wanted, scheme)) return no_algorithm(0);
     AlgoCache& cache = algo_cache();
     std::lock_guard<std::mutex> lock(cache.mutex);
     cache.algos.emplace(key, algo);

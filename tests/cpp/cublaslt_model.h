@@ -5,11 +5,14 @@
 // Every dtype is modelled as float32 (products accumulated in float, like CUBLAS_COMPUTE_32F). The
 // model is strict on purpose: it refuses what cuBLASLt documents as invalid and, beyond that, what
 // would only be a silent bug in a plan (a pointer the epilogue ignores, a read of memory nobody
-// wrote, a matrix that runs past its buffer).
+// wrote, a matrix that runs past its buffer). check_preference does the same for the heuristic
+// preference (kernels/include/ampkit_kernels/gemm_preference.h): workspace, split-K reduction
+// scheme mask (partial sums must stay in fp32), minimum alignments.
 //
 // Source (paraphrased below, per rule): the cuBLAS library documentation, cuBLASLt API reference
 // (https://docs.nvidia.com/cuda/cublas/ : cublasLtMatmul, cublasLtMatrixLayoutAttribute_t,
-// cublasLtMatmulDescAttributes_t, cublasLtEpilogue_t), whose text is also the doc comments of
+// cublasLtMatmulDescAttributes_t, cublasLtEpilogue_t, cublasLtMatmulPreferenceAttributes_t,
+// cublasLtReductionScheme_t), whose text is also the doc comments of
 // cublasLt.h in the CUDA 13.0 toolkit.
 #pragma once
 
@@ -23,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "ampkit_kernels/gemm_preference.h"
 #include "ampkit_kernels/gemm_types.h"
 
 namespace ampkit_test::lt_model {
@@ -30,6 +34,7 @@ namespace ampkit_test::lt_model {
 using ampkit_kernels::DType;
 using ampkit_kernels::GemmArgs;
 using ampkit_kernels::GemmEpilogue;
+using ampkit_kernels::GemmPreference;
 
 // GELU, tanh approximation (the form cuBLASLt's GELU epilogues and torch's gelu(approximate="tanh")
 // use): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), and its derivative. The model runs them in
@@ -176,6 +181,52 @@ inline bool overlap(const Range& x, const Range& y) { return x.begin < y.end && 
 
 }  // namespace detail
 
+// The heuristic preference (cublasLtMatmulPreferenceAttributes_t) that would be used for `args`,
+// against what cublasLt.h documents for each attribute; the first violated rule, or ok.
+inline Outcome check_preference(const GemmArgs& args, const GemmPreference& pref) {
+  using ampkit_kernels::kMaxAlignmentBytes;
+  using ampkit_kernels::kReductionAll;
+  using ampkit_kernels::kReductionInPlace;
+  using ampkit_kernels::kReductionOutputType;
+  // MAX_WORKSPACE_BYTES: the "maximum allowed workspace size in bytes" the chosen algorithm may
+  // use; cublasLtMatmul gets the workspace it may use (workspace, workspaceSizeInBytes), so a larger
+  // preference lets the heuristic pick an algorithm that needs more than the call provides.
+  if (pref.max_workspace_bytes > args.workspace_bytes)
+    return {"max_workspace_bytes " + std::to_string(pref.max_workspace_bytes) + " > the workspace passed, " +
+            std::to_string(args.workspace_bytes) + " bytes"};
+  // REDUCTION_SCHEME_MASK: bits of cublasLtReductionScheme_t. INPLACE reduces "using the output
+  // buffer (and output data type)", OUTPUT_TYPE stores intermediate results "in output type";
+  // only COMPUTE_TYPE keeps them in the compute type (fp32 here). With a 16-bit D, a mask that admits
+  // INPLACE or OUTPUT_TYPE lets split-K partial sums be rounded to 16 bits: not fp32 accumulation.
+  if ((pref.reduction_scheme_mask & ~kReductionAll) != 0)
+    return {"reduction_scheme_mask " + std::to_string(pref.reduction_scheme_mask) +
+            " has bits outside cublasLtReductionScheme_t (0x7)"};
+  if (args.d_dtype != DType::Float32 && (pref.reduction_scheme_mask & (kReductionInPlace | kReductionOutputType)) != 0)
+    return {"reduction_scheme_mask " + std::to_string(pref.reduction_scheme_mask) +
+            " admits INPLACE or OUTPUT_TYPE split-K reduction, which adds partial sums in D's 16-bit type"};
+  // MIN_ALIGNMENT_{A,B,C,D}_BYTES (default 256): "Selecting a smaller value will exclude algorithms
+  // that can not work with matrix A that is not as strictly aligned as they need", so the value
+  // must not exceed the buffer's real alignment (C is D: beta = 0 and the wrapper passes D as C).
+  const struct {
+    const char* name;
+    uint32_t preference;
+    const void* pointer;
+  } alignments[] = {{"A", pref.min_alignment_a, args.a},
+                    {"B", pref.min_alignment_b, args.b},
+                    {"C", pref.min_alignment_c, args.d},
+                    {"D", pref.min_alignment_d, args.d}};
+  for (const auto& a : alignments) {
+    const uint32_t value = a.preference;
+    if (value == 0 || (value & (value - 1)) != 0 || value > kMaxAlignmentBytes)
+      return {std::string("min_alignment_") + a.name + " " + std::to_string(value) +
+              " is not a power of two <= 256"};
+    if (reinterpret_cast<uintptr_t>(a.pointer) % value != 0)
+      return {std::string("min_alignment_") + a.name + " " + std::to_string(value) +
+              " claims more than the buffer's alignment"};
+  }
+  return {};
+}
+
 // Executes `args` on `memory` as cuBLASLt documents it; returns the first violated rule instead.
 inline Outcome run(const GemmArgs& args, Memory& memory) {
   using namespace detail;
@@ -319,6 +370,13 @@ inline Outcome run(const GemmArgs& args, Memory& memory) {
   } catch (const Memory::Error& error) {
     return {error.what()};
   }
+}
+
+// As run(args, memory), after checking the heuristic preference the wrapper would use for it.
+inline Outcome run(const GemmArgs& args, Memory& memory, const GemmPreference& pref) {
+  Outcome outcome = check_preference(args, pref);
+  if (!outcome.ok()) return {"preference: " + outcome.error};
+  return run(args, memory);
 }
 
 }  // namespace ampkit_test::lt_model

@@ -268,3 +268,93 @@ TEST_CASE("cuBLASLt model: refuses what cuBLASLt (or a sound plan) would not do"
       },
       "never written"));
 }
+
+// ---- the heuristic preference (gemm_preference.h), which cublaslt_gemm sets as given ----
+
+TEST_CASE("GEMM preference: split-K partial sums stay in fp32 for every output dtype", "[lt_model][lt_preference]") {
+  using ampkit_kernels::kReductionComputeType;
+  using ampkit_kernels::kReductionInPlace;
+  using ampkit_kernels::kReductionNone;
+  using ampkit_kernels::kReductionOutputType;
+  alignas(256) static unsigned char buffer[4096] = {};
+  for (const DType dtype : {DType::Float16, DType::BFloat16, DType::Float32}) {
+    INFO("dtype " << static_cast<int>(dtype));
+    GemmArgs args;
+    args.m = args.n = args.k = 8;
+    args.ab_dtype = args.d_dtype = dtype;
+    args.a = buffer;
+    args.b = buffer + 1024;
+    args.d = buffer + 2048;
+    args.lda = args.ldb = args.ldd = 8;
+    args.workspace = buffer + 3072;
+    args.workspace_bytes = 1024;
+    const ampkit_kernels::GemmPreference pref = ampkit_kernels::gemm_preference(args);
+    // cublasLt.h: INPLACE reduces in the output buffer and type, OUTPUT_TYPE keeps intermediate
+    // results in the output type; with an fp16/bf16 D both round partial sums to 16 bits.
+    if (dtype != DType::Float32) {
+      CHECK((pref.reduction_scheme_mask & kReductionInPlace) == 0);
+      CHECK((pref.reduction_scheme_mask & kReductionOutputType) == 0);
+      CHECK(pref.reduction_scheme_mask == kReductionComputeType);
+      CHECK_FALSE(ampkit_kernels::reduction_scheme_allowed(pref, kReductionInPlace));
+      CHECK_FALSE(ampkit_kernels::reduction_scheme_allowed(pref, kReductionOutputType));
+    } else {
+      CHECK(pref.reduction_scheme_mask == ampkit_kernels::kReductionAll);  // output type = compute type = fp32
+    }
+    CHECK(ampkit_kernels::reduction_scheme_allowed(pref, kReductionNone));  // no split-K: one sequence
+    CHECK(ampkit_kernels::reduction_scheme_allowed(pref, kReductionComputeType));
+    CHECK_FALSE(ampkit_kernels::reduction_scheme_allowed(pref, 8));  // not a cublasLtReductionScheme_t
+    CHECK(pref.max_workspace_bytes == 1024);
+    const lt_model::Outcome outcome = lt_model::check_preference(args, pref);
+    INFO(outcome.error);
+    CHECK(outcome.ok());
+  }
+}
+
+TEST_CASE("GEMM preference: alignments are the operands' own, and the model refuses unsound preferences",
+          "[lt_model][lt_preference]") {
+  alignas(256) static unsigned char buffer[4096] = {};
+  GemmArgs args;
+  args.m = args.n = args.k = 8;
+  args.a = buffer + 2;     // a view one fp16 element into an allocation
+  args.b = buffer + 1040;  // 16-byte aligned
+  args.d = buffer + 2048;  // 256-byte aligned
+  args.lda = args.ldb = args.ldd = 8;
+  const ampkit_kernels::GemmPreference built = ampkit_kernels::gemm_preference(args);
+  CHECK(built.min_alignment_a == 2);
+  CHECK(built.min_alignment_b == 16);
+  CHECK(built.min_alignment_c == 256);
+  CHECK(built.min_alignment_d == 256);
+  CHECK(built.max_workspace_bytes == 0);
+  REQUIRE(lt_model::check_preference(args, built).ok());
+
+  auto refused = [&](const std::function<void(ampkit_kernels::GemmPreference&)>& change, const std::string& needle) {
+    ampkit_kernels::GemmPreference pref = built;
+    change(pref);
+    const lt_model::Outcome outcome = lt_model::check_preference(args, pref);
+    INFO("error: '" << outcome.error << "', expected to contain '" << needle << "'");
+    return !outcome.ok() && outcome.error.find(needle) != std::string::npos;
+  };
+  // cuBLASLt's default mask (all schemes) and each 16-bit-accumulating scheme alone, for fp16 and bf16 D.
+  for (const DType dtype : {DType::Float16, DType::BFloat16}) {
+    args.ab_dtype = args.d_dtype = dtype;
+    CHECK(refused([](auto& p) { p.reduction_scheme_mask = ampkit_kernels::kReductionAll; }, "INPLACE or OUTPUT_TYPE"));
+    CHECK(refused([](auto& p) { p.reduction_scheme_mask = ampkit_kernels::kReductionInPlace; }, "16-bit"));
+    CHECK(refused([](auto& p) { p.reduction_scheme_mask = ampkit_kernels::kReductionOutputType; }, "16-bit"));
+    CHECK(lt_model::check_preference(args, built).ok());
+  }
+  args.ab_dtype = args.d_dtype = DType::Float32;  // fp32 D: every scheme accumulates in fp32
+  CHECK_FALSE(refused([](auto& p) { p.reduction_scheme_mask = ampkit_kernels::kReductionAll; }, "16-bit"));
+  CHECK(refused([](auto& p) { p.reduction_scheme_mask = 0x9; }, "outside cublasLtReductionScheme_t"));
+  CHECK(refused([](auto& p) { p.max_workspace_bytes = 32; }, "max_workspace_bytes 32 > the workspace passed"));
+  CHECK(refused([](auto& p) { p.min_alignment_a = 256; }, "min_alignment_A 256 claims more"));  // cuBLASLt's default
+  CHECK(refused([](auto& p) { p.min_alignment_b = 32; }, "min_alignment_B 32 claims more"));
+  CHECK(refused([](auto& p) { p.min_alignment_d = 24; }, "not a power of two"));
+  // And through run(): the 2x3 example with a 16-bit-reducing preference does not run.
+  Example ex;
+  ampkit_kernels::GemmPreference pref = ampkit_kernels::gemm_preference(ex.args);
+  REQUIRE(lt_model::run(ex.args, ex.memory, pref).ok());
+  ex.args.ab_dtype = ex.args.d_dtype = DType::BFloat16;
+  pref.reduction_scheme_mask = ampkit_kernels::kReductionAll;
+  const lt_model::Outcome outcome = lt_model::run(ex.args, ex.memory, pref);
+  CHECK(outcome.error.rfind("preference: ", 0) == 0);
+}

@@ -254,3 +254,49 @@ TEST_CASE("ampkit::nn::FusedMLP matches Linear -> GELU(tanh) -> Linear, with Lin
   CHECK(throws_with([] { ampkit::nn::FusedMLP(ampkit::nn::FusedMLPOptions(3, -1, 2)); },
                     "in_features, hidden_features and out_features must be >= 0, got 3, -1 and 2"));
 }
+
+TEST_CASE("fused_linear on CUDA runs its epilogues fused at a standard aligned shape", "[fused_linear][cuda]") {
+  // CPU kernels never count (they have no cuBLASLt epilogue): this part runs everywhere.
+  ampkit::reset_fused_epilogue_counts();
+  auto cpu_out = ampkit::fused_linear(torch::randn({4, 8}, torch::kHalf), torch::randn({3, 8}, torch::kHalf),
+                                      torch::randn({3}, torch::kHalf), "gelu");
+  REQUIRE(cpu_out.sizes() == torch::IntArrayRef({4, 3}));
+  CHECK(ampkit::fused_epilogue_counts().fused == 0);
+  CHECK(ampkit::fused_epilogue_counts().unfused == 0);
+
+  for (const auto& device : devices_under_test()) {
+    if (!device.is_cuda()) continue;
+    // 256 x 1024 -> 512, fp16, fresh (256-byte aligned) allocations: every dimension a multiple of
+    // 16, the bias 16-byte aligned, the saved GELU input's leading dimension 512 (divisible by 8, as
+    // cublasLt.h's EPILOGUE_AUX_LD requires). If cuBLASLt ran none of these fused, fused_linear would
+    // silently be an unfused GEMM plus elementwise passes; the counts make that visible.
+    torch::manual_seed(5);
+    const auto options = torch::dtype(torch::kHalf).device(device);
+    auto x = torch::randn({256, 1024}).to(options);
+    auto w = (torch::randn({512, 1024}) / 32.0).to(options);
+    auto b = (0.5 * torch::randn({512})).to(options);
+    for (const std::string activation : {"none", "relu", "gelu"}) {
+      INFO("activation " << activation);
+      ampkit::reset_fused_epilogue_counts();
+      auto out = ampkit::fused_linear(x, w, b, activation);  // no grad: BIAS / RELU_BIAS / GELU_BIAS
+      const ampkit::FusedEpilogueCounts counts = ampkit::fused_epilogue_counts();
+      CHECK(counts.fused == 1);
+      CHECK(counts.unfused == 0);
+      auto ref = activate(torch::nn::functional::linear(x.to(torch::kFloat), w.to(torch::kFloat), b.to(torch::kFloat)),
+                          activation);
+      CHECK(within(out, ref, forward_bound(x, w, b, ref, torch::kHalf, activation)));
+    }
+    // With a weight that needs a gradient the forward saves the GELU input (GELU_AUX_BIAS): fused too.
+    ampkit::reset_fused_epilogue_counts();
+    auto w_grad = w.clone().requires_grad_();
+    auto out = ampkit::fused_linear(x, w_grad, b, "gelu");
+    CHECK(ampkit::fused_epilogue_counts().fused == 1);
+    CHECK(ampkit::fused_epilogue_counts().unfused == 0);
+    // The backward's BGRADB wgrad is one more epilogue GEMM; cublasLt.h does not promise a fused
+    // algorithm for it, so only that it was counted, one way or the other.
+    out.sum().backward();
+    const ampkit::FusedEpilogueCounts after = ampkit::fused_epilogue_counts();
+    CHECK(after.fused + after.unfused == 2);
+    if (after.unfused > 0) WARN("cuBLASLt ran the BGRADB wgrad unfused at 256 x 1024 -> 512");
+  }
+}

@@ -3,7 +3,8 @@
 // bias_grad) checked on the host: each plan runs through the model of cuBLASLt's documented
 // semantics (cublaslt_model.h) on row-major host buffers laid out as PyTorch lays out the tensors,
 // and the results are compared with a plain row-major reference in double precision. Runs in every
-// build (no CUDA needed): the CUDA glue uses exactly these builders.
+// build (no CUDA needed): the CUDA glue uses exactly these builders, and cublaslt_gemm the heuristic
+// preference builder (gemm_preference.h) that run_plan checks each plan under.
 //
 // Tolerance: |model - reference| <= 1e-5 * L * max(1, |reference|), L the length of the reduction(s)
 // behind the value (K for y, N for dx, M for dW and the bias gradients; for the fused_mlp chain
@@ -21,6 +22,7 @@
 #include <tuple>
 #include <vector>
 
+#include "ampkit_kernels/gemm_preference.h"
 #include "ampkit_kernels/linear_gemms.h"
 #include "cublaslt_model.h"
 
@@ -141,7 +143,15 @@ bool untouched(const Memory& memory, const float* p, int64_t count) {
 }
 
 void run_plan(const char* what, const GemmArgs& args, Memory& memory) {
-  const lt_model::Outcome outcome = lt_model::run(args, memory);
+  // As the glue runs it: the plan plus a workspace, under the heuristic preference cublaslt_gemm
+  // derives from it (gemm_preference.h), which the model checks first (fp16 D here: no split-K
+  // reduction in the output type).
+  alignas(256) static unsigned char workspace[256];
+  GemmArgs with_workspace = args;
+  with_workspace.workspace = workspace;
+  with_workspace.workspace_bytes = sizeof(workspace);
+  const lt_model::Outcome outcome =
+      lt_model::run(with_workspace, memory, ampkit_kernels::gemm_preference(with_workspace));
   INFO(what << " (m=" << args.m << " n=" << args.n << " k=" << args.k << " lda=" << args.lda << " ldb=" << args.ldb
             << " ldd=" << args.ldd << " ld_aux=" << args.ld_aux << " epilogue " << static_cast<int>(args.epilogue)
             << "): " << outcome.error);

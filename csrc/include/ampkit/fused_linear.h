@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <optional>
 #include <string_view>
 
@@ -20,5 +21,17 @@ at::Tensor fused_linear(const at::Tensor& input, const at::Tensor& weight,
 // backward takes the GELU gradient and bias1's gradient out of a GEMM epilogue (DGELU_BGRAD) on CUDA.
 at::Tensor fused_mlp(const at::Tensor& input, const at::Tensor& weight1, const std::optional<at::Tensor>& bias1,
                      const at::Tensor& weight2, const std::optional<at::Tensor>& bias2);
+
+// Diagnostics (tests, benchmarks): how many GEMMs with an epilogue (bias, activation, saved GELU
+// input, bias gradient, GELU gradient) the CUDA kernels of fused_linear / fused_mlp ran as one
+// fused cuBLASLt call, and how many ran unfused (plain GEMM plus separate passes) because cuBLASLt
+// had no fused algorithm at those shapes and alignments. GEMMs without an epilogue and the CPU
+// kernels count nothing. Process-wide, all devices and threads.
+struct FusedEpilogueCounts {
+  int64_t fused = 0;
+  int64_t unfused = 0;
+};
+FusedEpilogueCounts fused_epilogue_counts();
+void reset_fused_epilogue_counts();
 
 }  // namespace ampkit

@@ -8,7 +8,9 @@
 //
 // A and B: float16 or bfloat16 (float32 is accepted too and runs as a plain fp32 GEMM). Compute
 // type CUBLAS_COMPUTE_32F and scale type fp32 always: products are accumulated in fp32 and the
-// epilogue runs in fp32 before the single rounding to D's type (D: A's type or float32).
+// epilogue runs in fp32 before the single rounding to D's type (D: A's type or float32). Split-K
+// algorithms are restricted to reductions that keep the partial sums in fp32 (the heuristic
+// preference comes from gemm_preference.h, which says why and is tested on the host).
 //
 // Algorithms come from cuBLASLt's heuristic and are cached per (device, shape, leading
 // dimensions, dtypes, epilogue, pointer alignments, workspace size). One cuBLASLt handle per
