@@ -108,6 +108,14 @@ int check_coverage() {
   return missing == 0 ? 0 : 1;
 }
 
+// Each test case starts with no findings: one that failed before collecting its own must not
+// be blamed on the next.
+struct FindingsPerTestCase : Catch::TestEventListenerBase {
+  using TestEventListenerBase::TestEventListenerBase;
+  void testCaseStarting(const Catch::TestCaseInfo&) override { ampkit_emulated::take_findings(); }
+};
+CATCH_REGISTER_LISTENER(FindingsPerTestCase)
+
 }  // namespace
 
 int main(int argc, char* argv[]) {
