@@ -60,18 +60,19 @@ def environment(device: str) -> dict:
     return env
 
 
-def run_label(args) -> str:
-    """How far a run's figures are from the ones its targets are defined for (GPU, full size)."""
+def run_label(args, target_devices: tuple[str, ...] = ("cuda",)) -> str:
+    """How far a run's figures are from the ones its targets are defined for (by default the GPU at
+    full size)."""
     notes = []
-    if not str(args.device).startswith("cuda"):
-        notes.append("cpu: targets are for the GPU")
+    if str(args.device).split(":")[0] not in target_devices:
+        notes.append(f"{args.device}: targets are for {'/'.join(target_devices)}")
     if getattr(args, "quick", False):
         notes.append("quick sizes")
     return "; ".join(notes)
 
 
 def report(title: str, rows: list[dict], columns: list[str], args, extra: dict | None = None,
-           targets: list[dict] | None = None) -> None:
+           targets: list[dict] | None = None, target_devices: tuple[str, ...] = ("cuda",)) -> None:
     """Prints the table and each target's verdict (benchmarks/targets.py); writes the JSON with the
     rows, the targets and their verdicts, so the GPU run's summary can judge the run by itself."""
     print(f"\n{title}  ({environment(args.device)})")
@@ -81,7 +82,7 @@ def report(title: str, rows: list[dict], columns: list[str], args, extra: dict |
         print("  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(columns, widths)))
     benchmark = os.path.splitext(os.path.basename(sys.argv[0]))[0]
     checks = evaluate(rows, targets or [])
-    label = run_label(args)
+    label = run_label(args, target_devices)
     for check in checks:
         print(format_result(benchmark, check, label))
     if args.json:
