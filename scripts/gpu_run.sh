@@ -135,6 +135,7 @@ fi
 if [[ $DRY == 1 ]]; then
   # The CPU stands in: no CUDA tests, the venv's python, CUDA compiled where nvcc exists.
   unset AMPKIT_TEST_CUDA AMPKIT_USE_SYSTEM_PYTHON
+  [[ -x "$ROOT_DIR/.venv/bin/python" ]] || export AMPKIT_USE_SYSTEM_PYTHON=1  # no venv (the GPU machine)
   export AMPKIT_CUDA=AUTO
   export AMPKIT_BUILD_DIR="${AMPKIT_BUILD_DIR:-$ROOT_DIR/build/gpu-dry}"
   if command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; then export AMPKIT_EXPECT_CUDA_BUILD=1; fi
