@@ -198,7 +198,7 @@ def final(out_dir: str) -> str:
             if m:
                 stages.append((m.group(1), m.group(2), int(m.group(3)), int(m.group(4))))
     out = ["== summary =="]
-    ok = sum(1 for _, verdict, _, _ in stages if verdict == "ok")
+    ok = sum(1 for _, verdict, _, _ in stages if verdict == "ok" or verdict.startswith("ok ("))
     out.append(f"stages: {ok}/{len(stages)} ok; {sum(t for _, _, t, _ in stages)} s in stages")
     for name, verdict, seconds, box in stages:
         line = f"  {name}: {verdict} in {seconds} s (box {box} s)"

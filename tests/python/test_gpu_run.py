@@ -199,7 +199,7 @@ def summarise(*args) -> str:
 
 def test_summary_counts_and_verdicts(tmp_path):
     out = tmp_path / "out"
-    stages = ["stage ctest: FAILED (rc 8) in 75 s (box 120 s)", "stage pytest: FAILED (rc 1) in 103 s (box 150 s)",
+    stages = ["stage build: ok (gpu was complete) in 2 s (box 30 s)", "stage ctest: FAILED (rc 8) in 75 s (box 120 s)", "stage pytest: FAILED (rc 1) in 103 s (box 150 s)",
               "stage memcheck: ok in 60 s (box 120 s)", "stage racecheck: FAILED (rc 1) in 50 s (box 90 s)",
               "stage bench_fused_linear: ok in 20 s (box 60 s)", "stage bench_end_to_end: ok in 20 s (box 50 s)",
               "stage bench_unscale: TIMED OUT in 40 s (box 40 s)"]
@@ -208,7 +208,7 @@ def test_summary_counts_and_verdicts(tmp_path):
                   [fused_linear_json(gemm_worst=0.98, fwd_bwd_worst=1.05), memory_json()])
     text = summarise("final", str(out))
     lines = text.splitlines()
-    assert "stages: 3/7 ok; 368 s in stages" in lines
+    assert "stages: 4/8 ok; 370 s in stages" in lines
     assert ("  ctest: FAILED (rc 8) in 75 s (box 120 s); ctest: 2/3 passed, 1 failed; failed: emulated_kernels "
             "(Failed); Catch2: passed all 74 test cases with 3366 assertions; Catch2: failed 1 test case, failed 2 "
             "assertions") in lines
