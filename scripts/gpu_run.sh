@@ -70,11 +70,11 @@ done
 
 # ---- time boxes (seconds on the GPU machine; see the README's "GPU tests" for how they were chosen) ----
 declare -A BOX=(
-  [build]=240 [ctest]=120 [pytest]=150                 # first:  510 s
+  [build]=200 [ctest]=100 [pytest]=220                 # first:  520 s
   [build_warm]=30                                      # second: the build when build/gpu is complete
-  [bench_fused_linear]=60 [bench_unscale]=40 [bench_optimizer]=40 [bench_multi_tensor_scale]=30
-  [bench_autocast_overhead]=40 [bench_end_to_end]=50   #         260 s of benchmarks
-  [memcheck]=120 [racecheck]=90                        # second: 30 + 260 + 210 = 500 s
+  [bench_fused_linear]=60 [bench_unscale]=40 [bench_optimizer]=40 [bench_end_to_end]=50
+  [bench_multi_tensor_scale]=30 [bench_autocast_overhead]=30   # 250 s of benchmarks
+  [memcheck]=120 [racecheck]=110                       # second: 30 + 250 + 230 = 510 s
 )
 # AMPKIT_GPU_RUN_BOXES="stage=seconds ..." overrides boxes (e.g. to rerun one stage with more time).
 for override in ${AMPKIT_GPU_RUN_BOXES:-}; do
@@ -279,7 +279,7 @@ for name in "${stages[@]}"; do
     ctest) stage ctest "${BOX[ctest]}" bash -c run_ctest ;;
     pytest)
       PYTHONPATH="$SCRIPT_DIR:$PYTHONPATH" stage pytest "${BOX[pytest]}" "$PYTHON" -m pytest -v -p no:cacheprovider \
-        -p gpu_pytest_signals -m "not slow" -rfE tests/python ;;
+        -p gpu_pytest_signals -m "not slow" -rfE --durations=20 tests/python ;;
     memcheck|racecheck)
       [[ $DRY == 1 ]] && ! command -v compute-sanitizer >/dev/null && STAGE_NOTE="dry: no compute-sanitizer, binary run bare"
       stage "$name" "${BOX[$name]}" bash -c 'run_sanitizer "$1"' run_sanitizer "$name" ;;
