@@ -171,7 +171,11 @@ fi
 # ---- the machine, once, at the top of the summary ----
 {
   echo "== gpu_run $(date -u +%FT%TZ): ${requested[*]}$([[ $DRY == 1 ]] && echo ' (dry run: the CPU stands in)') =="
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' +uncommitted')"
+  if commit="$(git rev-parse --short HEAD 2>/dev/null)"; then
+    echo "commit: $commit$(git diff --quiet HEAD 2>/dev/null || echo ' +uncommitted')"
+  else
+    echo "commit: unknown (no git checkout)"
+  fi
   echo "plan: ${stages[*]}"
   echo "cores: $(nproc); python: $("$PYTHON" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available())' 2>&1 | tail -1)"
   if command -v nvidia-smi >/dev/null; then
