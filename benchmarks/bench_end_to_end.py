@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from common import parser, report, time_fn
+from targets import no_target, target
 
 sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "python"))
 
@@ -35,6 +36,15 @@ from tiny_gpt import CharDataset, TinyGPT, generate_corpus, language_model_loss 
 from train_digits import build_model as build_digits_cnn, load_data as load_digits  # noqa: E402
 
 MODES = ("ampkit", "torch", "fp32")
+# Issue 7's targets on the GPU machine, for the GPT-style model; the CNN is reported.
+GPT, CNN = "tiny_gpt", "digits_cnn"
+TARGETS = [
+    target("GPT steps/s vs torch AMP", "vs_torch_amp", ">=", 1.15, where={"family": GPT}),
+    target("GPT steps/s vs FP32", "vs_fp32", ">=", 2.5, where={"family": GPT}),
+    target("GPT memory vs torch AMP", "mem_vs_torch_amp", "<=", 1.0, where={"family": GPT}),
+    no_target("CNN steps/s vs torch AMP", "vs_torch_amp", where={"family": CNN}),
+    no_target("CNN steps/s vs FP32", "vs_fp32", where={"family": CNN}),
+]
 
 
 def gpt_workload(device: str, quick: bool, on_cuda: bool):
@@ -133,7 +143,8 @@ def main() -> None:
     for workload in (gpt_workload(args.device, args.quick, on_cuda), digits_workload(args.device, args.quick, on_cuda)):
         results = {mode: measure(mode, workload, args, dtype, use_scaler, repeats) for mode in MODES}
         ours, native, fp32 = results["ampkit"], results["torch"], results["fp32"]
-        row = {"model": workload["name"], "dtype": str(dtype).replace("torch.", "")}
+        row = {"model": workload["name"], "family": workload["name"].split()[0],
+               "dtype": str(dtype).replace("torch.", "")}
         for mode in MODES:
             row[f"{mode}_steps_s"] = round(results[mode]["steps_per_s"], 2)
         row["vs_torch_amp"] = round(ours["steps_per_s"] / native["steps_per_s"], 2)
@@ -147,7 +158,8 @@ def main() -> None:
     columns = (["model", "dtype"] + [f"{m}_steps_s" for m in MODES] + ["vs_torch_amp", "vs_fp32"]
                + [f"{m}_{memory_key}" for m in MODES] + ["mem_vs_torch_amp"])
     report("End-to-end training steps: ampkit AMP vs torch AMP vs FP32 (ratios: ampkit steps/s over the other)",
-           rows, columns, args, extra={"memory": memory_key, "repeats": repeats, "loss_scaling": use_scaler})
+           rows, columns, args, extra={"memory": memory_key, "repeats": repeats, "loss_scaling": use_scaler},
+           targets=TARGETS)
 
 
 if __name__ == "__main__":

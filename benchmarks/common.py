@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from targets import evaluate, format_result
+
 # Appended, so a PYTHONPATH that points at a build (scripts/env.sh) takes precedence.
 sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 
@@ -58,13 +60,34 @@ def environment(device: str) -> dict:
     return env
 
 
-def report(title: str, rows: list[dict], columns: list[str], args, extra: dict | None = None) -> None:
+def run_label(args, target_devices: tuple[str, ...] = ("cuda",)) -> str:
+    """How far a run's figures are from the ones its targets are defined for (by default the GPU at
+    full size)."""
+    notes = []
+    if str(args.device).split(":")[0] not in target_devices:
+        notes.append(f"{args.device}: targets are for {'/'.join(target_devices)}")
+    if getattr(args, "quick", False):
+        notes.append("quick sizes")
+    return "; ".join(notes)
+
+
+def report(title: str, rows: list[dict], columns: list[str], args, extra: dict | None = None,
+           targets: list[dict] | None = None, target_devices: tuple[str, ...] = ("cuda",)) -> None:
+    """Prints the table and each target's verdict (benchmarks/targets.py); writes the JSON with the
+    rows, the targets and their verdicts, so the GPU run's summary can judge the run by itself."""
     print(f"\n{title}  ({environment(args.device)})")
     widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in columns]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for r in rows:
         print("  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(columns, widths)))
+    benchmark = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    checks = evaluate(rows, targets or [])
+    label = run_label(args, target_devices)
+    for check in checks:
+        print(format_result(benchmark, check, label))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"title": title, "environment": environment(args.device), "rows": rows, **(extra or {})},
+            json.dump({"benchmark": benchmark, "title": title, "environment": environment(args.device),
+                       "args": {k: v for k, v in vars(args).items() if k != "json"}, "label": label,
+                       "rows": rows, **(extra or {}), "targets": targets or [], "checks": checks},
                       handle, indent=2)
