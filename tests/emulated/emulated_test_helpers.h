@@ -46,12 +46,12 @@ class DeviceTensor {
         offset_(offset),
         buffer_(static_cast<size_t>((offset + cpu.numel()) * static_cast<int64_t>(cpu.element_size()))) {
     const at::Tensor flat = cpu.contiguous();
-    std::memcpy(data(), flat.data_ptr(), static_cast<size_t>(numel_) * element_size());
+    if (numel_ > 0) std::memcpy(data(), flat.data_ptr(), static_cast<size_t>(numel_) * element_size());
   }
   void* data() const { return buffer_.data() + static_cast<size_t>(offset_) * element_size(); }
   at::Tensor to_cpu() const {
     at::Tensor out = at::empty({numel_}, at::TensorOptions().dtype(dtype_));
-    std::memcpy(out.data_ptr(), data(), static_cast<size_t>(numel_) * element_size());
+    if (numel_ > 0) std::memcpy(out.data_ptr(), data(), static_cast<size_t>(numel_) * element_size());
     return out;
   }
   bool prefix_untouched() const {
@@ -113,6 +113,12 @@ inline int64_t first_bit_difference(const at::Tensor& expected, const at::Tensor
                                           << ", got " << actual_[where_].item<double>());                \
     }                                                                                                    \
   } while (0)
+
+// Byte equality of two tensors' storage (empty tensors have no data pointer).
+inline bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
+  if (a.nbytes() != b.nbytes()) return false;
+  return a.nbytes() == 0 || std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()) == 0;
+}
 
 // The emulated device must have found nothing (races, divergence, bad launches).
 inline void require_no_findings() {

@@ -267,7 +267,7 @@ TEST_CASE("emulated unscale_and_check: a check-only pass leaves every byte uncha
       REQUIRE(outcome.found_inf == 1.0f);
       for (size_t t = 0; t < grads.size(); ++t) {
         const at::Tensor after = outcome.grads.tensors[t].to_cpu();
-        REQUIRE(std::memcmp(after.data_ptr(), grads[t].data_ptr(), static_cast<size_t>(grads[t].nbytes())) == 0);
+        REQUIRE(same_bytes(after, grads[t]));
       }
     });
   }

@@ -162,7 +162,7 @@ void require_bytes_equal(const std::vector<at::Tensor>& before, const std::vecto
   REQUIRE(before.size() == after.size());
   for (size_t i = 0; i < before.size(); ++i) {
     INFO("tensor " << i);
-    REQUIRE(std::memcmp(before[i].data_ptr(), after[i].data_ptr(), static_cast<size_t>(before[i].nbytes())) == 0);
+    REQUIRE(same_bytes(before[i], after[i]));
   }
 }
 
