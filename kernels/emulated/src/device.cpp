@@ -11,7 +11,6 @@
 #include <numeric>
 #include <random>
 #include <set>
-#include <sstream>
 
 #include "fiber.h"
 
@@ -51,8 +50,6 @@ struct ThreadState {
   int warp = 0;
   int lane = 0;
   State state = State::Runnable;
-  unsigned warp_mask = 0;
-  uint64_t warp_generation = 0;  // the generation of the warp barrier it waits at / last passed
   uint64_t block_epoch = 0;      // block barriers passed
   uint64_t warp_epoch = 0;       // full-warp barriers passed
   Context context;
@@ -80,7 +77,7 @@ struct SharedShadow {
   void* data;
   uint64_t block_serial = 0;  // the block the elements below describe
   std::vector<ElementShadow> elements;
-  bool reported_uninitialised = false;
+  uint64_t uninitialised_reported_launch = 0;  // one uninitialised-read finding per array and launch
 };
 
 namespace {
@@ -115,6 +112,7 @@ struct Device {
   std::vector<Warp> warps;
   ThreadState* current = nullptr;
   Context scheduler;
+  uint64_t launch_serial = 0;  // counts every launch (launch_stats() can be reset)
   uint64_t block_serial = 0;
   int findings_this_launch = 0;
   bool in_block = false;  // findings name the block only while one runs
@@ -130,6 +128,12 @@ struct Device {
 Device& device() {
   static Device instance;
   return instance;
+}
+
+std::string hex(uint64_t value) {
+  char text[24];
+  std::snprintf(text, sizeof text, "0x%" PRIx64, value);
+  return text;
 }
 
 std::string format_index(const uint3& index) {
@@ -225,17 +229,13 @@ bool release_warp_barriers() {
       if (!(warp.mask >> lane & 1u)) continue;
       const ThreadState& thread = d.threads[w * kWarpSize + static_cast<size_t>(lane)];
       if (thread.state == State::Exited) {
-        add_finding(std::string(warp.what) + " with mask 0x" + [&] {
-          char hex[16];
-          std::snprintf(hex, sizeof hex, "%08x", warp.mask);
-          return std::string(hex);
-        }() + " in warp " + std::to_string(w) + ": lane " + std::to_string(lane) + " has exited (the warp would hang)");
+        add_finding(std::string(warp.what) + " with mask " + hex(warp.mask) + " in warp " + std::to_string(w) +
+                    ": lane " + std::to_string(lane) + " has exited (the warp would hang)");
         d.abort_block = true;
         return false;
       }
       if (thread.state != State::AtWarpBarrier) complete = false;
     }
-    (void)present;
     if (!complete) continue;
     const bool full_warp = warp.mask == present;
     if (full_warp) ++warp.sync_epoch;
@@ -395,8 +395,6 @@ uint64_t join_warp_barrier(ThreadState& thread, unsigned mask, uint64_t deposit,
   const uint64_t generation = warp.generation;
   warp.slots[generation % 2][thread.lane] = deposit;
   thread.state = State::AtWarpBarrier;
-  thread.warp_mask = mask;
-  thread.warp_generation = generation;
   switch_to_scheduler(thread, false);
   return generation;
 }
@@ -440,6 +438,7 @@ void launch(const char* kernel_name, const char* signature, dim3 grid, dim3 bloc
   std::free(demangled);
   d.kernel_name = kernel_name;
   d.findings_this_launch = 0;
+  ++d.launch_serial;
   if (!valid_configuration(grid, block, dynamic_shared_bytes)) {
     add_finding("invalid launch configuration: grid (" + std::to_string(grid.x) + "," + std::to_string(grid.y) + "," +
                 std::to_string(grid.z) + "), block (" + std::to_string(block.x) + "," + std::to_string(block.y) +
@@ -453,8 +452,8 @@ void launch(const char* kernel_name, const char* signature, dim3 grid, dim3 bloc
   d.body = body;
   const size_t threads = size_t{block.x} * block.y * block.z;
   while (d.stacks.size() < threads) d.stacks.push_back(std::make_unique<FiberStack>(kFiberStackBytes));
-  d.threads.assign(threads, ThreadState{});
-  d.warps.assign((threads + kWarpSize - 1) / kWarpSize, Warp{});
+  d.threads.resize(threads);  // run_block initialises every thread and warp
+  d.warps.resize((threads + kWarpSize - 1) / kWarpSize);
   d.rng.seed(d.seed ^ (d.stats.launches * 0x9E3779B97F4A7C15ull));
 
   const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
@@ -508,9 +507,8 @@ void shared_access(SharedShadow* shadow, int64_t index, bool write) {
   ElementShadow& element = shadow->elements[static_cast<size_t>(index)];
   const auto address = reinterpret_cast<uintptr_t>(static_cast<char*>(shadow->data) + index * shadow->element_size);
   auto race = [&](const Access& earlier, const char* earlier_kind) {
-    char where[64];
-    std::snprintf(where, sizeof where, " (address 0x%" PRIxPTR ")", address);
-    add_finding(std::string("shared-memory race on ") + shadow->name + "[" + std::to_string(index) + "]" + where +
+    add_finding(std::string("shared-memory race on ") + shadow->name + "[" + std::to_string(index) + "] (address " +
+                hex(address) + ")" +
                 ": " + earlier_kind + " by " + thread_name(earlier.thread) + ", " + (write ? "written" : "read") +
                 " by " + thread_name(thread.linear) + " with no barrier between");
   };
@@ -529,10 +527,10 @@ void shared_access(SharedShadow* shadow, int64_t index, bool write) {
     return;
   }
   if (!element.written) {
-    if (!shadow->reported_uninitialised || d.findings_this_launch == 0) {
+    if (shadow->uninitialised_reported_launch != d.launch_serial) {
       add_finding(thread_name(thread.linear) + " reads shared " + shadow->name + "[" + std::to_string(index) +
                   "] before any thread of the block wrote it");
-      shadow->reported_uninitialised = true;
+      shadow->uninitialised_reported_launch = d.launch_serial;
     }
   } else if (!ordered_before(element.last_write, thread)) {
     race(element.last_write, "written");
