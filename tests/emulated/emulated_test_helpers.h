@@ -70,6 +70,15 @@ class DeviceTensor {
   DeviceBuffer buffer_;
 };
 
+// Tensors onto the emulated device at base offsets (t + offset_shift) % 8 elements, tensor by
+// tensor: aligned and misaligned vector paths in every list.
+inline std::vector<DeviceTensor> to_device(const std::vector<at::Tensor>& tensors, int64_t offset_shift = 0) {
+  std::vector<DeviceTensor> out;
+  out.reserve(tensors.size());
+  for (size_t t = 0; t < tensors.size(); ++t) out.emplace_back(tensors[t], (static_cast<int64_t>(t) + offset_shift) % 8);
+  return out;
+}
+
 inline kernels::DType kernel_dtype(at::ScalarType dtype) {
   switch (dtype) {
     case at::kFloat: return kernels::DType::Float32;
@@ -113,6 +122,17 @@ inline int64_t first_bit_difference(const at::Tensor& expected, const at::Tensor
                                           << ", got " << actual_[where_].item<double>());                \
     }                                                                                                    \
   } while (0)
+
+// Each device tensor equals its CPU reference bit for bit, and the poison before it is untouched.
+inline void require_tensors_match(const char* what, const std::vector<at::Tensor>& expected,
+                                  const std::vector<DeviceTensor>& actual) {
+  REQUIRE(expected.size() == actual.size());
+  for (size_t t = 0; t < expected.size(); ++t) {
+    INFO(what << "[" << t << "] of " << expected[t].numel() << " elements");
+    REQUIRE(actual[t].prefix_untouched());
+    REQUIRE_SAME_BITS(expected[t], actual[t].to_cpu());
+  }
+}
 
 // Byte equality of two tensors' storage (empty tensors have no data pointer).
 inline bool same_bytes(const at::Tensor& a, const at::Tensor& b) {

@@ -42,20 +42,10 @@ struct DeviceList {
   }
 };
 
-// Base offsets 0..7 elements, one per tensor in turn: aligned and misaligned vector paths.
-DeviceList to_device(const std::vector<at::Tensor>& tensors) {
-  DeviceList list;
-  for (size_t t = 0; t < tensors.size(); ++t) list.tensors.emplace_back(tensors[t], static_cast<int64_t>(t % 8));
-  return list;
-}
+DeviceList device_list(const std::vector<at::Tensor>& tensors) { return DeviceList{to_device(tensors)}; }
 
 void require_list_matches(const std::vector<at::Tensor>& expected, const DeviceList& actual) {
-  REQUIRE(expected.size() == actual.tensors.size());
-  for (size_t t = 0; t < expected.size(); ++t) {
-    INFO("tensor " << t << " of " << expected[t].numel() << " elements");
-    REQUIRE(actual.tensors[t].prefix_untouched());
-    REQUIRE_SAME_BITS(expected[t], actual.tensors[t].to_cpu());
-  }
+  require_tensors_match("tensor", expected, actual.tensors);
 }
 
 std::vector<at::Tensor> make_list(const std::vector<int64_t>& sizes, at::ScalarType dtype, uint64_t seed,
@@ -82,10 +72,10 @@ struct ScaleOutcome {
 // Runs multi_tensor_scale on the emulated device, out of place or in place.
 ScaleOutcome scale_on_device(const std::vector<at::Tensor>& inputs, at::ScalarType out_dtype, float scale,
                              bool in_place) {
-  DeviceList in = to_device(inputs);
+  DeviceList in = device_list(inputs);
   std::vector<at::Tensor> zeros;
   for (const at::Tensor& input : inputs) zeros.push_back(at::zeros({input.numel()}, out_dtype));
-  ScaleOutcome outcome{in_place ? DeviceList{} : to_device(zeros), 0.0f};
+  ScaleOutcome outcome{in_place ? DeviceList{} : device_list(zeros), 0.0f};
   DeviceList& out = in_place ? in : outcome.outputs;
   kernels::TensorLists lists = in.lists(2);
   if (!in_place) lists.lists[1] = out.lists().lists[0];
@@ -174,7 +164,7 @@ struct UnscaleOutcome {
 
 // unscale_and_check over one dtype's list, then finish_norm when asked: what the CUDA glue does.
 UnscaleOutcome unscale_on_device(const std::vector<at::Tensor>& grads, float inv_scale, bool norm) {
-  UnscaleOutcome outcome{to_device(grads), 0.0f, -1.0f};
+  UnscaleOutcome outcome{device_list(grads), 0.0f, -1.0f};
   const kernels::TensorLists lists = outcome.grads.lists();
   const float inv = inv_scale;
   std::unique_ptr<DeviceBuffer> partials;

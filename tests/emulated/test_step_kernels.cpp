@@ -45,14 +45,6 @@ struct DeviceGroup {
   std::vector<DeviceTensor> params, masters, grads, state0, state1, steps;
 };
 
-std::vector<DeviceTensor> to_device(const std::vector<at::Tensor>& tensors, int64_t offset_shift) {
-  std::vector<DeviceTensor> out;
-  for (size_t t = 0; t < tensors.size(); ++t) {
-    out.emplace_back(tensors[t], static_cast<int64_t>((t + static_cast<size_t>(offset_shift)) % 8));
-  }
-  return out;
-}
-
 std::vector<void*> pointers(const std::vector<DeviceTensor>& tensors, size_t count) {
   std::vector<void*> out(count, nullptr);
   for (size_t t = 0; t < tensors.size(); ++t) out[t] = tensors[t].data();
@@ -75,10 +67,10 @@ HostGroup make_group(const std::vector<int64_t>& sizes, at::ScalarType param_dty
 
 DeviceGroup copy_to_device(const HostGroup& host) {
   DeviceGroup group;
-  group.params = to_device(host.params, 0);
-  group.masters = to_device(host.masters, 0);
-  group.state0 = to_device(host.state0, 0);
-  group.state1 = to_device(host.state1, 0);
+  group.params = to_device(host.params);
+  group.masters = to_device(host.masters);
+  group.state0 = to_device(host.state0);
+  group.state1 = to_device(host.state1);
   group.steps = to_device(host.steps, 3);
   return group;
 }
@@ -134,19 +126,11 @@ void step_on_device(const StepConfig& config, DeviceGroup& group, at::ScalarType
 }
 
 void require_group_matches(const HostGroup& expected, const DeviceGroup& actual) {
-  auto compare = [](const char* what, const std::vector<at::Tensor>& e, const std::vector<DeviceTensor>& a) {
-    REQUIRE(e.size() == a.size());
-    for (size_t t = 0; t < e.size(); ++t) {
-      INFO(what << "[" << t << "] of " << e[t].numel() << " elements");
-      REQUIRE(a[t].prefix_untouched());
-      REQUIRE_SAME_BITS(e[t], a[t].to_cpu());
-    }
-  };
-  compare("params", expected.params, actual.params);
-  compare("masters", expected.masters, actual.masters);
-  compare("state0", expected.state0, actual.state0);
-  compare("state1", expected.state1, actual.state1);
-  compare("steps", expected.steps, actual.steps);
+  require_tensors_match("params", expected.params, actual.params);
+  require_tensors_match("masters", expected.masters, actual.masters);
+  require_tensors_match("state0", expected.state0, actual.state0);
+  require_tensors_match("state1", expected.state1, actual.state1);
+  require_tensors_match("steps", expected.steps, actual.steps);
 }
 
 // Every byte the step could write, for the skipped-step check.
