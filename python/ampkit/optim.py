@@ -83,6 +83,12 @@ def _describe_tensor(value: torch.Tensor) -> str:
     return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
 
 
+def _host_value_error(label: str, expected: str, value: torch.Tensor) -> TypeError:
+    """The error for a tensor where the op takes a host value: it would be read back every step."""
+    return TypeError(f"{label} must be {expected} (a tensor would be read on the host every step); "
+                     f"got {_describe_tensor(value)}")
+
+
 def _check_hyper(name: str, value: Any, *, low: float = 0.0, low_inclusive: bool = True,
                  high: float | None = None, optimizer: str, where: str = "", tensor_ok: bool = False) -> None:
     """Checks one numeric hyper-parameter. Only `lr` may be a tensor (`tensor_ok`): the ops take
@@ -91,8 +97,7 @@ def _check_hyper(name: str, value: Any, *, low: float = 0.0, low_inclusive: bool
     label = f"ampkit.optim.{optimizer}: {name}{where}"
     if isinstance(value, torch.Tensor):
         if not tensor_ok:
-            raise TypeError(f"{label} must be a Python float (a tensor would be read on the host every step); "
-                            f"got {_describe_tensor(value)}")
+            raise _host_value_error(label, "a Python float", value)
         if value.numel() != 1 or not value.is_floating_point():
             raise ValueError(f"{label} must be a float or a one-element float tensor, "
                              f"got a {value.dtype} tensor of shape {tuple(value.shape)}")
@@ -112,8 +117,7 @@ def _check_hyper(name: str, value: Any, *, low: float = 0.0, low_inclusive: bool
 def _check_flag(name: str, value: Any, *, optimizer: str, where: str = "") -> None:
     """nesterov / maximize pick a code path on the host; a tensor there would be read every step."""
     if isinstance(value, torch.Tensor):
-        raise TypeError(f"ampkit.optim.{optimizer}: {name}{where} must be a Python bool (a tensor would be read "
-                        f"on the host every step); got {_describe_tensor(value)}")
+        raise _host_value_error(f"ampkit.optim.{optimizer}: {name}{where}", "a Python bool", value)
 
 
 class _MasterWeightOptimizer(Optimizer):
@@ -393,8 +397,7 @@ class Adam(_MasterWeightOptimizer):
         _check_hyper("lr", group["lr"], optimizer=label, where=where, tensor_ok=True)
         betas = group["betas"]
         if isinstance(betas, torch.Tensor):
-            raise TypeError(f"ampkit.optim.{label}: betas{where} must be a pair of Python floats (a tensor would be "
-                            f"read on the host every step); got {_describe_tensor(betas)}")
+            raise _host_value_error(f"ampkit.optim.{label}: betas{where}", "a pair of Python floats", betas)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"ampkit.optim.{label}: betas{where} must be a pair of floats, got {betas!r}")
         _check_hyper("betas[0]", betas[0], high=1.0, optimizer=label, where=where)
