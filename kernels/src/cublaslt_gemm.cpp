@@ -57,8 +57,6 @@ bool uses_aux(GemmEpilogue e) {
          e == GemmEpilogue::DGeluBGrad;
 }
 
-uint32_t alignment_bytes(const void* pointer) { return pointer_alignment_bytes(pointer); }
-
 Result library_error(cublasStatus_t status) {
   Result result;
   result.status = Status::LibraryError;
@@ -191,9 +189,9 @@ Result no_algorithm(int library_status) {
 // no fused algorithm here, and the caller runs the unfused path.
 bool epilogue_vectors_aligned(const GemmArgs& args) {
   constexpr uint32_t kVectorBytes = 16;
-  if (reads_bias(args.epilogue) && alignment_bytes(args.bias) < kVectorBytes) return false;
-  if (writes_bias_grad(args.epilogue) && alignment_bytes(args.bias_grad) < kVectorBytes) return false;
-  if (uses_aux(args.epilogue) && alignment_bytes(args.aux) < kVectorBytes) return false;
+  if (reads_bias(args.epilogue) && pointer_alignment_bytes(args.bias) < kVectorBytes) return false;
+  if (writes_bias_grad(args.epilogue) && pointer_alignment_bytes(args.bias_grad) < kVectorBytes) return false;
+  if (uses_aux(args.epilogue) && pointer_alignment_bytes(args.aux) < kVectorBytes) return false;
   return true;
 }
 
@@ -285,10 +283,12 @@ Result cublaslt_gemm(const GemmArgs& args, cudaStream_t stream) {
                                          args.transpose_b ? args.k : args.n, args.ldb));
   AMPKIT_LT_TRY(cublasLtMatrixLayoutInit(d_layout, d_type, args.m, args.n, args.ldd));
 
-  const Alignments align{alignment_bytes(args.a), alignment_bytes(args.b), alignment_bytes(args.d),
-                         reads_bias(args.epilogue) ? alignment_bytes(args.bias)
-                                                   : (writes_bias_grad(args.epilogue) ? alignment_bytes(args.bias_grad) : 0),
-                         uses_aux(args.epilogue) ? alignment_bytes(args.aux) : 0};
+  const uint32_t bias_alignment =
+      reads_bias(args.epilogue) ? pointer_alignment_bytes(args.bias)
+                                : (writes_bias_grad(args.epilogue) ? pointer_alignment_bytes(args.bias_grad) : 0);
+  const Alignments align{pointer_alignment_bytes(args.a), pointer_alignment_bytes(args.b),
+                         pointer_alignment_bytes(args.d), bias_alignment,
+                         uses_aux(args.epilogue) ? pointer_alignment_bytes(args.aux) : 0};
   const AlgoKey key = make_key(device, args, align);
 
   cublasLtMatmulAlgo_t algo;
