@@ -48,15 +48,14 @@ if [[ "${AMPKIT_SKIP_CUDA_OFF:-0}" != 1 && "${AMPKIT_CUDA:-AUTO}" != OFF ]]; the
   AMPKIT_EXPECT_CUDA_BUILD=0 PYTHONPATH="$off_dir/python" "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow" tests/python
 fi
 if [[ "${AMPKIT_SKIP_SANITIZERS:-0}" != 1 ]]; then
+  # halt_on_error: a UBSan finding fails the run instead of only printing.
+  sanitizer_env=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
   echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (CPU build) =="
   san_dir="$ROOT/build/sanitize"
   AMPKIT_CUDA=OFF AMPKIT_SANITIZE=address,undefined AMPKIT_BUILD_TYPE=RelWithDebInfo AMPKIT_BUILD_DIR="$san_dir" \
     bash scripts/build.sh -DAMPKIT_BUILD_PYTHON=OFF -DAMPKIT_BUILD_EXAMPLES=OFF
-  # halt_on_error: a UBSan finding fails the run instead of only printing.
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    "$san_dir/tests/ampkit_tests" --reporter compact
+  env "${sanitizer_env[@]}" "$san_dir/tests/ampkit_tests" --reporter compact
   echo "== CUDA kernels on the emulated device under AddressSanitizer + UndefinedBehaviorSanitizer =="
-  run_emulated_suite "$san_dir" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  run_emulated_suite "$san_dir" "${sanitizer_env[@]}"
 fi
 echo "== all tests passed =="
