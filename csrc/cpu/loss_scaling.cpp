@@ -12,9 +12,9 @@
 
 #include <atomic>
 #include <cmath>
-#include <limits>
 #include <vector>
 
+#include "ampkit_kernels/scale_math.h"
 #include "cpu/cpu_loops.h"
 #include "cpu/vector_isa.h"
 #include "ops/loss_scaling.h"
@@ -264,49 +264,22 @@ void unscale_and_check_cpu(at::TensorList grads, const at::Tensor& found_inf, co
   if (norm) *norm_out->mutable_data_ptr<float>() = static_cast<float>(std::sqrt(sum_of_squares));
 }
 
-// The update rule; the CUDA kernel (update_scale_kernel in kernels/src/loss_scaling.cu) implements the same steps.
+// The rule itself is scale_math::update_scale_state, which the CUDA kernel runs too.
 void update_scale_cpu(const at::Tensor& scale, const at::Tensor& growth_tracker, const at::Tensor& hysteresis_tracker,
                       const at::Tensor& found_inf, double growth_factor, double backoff_factor, int64_t growth_interval,
                       int64_t hysteresis, double min_scale, double max_scale) {
   detail::check_update_scale_args(scale, growth_tracker, hysteresis_tracker, found_inf,
                                   {growth_factor, backoff_factor, growth_interval, hysteresis, min_scale, max_scale});
-  float* scale_ptr = scale.mutable_data_ptr<float>();
-  int32_t* growth_ptr = growth_tracker.mutable_data_ptr<int32_t>();
-  int32_t* hysteresis_ptr = hysteresis_tracker.mutable_data_ptr<int32_t>();
-  const float found = *found_inf.const_data_ptr<float>();
-  const float current = *scale_ptr;
-  // Bounds at or beyond float32's range are no bounds: that keeps the default (max_scale =
-  // FLT_MAX, min_scale = 0) identical to torch._amp_update_scale_, which never clamps.
-  const bool has_max = max_scale < static_cast<double>(std::numeric_limits<float>::max());
-  const bool has_min = min_scale > 0.0;
-  if (found != 0.0f) {
-    *growth_ptr = 0;
-    // Consecutive overflow steps so far, saturating at `hysteresis`.
-    const int32_t overflows = std::min<int32_t>(*hysteresis_ptr, static_cast<int32_t>(hysteresis) - 1) + 1;
-    *hysteresis_ptr = overflows;
-    if (overflows >= hysteresis) {
-      // The product in double, rounded once to float: what torch does.
-      double backed_off = static_cast<double>(current) * backoff_factor;
-      if (has_min && backed_off < min_scale) backed_off = min_scale;
-      const float next = static_cast<float>(backed_off);
-      // After ~150 back-offs in a row the product underflows to 0: keep the last positive scale.
-      if (next > 0.0f) *scale_ptr = next;
-    }
-  } else {
-    *hysteresis_ptr = 0;
-    const int32_t successful = *growth_ptr + 1;
-    // >= rather than ==: a tracker loaded from a run with a longer interval still grows.
-    if (successful >= growth_interval) {
-      double grown = static_cast<double>(current) * growth_factor;
-      if (has_max && grown > max_scale) grown = max_scale;
-      const float next = static_cast<float>(grown);
-      // Never grow past float32's range to inf.
-      if (std::isfinite(next)) *scale_ptr = next;
-      *growth_ptr = 0;
-    } else {
-      *growth_ptr = successful;
-    }
-  }
+  // The checks above bound growth_interval and hysteresis to int32.
+  const ampkit_kernels::ScaleUpdateConfig config{growth_factor,
+                                                 backoff_factor,
+                                                 static_cast<int>(growth_interval),
+                                                 static_cast<int>(hysteresis),
+                                                 min_scale,
+                                                 max_scale};
+  ampkit_kernels::scale_math::update_scale_state(
+      *scale.mutable_data_ptr<float>(), *growth_tracker.mutable_data_ptr<int32_t>(),
+      *hysteresis_tracker.mutable_data_ptr<int32_t>(), *found_inf.const_data_ptr<float>() != 0.0f, config);
 }
 
 }  // namespace
