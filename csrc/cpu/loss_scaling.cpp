@@ -78,20 +78,10 @@ __attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin,
 
 using BlockFn = bool (*)(void* data, int64_t begin, int64_t end, float factor, double& sum_of_squares);
 
-#if AMPKIT_X86_DISPATCH
-#define AMPKIT_DEFINE_BLOCK_FN(NAME, T, WRITE, NORM)                                                              \
-  bool NAME(void* data, int64_t begin, int64_t end, float factor, double& squares) {                              \
-    return unscale_block<T, WRITE, NORM>(static_cast<T*>(data), begin, end, factor, squares);                      \
-  }                                                                                                                \
-  AMPKIT_X86_V3 bool NAME##_v3(void* data, int64_t begin, int64_t end, float factor, double& squares) {            \
-    return unscale_block<T, WRITE, NORM>(static_cast<T*>(data), begin, end, factor, squares);                      \
-  }
-#else
 #define AMPKIT_DEFINE_BLOCK_FN(NAME, T, WRITE, NORM)                                                              \
   bool NAME(void* data, int64_t begin, int64_t end, float factor, double& squares) {                              \
     return unscale_block<T, WRITE, NORM>(static_cast<T*>(data), begin, end, factor, squares);                      \
   }
-#endif
 AMPKIT_DEFINE_BLOCK_FN(block_f32_w, float, true, false)
 AMPKIT_DEFINE_BLOCK_FN(block_f32_wn, float, true, true)
 AMPKIT_DEFINE_BLOCK_FN(block_f32_r, float, false, false)
@@ -105,6 +95,20 @@ AMPKIT_DEFINE_BLOCK_FN(block_bf16_wn, c10::BFloat16, true, true)
 AMPKIT_DEFINE_BLOCK_FN(block_bf16_r, c10::BFloat16, false, false)
 AMPKIT_DEFINE_BLOCK_FN(block_bf16_rn, c10::BFloat16, false, true)
 #undef AMPKIT_DEFINE_BLOCK_FN
+
+#if AMPKIT_X86_DISPATCH
+// The fp32 blocks again for AVX2/FMA (the compiler vectorises the same loop wider). The 16-bit
+// dtypes get blocks written with conversion intrinsics instead (block_16bit_avx2 below).
+#define AMPKIT_DEFINE_BLOCK_FN_V3(NAME, WRITE, NORM)                                                              \
+  AMPKIT_X86_V3 bool NAME##_v3(void* data, int64_t begin, int64_t end, float factor, double& squares) {            \
+    return unscale_block<float, WRITE, NORM>(static_cast<float*>(data), begin, end, factor, squares);              \
+  }
+AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_w, true, false)
+AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_wn, true, true)
+AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_r, false, false)
+AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_rn, false, true)
+#undef AMPKIT_DEFINE_BLOCK_FN_V3
+#endif
 
 #if AMPKIT_X86_DISPATCH
 // fp16 <-> fp32 through F16C and bf16 <-> fp32 through AVX2 integer ops (cpu/vector_isa.h).
@@ -176,6 +180,19 @@ AMPKIT_X86_V3 bool block_16bit_avx2(void* raw, int64_t begin, int64_t end, float
   return finish_block_avx2(data, i, end, factor, write, norm, non_finite, squares_low, squares_high, sum_of_squares);
 }
 
+template <typename T, typename Conversion, bool Write, bool Norm>
+AMPKIT_X86_V3 bool block_16bit_avx2_fn(void* data, int64_t begin, int64_t end, float factor, double& squares) {
+  return block_16bit_avx2<T, Conversion>(data, begin, end, factor, Write, Norm, squares);
+}
+
+template <typename T, typename Conversion>
+BlockFn select_block_16bit_avx2(bool write, bool norm) {
+  if (write) {
+    return norm ? block_16bit_avx2_fn<T, Conversion, true, true> : block_16bit_avx2_fn<T, Conversion, true, false>;
+  }
+  return norm ? block_16bit_avx2_fn<T, Conversion, false, true> : block_16bit_avx2_fn<T, Conversion, false, false>;
+}
+
 #endif
 
 BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
@@ -184,10 +201,8 @@ BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
     switch (dtype) {
       case at::kFloat:
         return write ? (norm ? block_f32_wn_v3 : block_f32_w_v3) : (norm ? block_f32_rn_v3 : block_f32_r_v3);
-      case at::kHalf:
-        return write ? (norm ? block_f16_wn_v3 : block_f16_w_v3) : (norm ? block_f16_rn_v3 : block_f16_r_v3);
-      case at::kBFloat16:
-        return write ? (norm ? block_bf16_wn_v3 : block_bf16_w_v3) : (norm ? block_bf16_rn_v3 : block_bf16_r_v3);
+      case at::kHalf: return select_block_16bit_avx2<c10::Half, F16cConversion>(write, norm);
+      case at::kBFloat16: return select_block_16bit_avx2<c10::BFloat16, Bf16Avx2Conversion>(write, norm);
       default: break;
     }
   }
@@ -207,10 +222,6 @@ FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float f
   FlatResult result;
   if (numel == 0) return result;
   const BlockFn block_fn = select_block_fn(dtype, write, norm);
-#if AMPKIT_X86_DISPATCH
-  const bool use_f16c = dtype == at::kHalf && use_vector_isa();
-  const bool use_bf16_avx2 = dtype == at::kBFloat16 && use_vector_isa();
-#endif
   const int64_t num_blocks = (numel + kGrainSize - 1) / kGrainSize;
   std::vector<double> partials(num_blocks, 0.0);
   std::atomic<bool> found{false};
@@ -219,18 +230,6 @@ FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float f
     for (int64_t block = first_block; block < last_block; ++block) {
       const int64_t begin = block * kGrainSize;
       const int64_t end = std::min(numel, begin + kGrainSize);
-#if AMPKIT_X86_DISPATCH
-      if (use_f16c) {
-        non_finite |= block_16bit_avx2<c10::Half, F16cConversion>(data, begin, end, factor, write, norm,
-                                                                   partials[block]);
-        continue;
-      }
-      if (use_bf16_avx2) {
-        non_finite |= block_16bit_avx2<c10::BFloat16, Bf16Avx2Conversion>(data, begin, end, factor, write, norm,
-                                                                           partials[block]);
-        continue;
-      }
-#endif
       non_finite |= block_fn(data, begin, end, factor, partials[block]);
     }
     if (non_finite) found.store(true, std::memory_order_relaxed);
