@@ -12,9 +12,9 @@
 
 #include <atomic>
 #include <cmath>
-#include <limits>
 #include <vector>
 
+#include "ampkit_kernels/scale_math.h"
 #include "cpu/cpu_loops.h"
 #include "cpu/vector_isa.h"
 #include "ops/loss_scaling.h"
@@ -78,20 +78,10 @@ __attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin,
 
 using BlockFn = bool (*)(void* data, int64_t begin, int64_t end, float factor, double& sum_of_squares);
 
-#if AMPKIT_X86_DISPATCH
-#define AMPKIT_DEFINE_BLOCK_FN(NAME, T, WRITE, NORM)                                                              \
-  bool NAME(void* data, int64_t begin, int64_t end, float factor, double& squares) {                              \
-    return unscale_block<T, WRITE, NORM>(static_cast<T*>(data), begin, end, factor, squares);                      \
-  }                                                                                                                \
-  AMPKIT_X86_V3 bool NAME##_v3(void* data, int64_t begin, int64_t end, float factor, double& squares) {            \
-    return unscale_block<T, WRITE, NORM>(static_cast<T*>(data), begin, end, factor, squares);                      \
-  }
-#else
 #define AMPKIT_DEFINE_BLOCK_FN(NAME, T, WRITE, NORM)                                                              \
   bool NAME(void* data, int64_t begin, int64_t end, float factor, double& squares) {                              \
     return unscale_block<T, WRITE, NORM>(static_cast<T*>(data), begin, end, factor, squares);                      \
   }
-#endif
 AMPKIT_DEFINE_BLOCK_FN(block_f32_w, float, true, false)
 AMPKIT_DEFINE_BLOCK_FN(block_f32_wn, float, true, true)
 AMPKIT_DEFINE_BLOCK_FN(block_f32_r, float, false, false)
@@ -105,6 +95,20 @@ AMPKIT_DEFINE_BLOCK_FN(block_bf16_wn, c10::BFloat16, true, true)
 AMPKIT_DEFINE_BLOCK_FN(block_bf16_r, c10::BFloat16, false, false)
 AMPKIT_DEFINE_BLOCK_FN(block_bf16_rn, c10::BFloat16, false, true)
 #undef AMPKIT_DEFINE_BLOCK_FN
+
+#if AMPKIT_X86_DISPATCH
+// The fp32 blocks again for AVX2/FMA (the compiler vectorises the same loop wider). The 16-bit
+// dtypes get blocks written with conversion intrinsics instead (block_16bit_avx2 below).
+#define AMPKIT_DEFINE_BLOCK_FN_V3(NAME, WRITE, NORM)                                                              \
+  AMPKIT_X86_V3 bool NAME##_v3(void* data, int64_t begin, int64_t end, float factor, double& squares) {            \
+    return unscale_block<float, WRITE, NORM>(static_cast<float*>(data), begin, end, factor, squares);              \
+  }
+AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_w, true, false)
+AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_wn, true, true)
+AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_r, false, false)
+AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_rn, false, true)
+#undef AMPKIT_DEFINE_BLOCK_FN_V3
+#endif
 
 #if AMPKIT_X86_DISPATCH
 // fp16 <-> fp32 through F16C and bf16 <-> fp32 through AVX2 integer ops (cpu/vector_isa.h).
@@ -176,6 +180,19 @@ AMPKIT_X86_V3 bool block_16bit_avx2(void* raw, int64_t begin, int64_t end, float
   return finish_block_avx2(data, i, end, factor, write, norm, non_finite, squares_low, squares_high, sum_of_squares);
 }
 
+template <typename T, typename Conversion, bool Write, bool Norm>
+AMPKIT_X86_V3 bool block_16bit_avx2_fn(void* data, int64_t begin, int64_t end, float factor, double& squares) {
+  return block_16bit_avx2<T, Conversion>(data, begin, end, factor, Write, Norm, squares);
+}
+
+template <typename T, typename Conversion>
+BlockFn select_block_16bit_avx2(bool write, bool norm) {
+  if (write) {
+    return norm ? block_16bit_avx2_fn<T, Conversion, true, true> : block_16bit_avx2_fn<T, Conversion, true, false>;
+  }
+  return norm ? block_16bit_avx2_fn<T, Conversion, false, true> : block_16bit_avx2_fn<T, Conversion, false, false>;
+}
+
 #endif
 
 BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
@@ -184,10 +201,8 @@ BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
     switch (dtype) {
       case at::kFloat:
         return write ? (norm ? block_f32_wn_v3 : block_f32_w_v3) : (norm ? block_f32_rn_v3 : block_f32_r_v3);
-      case at::kHalf:
-        return write ? (norm ? block_f16_wn_v3 : block_f16_w_v3) : (norm ? block_f16_rn_v3 : block_f16_r_v3);
-      case at::kBFloat16:
-        return write ? (norm ? block_bf16_wn_v3 : block_bf16_w_v3) : (norm ? block_bf16_rn_v3 : block_bf16_r_v3);
+      case at::kHalf: return select_block_16bit_avx2<c10::Half, F16cConversion>(write, norm);
+      case at::kBFloat16: return select_block_16bit_avx2<c10::BFloat16, Bf16Avx2Conversion>(write, norm);
       default: break;
     }
   }
@@ -207,10 +222,6 @@ FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float f
   FlatResult result;
   if (numel == 0) return result;
   const BlockFn block_fn = select_block_fn(dtype, write, norm);
-#if AMPKIT_X86_DISPATCH
-  const bool use_f16c = dtype == at::kHalf && use_vector_isa();
-  const bool use_bf16_avx2 = dtype == at::kBFloat16 && use_vector_isa();
-#endif
   const int64_t num_blocks = (numel + kGrainSize - 1) / kGrainSize;
   std::vector<double> partials(num_blocks, 0.0);
   std::atomic<bool> found{false};
@@ -219,18 +230,6 @@ FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float f
     for (int64_t block = first_block; block < last_block; ++block) {
       const int64_t begin = block * kGrainSize;
       const int64_t end = std::min(numel, begin + kGrainSize);
-#if AMPKIT_X86_DISPATCH
-      if (use_f16c) {
-        non_finite |= block_16bit_avx2<c10::Half, F16cConversion>(data, begin, end, factor, write, norm,
-                                                                   partials[block]);
-        continue;
-      }
-      if (use_bf16_avx2) {
-        non_finite |= block_16bit_avx2<c10::BFloat16, Bf16Avx2Conversion>(data, begin, end, factor, write, norm,
-                                                                           partials[block]);
-        continue;
-      }
-#endif
       non_finite |= block_fn(data, begin, end, factor, partials[block]);
     }
     if (non_finite) found.store(true, std::memory_order_relaxed);
@@ -264,49 +263,22 @@ void unscale_and_check_cpu(at::TensorList grads, const at::Tensor& found_inf, co
   if (norm) *norm_out->mutable_data_ptr<float>() = static_cast<float>(std::sqrt(sum_of_squares));
 }
 
-// The update rule; the CUDA kernel (update_scale_kernel in kernels/src/loss_scaling.cu) implements the same steps.
+// The rule itself is scale_math::update_scale_state, which the CUDA kernel runs too.
 void update_scale_cpu(const at::Tensor& scale, const at::Tensor& growth_tracker, const at::Tensor& hysteresis_tracker,
                       const at::Tensor& found_inf, double growth_factor, double backoff_factor, int64_t growth_interval,
                       int64_t hysteresis, double min_scale, double max_scale) {
   detail::check_update_scale_args(scale, growth_tracker, hysteresis_tracker, found_inf,
                                   {growth_factor, backoff_factor, growth_interval, hysteresis, min_scale, max_scale});
-  float* scale_ptr = scale.mutable_data_ptr<float>();
-  int32_t* growth_ptr = growth_tracker.mutable_data_ptr<int32_t>();
-  int32_t* hysteresis_ptr = hysteresis_tracker.mutable_data_ptr<int32_t>();
-  const float found = *found_inf.const_data_ptr<float>();
-  const float current = *scale_ptr;
-  // Bounds at or beyond float32's range are no bounds: that keeps the default (max_scale =
-  // FLT_MAX, min_scale = 0) identical to torch._amp_update_scale_, which never clamps.
-  const bool has_max = max_scale < static_cast<double>(std::numeric_limits<float>::max());
-  const bool has_min = min_scale > 0.0;
-  if (found != 0.0f) {
-    *growth_ptr = 0;
-    // Consecutive overflow steps so far, saturating at `hysteresis`.
-    const int32_t overflows = std::min<int32_t>(*hysteresis_ptr, static_cast<int32_t>(hysteresis) - 1) + 1;
-    *hysteresis_ptr = overflows;
-    if (overflows >= hysteresis) {
-      // The product in double, rounded once to float: what torch does.
-      double backed_off = static_cast<double>(current) * backoff_factor;
-      if (has_min && backed_off < min_scale) backed_off = min_scale;
-      const float next = static_cast<float>(backed_off);
-      // After ~150 back-offs in a row the product underflows to 0: keep the last positive scale.
-      if (next > 0.0f) *scale_ptr = next;
-    }
-  } else {
-    *hysteresis_ptr = 0;
-    const int32_t successful = *growth_ptr + 1;
-    // >= rather than ==: a tracker loaded from a run with a longer interval still grows.
-    if (successful >= growth_interval) {
-      double grown = static_cast<double>(current) * growth_factor;
-      if (has_max && grown > max_scale) grown = max_scale;
-      const float next = static_cast<float>(grown);
-      // Never grow past float32's range to inf.
-      if (std::isfinite(next)) *scale_ptr = next;
-      *growth_ptr = 0;
-    } else {
-      *growth_ptr = successful;
-    }
-  }
+  // The checks above bound growth_interval and hysteresis to int32.
+  const ampkit_kernels::ScaleUpdateConfig config{growth_factor,
+                                                 backoff_factor,
+                                                 static_cast<int>(growth_interval),
+                                                 static_cast<int>(hysteresis),
+                                                 min_scale,
+                                                 max_scale};
+  ampkit_kernels::scale_math::update_scale_state(
+      *scale.mutable_data_ptr<float>(), *growth_tracker.mutable_data_ptr<int32_t>(),
+      *hysteresis_tracker.mutable_data_ptr<int32_t>(), *found_inf.const_data_ptr<float>() != 0.0f, config);
 }
 
 }  // namespace

@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "../../kernels/include/ampkit_kernels/optim_math.h"
+#include "ampkit_kernels/optim_math.h"
 #include "cpu/cpu_loops.h"
 #include "ops/master_optim.h"
 

@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 
+#include "ops/registration.h"
 #include "ops/validation.h"
 
 namespace ampkit::detail {
@@ -112,18 +113,9 @@ void update_scale_meta(const at::Tensor& scale, const at::Tensor& growth_tracker
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ampkit, Meta, m) {
-  m.impl("unscale_and_check_", &unscale_and_check_meta);
-  m.impl("update_scale_", &update_scale_meta);
-}
-// Sparse tensors reach no kernel; routing them to the checks gives an error naming the argument.
-TORCH_LIBRARY_IMPL(ampkit, SparseCPU, m) {
-  m.impl("unscale_and_check_", &unscale_and_check_meta);
-  m.impl("update_scale_", &update_scale_meta);
-}
-TORCH_LIBRARY_IMPL(ampkit, SparseCUDA, m) {
-  m.impl("unscale_and_check_", &unscale_and_check_meta);
-  m.impl("update_scale_", &update_scale_meta);
+TORCH_LIBRARY_IMPL(ampkit, CatchAll, m) {
+  register_meta_and_sparse(m, "unscale_and_check_", &unscale_and_check_meta);
+  register_meta_and_sparse(m, "update_scale_", &update_scale_meta);
 }
 
 }  // namespace ampkit::detail

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "ops/registration.h"
 #include "ops/validation.h"
 
 namespace ampkit::detail {
@@ -153,19 +154,9 @@ void master_adam_step_meta(at::TensorList params, at::TensorList master_params, 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ampkit, Meta, m) {
-  m.impl("master_sgd_step_", &master_sgd_step_meta);
-  m.impl("master_adam_step_", &master_adam_step_meta);
-}
-// Sparse gradients reach no kernel; the checks name the argument instead of the dispatcher's
-// generic "could not run with the SparseCPU backend".
-TORCH_LIBRARY_IMPL(ampkit, SparseCPU, m) {
-  m.impl("master_sgd_step_", &master_sgd_step_meta);
-  m.impl("master_adam_step_", &master_adam_step_meta);
-}
-TORCH_LIBRARY_IMPL(ampkit, SparseCUDA, m) {
-  m.impl("master_sgd_step_", &master_sgd_step_meta);
-  m.impl("master_adam_step_", &master_adam_step_meta);
+TORCH_LIBRARY_IMPL(ampkit, CatchAll, m) {
+  register_meta_and_sparse(m, "master_sgd_step_", &master_sgd_step_meta);
+  register_meta_and_sparse(m, "master_adam_step_", &master_adam_step_meta);
 }
 
 }  // namespace ampkit::detail

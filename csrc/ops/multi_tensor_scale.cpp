@@ -2,6 +2,7 @@
 
 #include <torch/library.h>
 
+#include "ops/registration.h"
 #include "ops/validation.h"
 
 namespace ampkit::detail {
@@ -36,10 +37,8 @@ void multi_tensor_scale_meta(at::TensorList inputs, at::TensorList outputs, cons
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ampkit, Meta, m) { m.impl("multi_tensor_scale_", &multi_tensor_scale_meta); }
-// Sparse tensors reach no kernel; routing them to the checks turns the dispatcher's generic
-// "could not run with the SparseCPU backend" into an error that names the argument.
-TORCH_LIBRARY_IMPL(ampkit, SparseCPU, m) { m.impl("multi_tensor_scale_", &multi_tensor_scale_meta); }
-TORCH_LIBRARY_IMPL(ampkit, SparseCUDA, m) { m.impl("multi_tensor_scale_", &multi_tensor_scale_meta); }
+TORCH_LIBRARY_IMPL(ampkit, CatchAll, m) {
+  register_meta_and_sparse(m, "multi_tensor_scale_", &multi_tensor_scale_meta);
+}
 
 }  // namespace ampkit::detail

@@ -1,5 +1,6 @@
 // The schema of every torch.ops.ampkit.* op, in one place. Device kernels are registered next
-// to their implementations (cpu/, cuda/, ops/meta.cpp).
+// to their implementations: cpu/ and cuda/, and the Meta (and sparse) kernels next to each op's
+// argument checks in ops/ (registration.h).
 #include <torch/library.h>
 
 TORCH_LIBRARY(ampkit, m) {

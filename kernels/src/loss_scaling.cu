@@ -1,7 +1,5 @@
 // Dynamic loss scaling kernels: fused unscale + non-finite check (+ per-chunk sums of squares for
 // the global L2 norm), the norm's finishing kernel, and the one-thread scale update.
-#include <cfloat>
-
 #include "ampkit_kernels/loss_scaling.h"
 #include "multi_tensor_apply.cuh"
 
@@ -131,35 +129,11 @@ __global__ void finish_norm_kernel(const double* partials, int64_t count, float*
   if (threadIdx.x == 0) *norm_out = static_cast<float>(sqrt(sums[0]));
 }
 
-// Mirrors update_scale_cpu step for step (csrc/cpu/loss_scaling.cpp); see the comments there.
+// One thread runs the rule the CPU kernel runs (ampkit_kernels/scale_math.h) on the device, so the
+// host never reads found_inf.
 __global__ void update_scale_kernel(float* scale, int* growth_tracker, int* hysteresis_tracker, const float* found_inf,
                                     ScaleUpdateConfig config) {
-  const float current = *scale;
-  const bool has_max = config.max_scale < static_cast<double>(FLT_MAX);
-  const bool has_min = config.min_scale > 0.0;
-  if (*found_inf != 0.0f) {
-    *growth_tracker = 0;
-    const int overflows = min(*hysteresis_tracker, config.hysteresis - 1) + 1;
-    *hysteresis_tracker = overflows;
-    if (overflows >= config.hysteresis) {
-      double backed_off = static_cast<double>(current) * config.backoff_factor;
-      if (has_min && backed_off < config.min_scale) backed_off = config.min_scale;
-      const float next = static_cast<float>(backed_off);
-      if (next > 0.0f) *scale = next;
-    }
-  } else {
-    *hysteresis_tracker = 0;
-    const int successful = *growth_tracker + 1;
-    if (successful >= config.growth_interval) {
-      double grown = static_cast<double>(current) * config.growth_factor;
-      if (has_max && grown > config.max_scale) grown = config.max_scale;
-      const float next = static_cast<float>(grown);
-      if (isfinite(next)) *scale = next;
-      *growth_tracker = 0;
-    } else {
-      *growth_tracker = successful;
-    }
-  }
+  scale_math::update_scale_state(*scale, *growth_tracker, *hysteresis_tracker, *found_inf != 0.0f, config);
 }
 
 Result launch_status() {

@@ -3,7 +3,7 @@
 
 #include <cuda_runtime.h>
 
-#include "../../kernels/src/device_syntax.cuh"
+#include "device_syntax.cuh"
 
 namespace probe {
 namespace {

@@ -1,6 +1,6 @@
 // The GEMM argument types, without CUDA: plain C++ that any translation unit can include (the
 // cuBLASLt wrapper, the fused_linear glue, and the host tests that check the argument translation
-// in builds without CUDA). common.h and cublaslt_gemm.h include this header.
+// in builds without CUDA). kernel_types.h and cublaslt_gemm.h include this header.
 #pragma once
 
 #include <cstddef>

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ampkit_kernels/common.h"
+#include "ampkit_kernels/scale_math.h"
 
 namespace ampkit_kernels {
 
@@ -24,16 +25,7 @@ Result unscale_and_check(const TensorLists& tensors, DType dtype, const float* i
 // *norm_out = sqrt(sum of partials[0..count)), summed in double in a fixed order (deterministic).
 Result finish_norm(const double* partials, int64_t count, float* norm_out, cudaStream_t stream);
 
-struct ScaleUpdateConfig {
-  double growth_factor;
-  double backoff_factor;
-  int growth_interval;
-  int hysteresis;
-  double min_scale;  // 0: no lower bound
-  double max_scale;  // >= FLT_MAX: no upper bound
-};
-
-// One-thread kernel: the update rule of ampkit.update_scale_ (see csrc/cpu/loss_scaling.cpp).
+// One-thread kernel: scale_math::update_scale_state, the rule the CPU kernel runs too.
 Result update_scale(float* scale, int* growth_tracker, int* hysteresis_tracker, const float* found_inf,
                     const ScaleUpdateConfig& config, cudaStream_t stream);
 

@@ -10,6 +10,7 @@
 // partially processed tensor over as slot 0 of the next table.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 

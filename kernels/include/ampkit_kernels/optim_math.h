@@ -12,11 +12,7 @@
 
 #include <cmath>
 
-#if defined(__CUDACC__)
-#define AMPKIT_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define AMPKIT_HOST_DEVICE inline
-#endif
+#include "ampkit_kernels/host_device.h"
 
 namespace ampkit_kernels {
 
