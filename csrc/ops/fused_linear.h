@@ -4,7 +4,7 @@
 //
 // Three ops (schemas in ops/registration.cpp):
 //   fused_linear(input, weight, bias?, activation) -> output
-//       output = act(input @ weight.T + bias); what users call. Its Autograd kernel (here) runs
+//       output = act(input @ weight.T + bias); what users call. Its Autograd kernel runs
 //       fused_linear_forward and records fused_linear_backward.
 //   fused_linear_forward(...) -> (output, saved)
 //       also returns what the backward needs besides input and weight: for "gelu" the
