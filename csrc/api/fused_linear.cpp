@@ -15,6 +15,12 @@ at::Tensor fused_linear(const at::Tensor& input, const at::Tensor& weight, const
   return op.call(input, weight, bias, activation);
 }
 
+std::vector<std::string> fused_linear_activations() { return detail::activation_names(); }
+
+void check_fused_linear_activation(std::string_view caller, std::string_view activation) {
+  detail::parse_activation(caller, activation);
+}
+
 at::Tensor fused_mlp(const at::Tensor& input, const at::Tensor& weight1, const std::optional<at::Tensor>& bias1,
                      const at::Tensor& weight2, const std::optional<at::Tensor>& bias2) {
   static const auto op =

@@ -13,10 +13,8 @@ FusedLinearImpl::FusedLinearImpl(const FusedLinearOptions& options_) : options(o
 }
 
 void FusedLinearImpl::reset() {
-  // Fails early, with the op's own message, on an activation name the op would reject.
-  TORCH_CHECK_VALUE(options.activation() == "none" || options.activation() == "relu" || options.activation() == "gelu",
-                    "ampkit::nn::FusedLinear: activation must be one of 'none', 'relu', 'gelu' (tanh approximation), "
-                    "got '", options.activation(), "'");
+  // Fails early, with the op's own rule and message, on an activation name the op would reject.
+  check_fused_linear_activation("ampkit::nn::FusedLinear", options.activation());
   TORCH_CHECK_VALUE(options.in_features() >= 0 && options.out_features() >= 0,
                     "ampkit::nn::FusedLinear: in_features and out_features must be >= 0, got ", options.in_features(),
                     " and ", options.out_features());

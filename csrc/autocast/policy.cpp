@@ -183,13 +183,26 @@ Policy Policy::torch_default(c10::DeviceType device_type, c10::ScalarType dtype)
         break;
     }
   }
-  // ampkit's own GEMMs run in low precision by default, as torch's linear does; their autocast
-  // kernels read the policy (self_routed.h), so an edited policy can deny or promote them.
+  // Self-routed ops run in low precision by default, as torch's linear does; their autocast kernels
+  // read the policy (ampkit/autocast_self_routed.h), so an edited policy can deny or promote them.
   auto& dispatcher = c10::Dispatcher::singleton();
-  for (const char* own : {"ampkit::fused_linear", "ampkit::fused_mlp"}) {
-    if (dispatcher.findSchema({own, ""})) lists[own] = OpList::kAllow;
+  for (const std::string& own : detail::self_routed_ops()) {
+    if (dispatcher.findSchema(detail::operator_name(own))) lists[own] = OpList::kAllow;
   }
   return Policy(device_type, dtype, std::move(lists));
+}
+
+std::vector<std::pair<std::string, std::string>> torch_routes(c10::DeviceType device_type) {
+  TORCH_CHECK_VALUE(device_type == c10::kCPU || device_type == c10::kCUDA,
+                    "ampkit.autocast.torch_routes: device_type must be cpu or cuda, got ",
+                    c10::DeviceTypeName(device_type, true));
+  const int device = device_type == c10::kCPU ? detail::kCpu : detail::kCuda;
+  std::vector<std::pair<std::string, std::string>> routes;
+  for (uint32_t slot = 0; slot < detail::known_op_count(); ++slot) {
+    const Route route = detail::torch_route(device, slot);
+    if (route != Route::kPassthrough) routes.emplace_back(detail::slot_name(slot), detail::route_name(route));
+  }
+  return routes;
 }
 
 Policy Policy::moved(OpList list, const std::vector<std::string>& ops) const {

@@ -6,6 +6,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
@@ -14,9 +15,9 @@
 #include <unordered_map>
 
 #include "ampkit/autocast.h"
+#include "ampkit/autocast_self_routed.h"
 #include "autocast/registry.h"
 #include "autocast/routing.h"
-#include "autocast/self_routed.h"
 #include "ops/validation.h"
 
 namespace ampkit::autocast::detail {
@@ -43,13 +44,6 @@ struct Registry {
 Registry& registry() {
   static Registry* instance = new Registry();  // never destroyed: kernels may run during exit
   return *instance;
-}
-
-c10::OperatorName operator_name(const std::string& qualified) {
-  const auto ns_end = qualified.find("::");
-  const auto dot = qualified.find('.', ns_end == std::string::npos ? 0 : ns_end + 2);
-  if (dot == std::string::npos) return {qualified, ""};
-  return {qualified.substr(0, dot), qualified.substr(dot + 1)};
 }
 
 void append_dtypes(std::vector<std::string>& out, const c10::IValue& value) {
@@ -218,6 +212,13 @@ std::string routed_by(const ThreadState& state, int device, uint32_t slot) {
   return list_name(static_cast<OpList>(policy->lists[slot]));
 }
 
+c10::OperatorName operator_name(const std::string& qualified) {
+  const auto ns_end = qualified.find("::");
+  const auto dot = qualified.find('.', ns_end == std::string::npos ? 0 : ns_end + 2);
+  if (dot == std::string::npos) return {qualified, ""};
+  return {qualified.substr(0, dot), qualified.substr(dot + 1)};
+}
+
 uint32_t slot_for(const std::string& qualified_name, int device) {
   Registry& reg = registry();
   std::lock_guard<std::mutex> lock(reg.mutex);
@@ -246,8 +247,32 @@ uint32_t slot_for(const std::string& qualified_name, int device) {
   return slot;
 }
 
+namespace {
+
+// The ops that registered themselves (at static initialisation, so before any policy exists).
+// Apart from Registry: register_slot asks is_self_routed with Registry::mutex held.
+struct SelfRoutedOps {
+  std::mutex mutex;
+  std::vector<std::string> names;
+};
+
+SelfRoutedOps& self_routed_registry() {
+  static SelfRoutedOps* instance = new SelfRoutedOps();  // never destroyed, as registry()
+  return *instance;
+}
+
+}  // namespace
+
 bool is_self_routed(const std::string& qualified_name) {
-  return qualified_name == "ampkit::fused_linear" || qualified_name == "ampkit::fused_mlp";
+  SelfRoutedOps& ops = self_routed_registry();
+  std::lock_guard<std::mutex> lock(ops.mutex);
+  return std::find(ops.names.begin(), ops.names.end(), qualified_name) != ops.names.end();
+}
+
+std::vector<std::string> self_routed_ops() {
+  SelfRoutedOps& ops = self_routed_registry();
+  std::lock_guard<std::mutex> lock(ops.mutex);
+  return ops.names;
 }
 
 bool is_registered_by_ampkit(int device, const std::string& qualified_name) {
@@ -305,8 +330,33 @@ bool is_installed(c10::DeviceType device_type) {
 
 namespace ampkit::autocast {
 
+void register_self_routed_op(const char* qualified_name) {
+  const std::string name = qualified_name == nullptr ? "" : qualified_name;
+  TORCH_CHECK_VALUE(name.find("::") != std::string::npos && name.find("::") > 0,
+                    "ampkit::autocast::register_self_routed_op: qualified_name must be a fully qualified op name "
+                    "like 'mylib::my_gemm', got '", name, "'");
+  if (detail::is_self_routed(name)) return;
+  {
+    detail::Registry& reg = detail::registry();
+    std::lock_guard<std::mutex> lock(reg.mutex);
+    TORCH_CHECK_VALUE(reg.known_slots.count(name) == 0, "ampkit::autocast::register_self_routed_op: ", name,
+                      " is routed by ampkit's own autocast kernel (torch routes it); it cannot be self-routed");
+    const auto dynamic = reg.dynamic_slots.find(name);
+    for (int device = 0; device < detail::kNumDevices; ++device) {
+      TORCH_CHECK_VALUE(dynamic == reg.dynamic_slots.end() || reg.registered[device].count(dynamic->second) == 0,
+                        "ampkit::autocast::register_self_routed_op: ", name,
+                        " already has ampkit's autocast kernel on ", c10::toString(detail::autocast_key(device)),
+                        " (an installed policy names it); register it before any policy names it");
+    }
+  }
+  detail::SelfRoutedOps& ops = detail::self_routed_registry();
+  std::lock_guard<std::mutex> lock(ops.mutex);
+  ops.names.push_back(name);
+}
+
 uint32_t self_routed_slot(const char* qualified_name) {
-  TORCH_INTERNAL_ASSERT(detail::is_self_routed(qualified_name), qualified_name, " is not a self-routed op");
+  TORCH_CHECK(detail::is_self_routed(qualified_name), "ampkit::autocast::self_routed_slot: ", qualified_name,
+              " is not a self-routed op (declare it with register_self_routed_op)");
   return detail::slot_for(qualified_name, detail::kCpu);
 }
 

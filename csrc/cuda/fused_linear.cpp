@@ -5,12 +5,7 @@
 // build); this file adds the tensors, the workspace, the stream, and the unfused fallbacks for
 // problems cuBLASLt has no fused algorithm for.
 #include <ATen/ops/empty.h>
-#include <ATen/ops/gelu.h>
-#include <ATen/ops/gelu_backward.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/relu.h>
 #include <ATen/ops/sum.h>
-#include <ATen/ops/threshold_backward.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
@@ -21,6 +16,7 @@
 #include "ampkit_kernels/linear_gemms.h"
 #include "cuda/kernel_glue.h"
 #include "ops/fused_linear.h"
+#include "ops/linear_fp32.h"
 
 namespace ampkit::cuda {
 namespace {
@@ -31,15 +27,6 @@ using detail::Activation;
 using detail::LinearShape;
 
 LinearDims dims_of(const LinearShape& shape) { return {shape.rows, shape.in_features, shape.out_features}; }
-
-ampkit_kernels::LinearActivation kernel_activation(Activation activation) {
-  switch (activation) {
-    case Activation::Relu: return ampkit_kernels::LinearActivation::Relu;
-    case Activation::Gelu: return ampkit_kernels::LinearActivation::Gelu;
-    case Activation::None: return ampkit_kernels::LinearActivation::None;
-  }
-  return ampkit_kernels::LinearActivation::None;
-}
 
 void check_on_cuda(const char* op, const at::Tensor& input) {
   TORCH_CHECK(input.is_cuda(), op, ": input (argument 0) must be a CUDA tensor for the CUDA kernel, got ",
@@ -94,15 +81,6 @@ void run_plain_gemm(const char* op, const GemmArgs& args, const at::Tensor& like
   if (!try_gemm(op, args, like)) out.copy_(fp32_product());
 }
 
-at::Tensor apply_activation(const at::Tensor& pre, Activation activation) {
-  switch (activation) {
-    case Activation::Relu: return at::relu(pre);
-    case Activation::Gelu: return at::gelu(pre, "tanh");
-    case Activation::None: return pre;
-  }
-  return pre;
-}
-
 // y (and the GELU input into `saved` when given) for a non-empty problem.
 void forward_gemm(const char* op, const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
                   Activation act, const LinearShape& shape, at::Tensor& y, at::Tensor* saved) {
@@ -111,7 +89,7 @@ void forward_gemm(const char* op, const at::Tensor& x, const at::Tensor& w, cons
   const LinearDims dims = dims_of(shape);
   const ampkit_kernels::DType dtype = kernel_dtype(x.scalar_type());
   const GemmArgs args = ampkit_kernels::linear_forward_gemm(
-      dims, dtype, kernel_activation(act), has_bias, saved != nullptr, x.data_ptr(), w.data_ptr(),
+      dims, dtype, act, has_bias, saved != nullptr, x.data_ptr(), w.data_ptr(),
       has_bias ? b.data_ptr() : nullptr, y.data_ptr(), saved != nullptr ? saved->data_ptr() : nullptr);
   // The plan's aux layout is the saved tensor's (empty_saved: [rows, round_up(out_features, 8)]).
   TORCH_INTERNAL_ASSERT(args.aux == nullptr || (saved->is_contiguous() && saved->size(1) == args.ld_aux), op,
@@ -119,13 +97,13 @@ void forward_gemm(const char* op, const at::Tensor& x, const at::Tensor& w, cons
   if (try_fused_gemm(op, args, x)) return;
   // cuBLASLt could not fuse this epilogue at these sizes/alignments: the plain GEMM, then the
   // bias and activation as separate passes (same result, one extra rounding of the pre-activation).
-  const GemmArgs plain = ampkit_kernels::linear_forward_gemm(dims, dtype, ampkit_kernels::LinearActivation::None,
-                                                             false, false, x.data_ptr(), w.data_ptr(), nullptr,
-                                                             y.data_ptr(), nullptr);
-  run_plain_gemm(op, plain, x, y, [&] { return at::mm(x.to(at::kFloat), w.to(at::kFloat).t()); });
+  const GemmArgs plain = ampkit_kernels::linear_forward_gemm(dims, dtype, Activation::None, false, false,
+                                                             x.data_ptr(), w.data_ptr(), nullptr, y.data_ptr(),
+                                                             nullptr);
+  run_plain_gemm(op, plain, x, y, [&] { return detail::linear_fp32(x, w, std::nullopt); });
   at::Tensor pre = has_bias ? y.add_(b) : y;
   if (saved != nullptr && act == Activation::Gelu) saved->narrow(1, 0, shape.out_features).copy_(pre);
-  y.copy_(apply_activation(pre, act));
+  y.copy_(detail::apply_activation(pre, act));
 }
 
 at::Tensor forward_impl(const char* op, const at::Tensor& input, const at::Tensor& weight,
@@ -140,7 +118,7 @@ at::Tensor forward_impl(const char* op, const at::Tensor& input, const at::Tenso
       at::Tensor pre = (bias.has_value() && bias->defined()) ? bias->to(at::kFloat).expand_as(y)
                                                                : at::zeros_like(y, y.options().dtype(at::kFloat));
       if (saved != nullptr && act == Activation::Gelu) saved->narrow(1, 0, shape.out_features).copy_(pre);
-      y.copy_(apply_activation(pre, act));
+      y.copy_(detail::apply_activation(pre, act));
     } else {
       const at::Tensor x = input.reshape({shape.rows, shape.in_features}).contiguous();
       const at::Tensor w = weight.contiguous();
@@ -186,7 +164,7 @@ void wgrad_with_bias_grad(const char* op, const LinearDims& dims, const at::Tens
   // No algorithm fuses the bias gradient here: plain GEMM plus a column sum (accumulated in fp32).
   const GemmArgs plain =
       ampkit_kernels::linear_wgrad_gemm(dims, dtype, false, g.data_ptr(), x.data_ptr(), dw.data_ptr(), nullptr);
-  run_plain_gemm(op, plain, x, dw, [&] { return at::mm(g.to(at::kFloat).t(), x.to(at::kFloat)); });
+  run_plain_gemm(op, plain, x, dw, [&] { return detail::linear_weight_grad_fp32(g, x); });
   db.copy_(at::sum(g, {0}, false, at::kFloat));
 }
 
@@ -203,12 +181,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(const 
   const int64_t M = shape.rows, N = shape.out_features, K = shape.in_features;
 
   const at::Tensor grad = grad_output.reshape({M, N}).contiguous();
-  at::Tensor grad_pre;
-  switch (act) {
-    case Activation::Gelu: grad_pre = at::gelu_backward(grad, saved.narrow(1, 0, N), "tanh").contiguous(); break;
-    case Activation::Relu: grad_pre = at::threshold_backward(grad, saved.reshape({M, N}), 0).contiguous(); break;
-    case Activation::None: grad_pre = grad; break;
-  }
+  // An elementwise pass in the input dtype: in a single layer no GEMM of ours produces grad, so no
+  // epilogue can take the activation's derivative (ampkit_kernels/linear_gemms.h).
+  const at::Tensor grad_pre = detail::activation_backward(grad, saved, act, M, N).contiguous();
 
   at::Tensor grad_input = at::empty({M, K}, input.options());
   at::Tensor grad_weight = at::empty({N, K}, weight.options());
@@ -228,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(const 
   const at::Tensor w = weight.contiguous();
   const GemmArgs dgrad = ampkit_kernels::linear_dgrad_gemm(dims_of(shape), kernel_dtype(grad_pre.scalar_type()),
                                                            grad_pre.data_ptr(), w.data_ptr(), grad_input.data_ptr());
-  run_plain_gemm(op, dgrad, x, grad_input, [&] { return at::mm(grad_pre.to(at::kFloat), w.to(at::kFloat)); });
+  run_plain_gemm(op, dgrad, x, grad_input, [&] { return detail::linear_input_grad_fp32(grad_pre, w); });
   wgrad_with_bias_grad(op, dims_of(shape), grad_pre, x, grad_weight, grad_bias);
   return {grad_input.view(input.sizes()), grad_weight, grad_bias};
 }
@@ -306,20 +281,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp
     // No algorithm fuses DGELU_BGRAD here: plain GEMM, then the GELU backward and a column sum.
     const GemmArgs plain =
         ampkit_kernels::linear_dgrad_gemm(second, dtype, grad.data_ptr(), w2.data_ptr(), grad_pre.data_ptr());
-    run_plain_gemm(op, plain, x, grad_pre, [&] { return at::mm(grad.to(at::kFloat), w2.to(at::kFloat)); });
-    grad_pre = at::gelu_backward(grad_pre, pre_rows.narrow(1, 0, H), "tanh").contiguous();
+    run_plain_gemm(op, plain, x, grad_pre, [&] { return detail::linear_input_grad_fp32(grad, w2); });
+    grad_pre = detail::activation_backward(grad_pre, pre_rows, Activation::Gelu, M, H).contiguous();
     grad_bias1.copy_(at::sum(grad_pre, {0}, false, at::kFloat));
   }
 
   at::Tensor grad_input = at::empty({M, K}, input.options());
   const GemmArgs dgrad =
       ampkit_kernels::linear_dgrad_gemm(first, dtype, grad_pre.data_ptr(), w1.data_ptr(), grad_input.data_ptr());
-  run_plain_gemm(op, dgrad, x, grad_input, [&] { return at::mm(grad_pre.to(at::kFloat), w1.to(at::kFloat)); });
+  run_plain_gemm(op, dgrad, x, grad_input, [&] { return detail::linear_input_grad_fp32(grad_pre, w1); });
   at::Tensor grad_weight1 = at::empty({H, K}, input.options());
   const GemmArgs wgrad = ampkit_kernels::linear_wgrad_gemm(first, dtype, false, grad_pre.data_ptr(), x.data_ptr(),
                                                            grad_weight1.data_ptr(), nullptr);
-  run_plain_gemm(op, wgrad, x, grad_weight1,
-                 [&] { return at::mm(grad_pre.to(at::kFloat).t(), x.to(at::kFloat)); });
+  run_plain_gemm(op, wgrad, x, grad_weight1, [&] { return detail::linear_weight_grad_fp32(grad_pre, x); });
   return {grad_input.view(input.sizes()), grad_weight1, grad_bias1, grad_weight2, grad_bias2};
 }
 

@@ -1,8 +1,10 @@
-// fused_linear: shared argument checks and shape rules for the CPU, CUDA and Meta kernels.
+// fused_linear and fused_mlp: the argument checks and shape rules shared by the CPU, CUDA and Meta
+// kernels (defined in ops/fused_linear_checks.cpp, with the Meta kernels; the Autograd and Autocast
+// kernels are in ops/fused_linear_autograd.cpp, the fp32 reference maths in ops/linear_fp32.h).
 //
 // Three ops (schemas in ops/registration.cpp):
 //   fused_linear(input, weight, bias?, activation) -> output
-//       output = act(input @ weight.T + bias); what users call. Its Autograd kernel (here) runs
+//       output = act(input @ weight.T + bias); what users call. Its Autograd kernel runs
 //       fused_linear_forward and records fused_linear_backward.
 //   fused_linear_forward(...) -> (output, saved)
 //       also returns what the backward needs besides input and weight: for "gelu" the
@@ -17,7 +19,10 @@
 #include <c10/util/string_view.h>
 
 #include <optional>
+#include <string>
 #include <vector>
+
+#include "ampkit_kernels/linear_gemms.h"
 
 namespace ampkit::detail {
 
@@ -25,14 +30,19 @@ constexpr const char* kFusedLinearOp = "ampkit.fused_linear";
 constexpr const char* kFusedLinearForwardOp = "ampkit.fused_linear_forward";
 constexpr const char* kFusedLinearBackwardOp = "ampkit.fused_linear_backward";
 
-enum class Activation { None, Relu, Gelu };
+// The one activation enum: the kernels/ GEMM plans take it as it is.
+using Activation = ampkit_kernels::LinearActivation;
 
 // Records one GEMM with an epilogue run by a CUDA kernel: fused in cuBLASLt, or not (cuBLASLt had
 // no fused algorithm). Read through ampkit::fused_epilogue_counts() (ampkit/fused_linear.h).
 void count_epilogue_gemm(bool fused);
 
-// "none" | "relu" | "gelu" (tanh approximation); anything else is a ValueError naming the op.
-Activation parse_activation(const char* op, c10::string_view name);
+// "none" | "relu" | "gelu" (tanh approximation); anything else is a ValueError naming `op` (the op,
+// or the API that takes the name: "ampkit::nn::FusedLinear"). The one check of activation names,
+// reached from the C++ API and from Python through ampkit::check_fused_linear_activation.
+Activation parse_activation(c10::string_view op, c10::string_view name);
+// The accepted names, in the enum's order.
+const std::vector<std::string>& activation_names();
 
 struct LinearShape {
   int64_t rows = 0;          // product of input's leading dimensions
@@ -79,16 +89,5 @@ MlpShape check_fused_mlp_args(const char* op, const at::Tensor& input, const at:
 MlpShape check_fused_mlp_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                                        const at::Tensor& weight1, const at::Tensor& weight2,
                                        const at::Tensor& hidden, const at::Tensor& pre);
-
-// fp32 ATen implementations, rounding once to the input dtype per stored tensor (hidden, pre,
-// output, each gradient). The CPU kernels, and the CUDA kernels' path for empty dimensions.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_mlp_forward_fp32(const at::Tensor& input, const at::Tensor& weight1,
-                                                                      const std::optional<at::Tensor>& bias1,
-                                                                      const at::Tensor& weight2,
-                                                                      const std::optional<at::Tensor>& bias2,
-                                                                      const MlpShape& shape);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_mlp_backward_fp32(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight1, const at::Tensor& weight2,
-    const at::Tensor& hidden, const at::Tensor& pre, const MlpShape& shape);
 
 }  // namespace ampkit::detail

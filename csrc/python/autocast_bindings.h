@@ -1,5 +1,5 @@
 // pybind11 bindings of the autocast policy machinery (ampkit/autocast.h), used by
-// python/ampkit/autocast.py. Included by bindings.cpp only (the TU with <torch/extension.h>).
+// python/ampkit/autocasting.py. Included by bindings.cpp only (the TU with <torch/extension.h>).
 // Devices and dtypes cross as strings ("cpu", "bfloat16"); the Python layer converts.
 #pragma once
 
@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "ampkit/autocast.h"
-#include "../autocast/routing.h"
 
 namespace ampkit::python {
 
@@ -125,17 +124,8 @@ inline void bind_autocast(pybind11::module& module) {
   module.def("_autocast_global_policy_is_float32",
              [](const std::string& device) { return autocast::global_policy_is_float32(autocast_device_from(device)); });
   // torch's own routing as ampkit mirrors it: [(op, route)] for ops torch routes on the device.
-  module.def("_autocast_torch_routes", [](const std::string& device) {
-    const int index = autocast_device_from(device) == c10::kCPU ? autocast::detail::kCpu : autocast::detail::kCuda;
-    std::vector<std::pair<std::string, std::string>> routes;
-    for (uint32_t slot = 0; slot < autocast::detail::known_op_count(); ++slot) {
-      const auto route = autocast::detail::torch_route(index, slot);
-      if (route != autocast::detail::Route::kPassthrough) {
-        routes.emplace_back(autocast::detail::slot_name(slot), autocast::detail::route_name(route));
-      }
-    }
-    return routes;
-  });
+  module.def("_autocast_torch_routes",
+             [](const std::string& device) { return autocast::torch_routes(autocast_device_from(device)); });
 
   py::class_<AutocastRegion>(module, "_AutocastRegion")
       .def(py::init<std::string, std::optional<std::string>, std::optional<Policy>, bool>(), py::arg("device_type"),

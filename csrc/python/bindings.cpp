@@ -19,6 +19,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
     result["cuda_architectures"] = info.cuda_architectures;
     return result;
   });
+  // The activation names of fused_linear, and their check (ampkit.nn reaches the op's rule).
+  module.def("_fused_linear_activations", &ampkit::fused_linear_activations);
+  module.def("_check_fused_linear_activation", [](const std::string& caller, const std::string& activation) {
+    ampkit::check_fused_linear_activation(caller, activation);
+  });
   // Diagnostics: fused vs unfused epilogue GEMMs of the CUDA fused_linear / fused_mlp kernels.
   module.def("_fused_epilogue_counts", [] {
     const ampkit::FusedEpilogueCounts counts = ampkit::fused_epilogue_counts();

@@ -15,7 +15,7 @@ __version__: str = _BUILD_INFO["version"]
 
 # The compiled library is loaded above; everything below builds on torch.ops.ampkit.*.
 from . import nn, optim  # noqa: E402
-from .autocast import Policy, autocast, explain, global_policy, set_global_policy, set_module_policy  # noqa: E402
+from .autocasting import Policy, autocast, explain, global_policy, set_global_policy, set_module_policy  # noqa: E402
 from .grad_scaler import GradScaler  # noqa: E402
 from .nn import FusedLinear, FusedMLP, fuse_linear_activations, fused_linear, fused_mlp  # noqa: E402
 from .ops import multi_tensor_scale_  # noqa: E402

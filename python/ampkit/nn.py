@@ -12,7 +12,17 @@ from typing import Optional
 import torch
 from torch import nn
 
-ACTIVATIONS = ("none", "relu", "gelu")
+from . import _C
+
+# "none", "relu", "gelu" (tanh approximation): the names fused_linear's C++ check accepts.
+ACTIVATIONS = tuple(_C._fused_linear_activations())
+
+
+def _check_activation(activation: str) -> None:
+    """The op's own check (same rule, same message), before any parameter is allocated."""
+    if not isinstance(activation, str):
+        raise TypeError(f"FusedLinear: activation must be a str, got {type(activation).__name__}")
+    _C._check_fused_linear_activation("FusedLinear", activation)
 
 
 def fused_linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -47,9 +57,7 @@ class FusedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "none",
                  device=None, dtype=None) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"FusedLinear: activation must be one of {', '.join(map(repr, ACTIVATIONS))} "
-                             f"(gelu is the tanh approximation), got {activation!r}")
+        _check_activation(activation)
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"FusedLinear: {name} must be an int, got {type(value).__name__}")
@@ -85,9 +93,7 @@ class FusedLinear(nn.Module):
         """A FusedLinear sharing ``linear``'s parameters (no copy: the optimizer's references stay valid)."""
         fused = cls.__new__(cls)
         nn.Module.__init__(fused)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"FusedLinear: activation must be one of {', '.join(map(repr, ACTIVATIONS))}, "
-                             f"got {activation!r}")
+        _check_activation(activation)
         fused.in_features = linear.in_features
         fused.out_features = linear.out_features
         fused.activation = activation

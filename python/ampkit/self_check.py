@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .autocasting import autocast as default_autocast
+
 # Largest relative deviation (max |amp - fp32| / max |fp32|) accepted from the self-check. A
 # product of K terms rounded to a p-bit mantissa is off by about sqrt(K) * 2^-p relative; the
 # reference model's widest reduction is K = 256, so fp16 (p = 11) gives ~8e-3 and bf16 (p = 8)
@@ -87,8 +89,6 @@ def check_amp(model: nn.Module | None = None, device: str | torch.device | None 
     region to test (default: ampkit.autocast with the global policy). Never raises for a
     failed check: the verdict carries the reason.
     """
-    from . import autocast as default_autocast  # noqa: PLC0415 (the package imports this module)
-
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"check_amp: model must be a torch.nn.Module or None, got {type(model).__name__}")
     if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))

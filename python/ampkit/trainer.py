@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import optim as ampkit_optim
+from .autocasting import autocast
 from .grad_scaler import GradScaler
 from .self_check import AmpCheck, check_amp
 
@@ -169,8 +170,6 @@ class Trainer:
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
     def _region(self):
-        from . import autocast  # noqa: PLC0415
-
         return autocast(device_type=self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
 
     # ---- data ----

@@ -171,6 +171,22 @@ TEST_CASE("fused_linear rejects bad input with a message naming the argument", "
   }
 }
 
+TEST_CASE("activation names: one check, the op's, for the op, the C++ API and nn::FusedLinear", "[fused_linear]") {
+  CHECK(ampkit::fused_linear_activations() == std::vector<std::string>{"none", "relu", "gelu"});
+  for (const auto& name : ampkit::fused_linear_activations()) ampkit::check_fused_linear_activation("caller", name);
+  const std::string rule = ": activation must be one of 'none', 'relu', 'gelu' (tanh approximation), got 'swish'";
+  CHECK(throws_with([] { ampkit::check_fused_linear_activation("my_api", "swish"); }, "my_api" + rule));
+  CHECK(throws_with([] { ampkit::fused_linear(torch::randn({3, 4}), torch::randn({5, 4}), std::nullopt, "swish"); },
+                    "ampkit.fused_linear" + rule));
+  CHECK(throws_with([] { ampkit::nn::FusedLinear(ampkit::nn::FusedLinearOptions(4, 5).activation("swish")); },
+                    "ampkit::nn::FusedLinear" + rule));
+  try {
+    ampkit::check_fused_linear_activation("my_api", "");
+    FAIL("an empty activation name was accepted");
+  } catch (const c10::ValueError&) {
+  }
+}
+
 TEST_CASE("ampkit::nn::FusedLinear loads a torch::nn::Linear's parameters and trains", "[fused_linear][nn]") {
   for (const auto& device : devices_under_test()) {
     torch::manual_seed(2);

@@ -36,6 +36,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ampkit/autocast_record.h"
@@ -95,6 +96,11 @@ class Policy {
   std::shared_ptr<const std::map<std::string, OpList>> lists_;
   std::shared_ptr<const detail::CompiledPolicy> compiled_;
 };
+
+// torch's own autocast routing for `device_type` (kCPU or kCUDA), as ampkit mirrors it: (op, route)
+// for every op torch routes there, e.g. ("aten::mm", "lower_precision"). Routes: lower_precision,
+// fp32, fp32_set_opt_dtype, fp32_append_dtype, promote, banned.
+std::vector<std::pair<std::string, std::string>> torch_routes(c10::DeviceType device_type);
 
 // Registers the policy's kernels now (otherwise done the first time it is used).
 void install(const Policy& policy);

@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 namespace ampkit {
 
@@ -16,6 +18,13 @@ namespace ampkit {
 // in the autocast dtype. Differentiable in input, weight and bias.
 at::Tensor fused_linear(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias = std::nullopt, std::string_view activation = "none");
+
+// The activation names fused_linear accepts: "none", "relu", "gelu" (tanh approximation).
+std::vector<std::string> fused_linear_activations();
+// Checks an activation name as fused_linear does: any other name is a c10::ValueError
+// "<caller>: activation must be one of ...". For APIs that take a name before calling the op
+// (ampkit::nn::FusedLinear, ampkit.FusedLinear in Python), so they fail early with the op's rule.
+void check_fused_linear_activation(std::string_view caller, std::string_view activation);
 
 // fc2(gelu_tanh(fc1(input))): input [..., in], weight1 [hidden, in], weight2 [out, hidden]. The
 // backward takes the GELU gradient and bias1's gradient out of a GEMM epilogue (DGELU_BGRAD) on CUDA.

@@ -1,6 +1,9 @@
 """Autocast with op lists you control: ``ampkit.Policy``, ``ampkit.autocast``, Keras-style global and
 per-module policies, and ``ampkit.explain``.
 
+This is the module ``ampkit.autocasting``; the package exports its public names, so
+``ampkit.autocast`` is the region class (like ``torch.autocast``), never this module.
+
 A :class:`Policy` says, for one device type (``"cpu"`` or ``"cuda"``), which lower-precision dtype
 (``torch.float16`` or ``torch.bfloat16``) to use and which ops go in which list:
 
@@ -255,10 +258,9 @@ class autocast:  # noqa: N801  (named like torch.autocast, which it replaces)
     def __exit__(self, *exc_info: Any) -> None:
         self._regions.pop().exit()
 
-    # `ampkit.autocast` is this class (the module of the same name is shadowed in the package), so
-    # the module-level install helpers are reachable from it too: ampkit.autocast.uninstall().
-    uninstall = staticmethod(lambda: uninstall())
-    is_installed = staticmethod(lambda device_type="cpu": is_installed(device_type))
+    # The install helpers, reachable from the public class too: ampkit.autocast.uninstall().
+    uninstall = staticmethod(uninstall)
+    is_installed = staticmethod(is_installed)
 
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
