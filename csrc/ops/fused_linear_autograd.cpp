@@ -13,6 +13,7 @@
 
 #include "ampkit/autocast_self_routed.h"
 #include "ops/fused_linear.h"
+#include "ops/op_lookup.h"
 
 namespace ampkit::detail {
 namespace {
@@ -24,32 +25,28 @@ const ampkit::autocast::SelfRoutedRegistration fused_mlp_is_self_routed("ampkit:
 const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view)>&
 forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("ampkit::fused_linear_forward", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                       const std::optional<at::Tensor>&,
-                                                                       c10::string_view)>();
+  static const auto op =
+      find_typed_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                       const std::optional<at::Tensor>&, c10::string_view)>(
+          "ampkit::fused_linear_forward");
   return op;
 }
 
 const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view)>&
 backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("ampkit::fused_linear_backward", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                 c10::string_view)>();
+  static const auto op = find_typed_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view)>(
+      "ampkit::fused_linear_backward");
   return op;
 }
 
 const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                           c10::string_view)>&
 fused_linear_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("ampkit::fused_linear", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                               c10::string_view)>();
+  static const auto op =
+      find_typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                               c10::string_view)>("ampkit::fused_linear");
   return op;
 }
 
@@ -176,7 +173,7 @@ using MlpBackwardSignature = MlpGrads(const at::Tensor&, const at::Tensor&, cons
 template <typename Signature>
 const c10::TypedOperatorHandle<Signature>& typed_op(const char* name) {
   // One static per Signature: each of the signatures above belongs to exactly one op.
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+  static const auto op = find_typed_op<Signature>(name);
   return op;
 }
 

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <string>
 
+#include "ops/registration.h"
 #include "ops/validation.h"
 
 namespace ampkit::detail {
@@ -245,23 +246,17 @@ MlpGrads fused_mlp_backward_meta(const at::Tensor& grad_output, const at::Tensor
 
 }  // namespace
 
+// The ops users call take sparse tensors to their checks too (register_meta_and_sparse); the
+// forward/backward halves are reached only through them.
+TORCH_LIBRARY_IMPL(ampkit, CatchAll, m) {
+  register_meta_and_sparse(m, "fused_linear", &fused_linear_meta);
+  register_meta_and_sparse(m, "fused_mlp", &fused_mlp_meta);
+}
 TORCH_LIBRARY_IMPL(ampkit, Meta, m) {
-  m.impl("fused_linear", &fused_linear_meta);
   m.impl("fused_linear_forward", &fused_linear_forward_meta);
   m.impl("fused_linear_backward", &fused_linear_backward_meta);
-  m.impl("fused_mlp", &fused_mlp_meta);
   m.impl("fused_mlp_forward", &fused_mlp_forward_meta);
   m.impl("fused_mlp_backward", &fused_mlp_backward_meta);
-}
-// Sparse tensors reach no kernel; the checks turn the dispatcher's generic message into one that
-// names the argument.
-TORCH_LIBRARY_IMPL(ampkit, SparseCPU, m) {
-  m.impl("fused_linear", &fused_linear_meta);
-  m.impl("fused_mlp", &fused_mlp_meta);
-}
-TORCH_LIBRARY_IMPL(ampkit, SparseCUDA, m) {
-  m.impl("fused_linear", &fused_linear_meta);
-  m.impl("fused_mlp", &fused_mlp_meta);
 }
 
 }  // namespace ampkit::detail
