@@ -58,7 +58,8 @@ void check_tracker_limit(const Context& context, const char* name, int64_t value
        std::to_string(value), " (it is counted in an int32 tracker)");
 }
 
-// The range of one optimizer hyper-parameter: [low or (low, high), where each bound may be absent.
+// The range of one optimizer hyper-parameter: a lower bound (inclusive or not) and an exclusive
+// upper bound, each optional. Every value must be finite besides.
 struct Bounds {
   bool has_low = false;
   double low = 0.0;

@@ -109,6 +109,11 @@ def _host_number(name: str, value: Any, *, optimizer: str, where: str = "", tens
     return float(value)
 
 
+# _values_checked_by_the_op: the value checks are a C++ call (ampkit._C), which torch.compile cannot
+# put in a graph. While compiling, the step's op checks the same contract (the same C++ function)
+# when it runs; only lr, a tensor there, goes unchecked until the next eager check.
+
+
 def _check_flag(name: str, value: Any, *, optimizer: str, where: str = "") -> None:
     """nesterov / maximize pick a code path on the host; a tensor there would be read every step."""
     if isinstance(value, torch.Tensor):
@@ -353,8 +358,9 @@ class SGD(_MasterWeightOptimizer):
         dampening = _host_number("dampening", group["dampening"], optimizer=label, where=where)
         _check_flag("nesterov", group["nesterov"], optimizer=label, where=where)
         _check_flag("maximize", group["maximize"], optimizer=label, where=where)
-        _C._check_sgd_hyperparameters(f"ampkit.optim.{label}", where, lr, momentum, dampening, weight_decay,
-                                      bool(group["nesterov"]))
+        if not torch.compiler.is_compiling():  # see _values_checked_by_the_op
+            _C._check_sgd_hyperparameters(f"ampkit.optim.{label}", where, lr, momentum, dampening, weight_decay,
+                                          bool(group["nesterov"]))
 
     def _state_keys_for(self, group: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -399,7 +405,8 @@ class Adam(_MasterWeightOptimizer):
         eps = _host_number("eps", group["eps"], optimizer=label, where=where)
         weight_decay = _host_number("weight_decay", group["weight_decay"], optimizer=label, where=where)
         _check_flag("maximize", group["maximize"], optimizer=label, where=where)
-        _C._check_adam_hyperparameters(f"ampkit.optim.{label}", where, lr, beta1, beta2, eps, weight_decay)
+        if not torch.compiler.is_compiling():  # see _values_checked_by_the_op
+            _C._check_adam_hyperparameters(f"ampkit.optim.{label}", where, lr, beta1, beta2, eps, weight_decay)
 
     def _launch(self, group, params, masters, grads, states, scalars) -> None:
         lr, inv_scale, clip, found_inf = scalars

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "ampkit/ampkit.h"
+#include "ampkit/contracts.h"
 
 using ampkit_test::throws_with;
 

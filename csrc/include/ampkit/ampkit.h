@@ -3,10 +3,9 @@
 
 #include "ampkit/autocast.h"      // AutocastGuard, Policy, per-module policies
 #include "ampkit/build_info.h"
-#include "ampkit/contracts.h"     // the option and hyper-parameter checks every entry point shares
 #include "ampkit/fused_linear.h"  // fused_linear, fused_mlp ops
 #include "ampkit/grad_scaler.h"   // GradScaler
-#include "ampkit/loss_scaling.h"  // unscale_and_check_, update_scale_, reciprocal_scale ops
+#include "ampkit/loss_scaling.h"  // unscale_and_check_, update_scale_ ops
 #include "ampkit/nn.h"            // nn::FusedLinear
 #include "ampkit/ops.h"           // multi_tensor_scale_
 #include "ampkit/optim.h"         // optim::SGD, Adam, AdamW with FP32 masters
