@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "ampkit/contracts.h"
 #include "ampkit/loss_scaling.h"
 
 namespace ampkit {
@@ -16,24 +17,14 @@ namespace {
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 constexpr double kFloatMax = static_cast<double>(std::numeric_limits<float>::max());
 
+// The scale and the options, by the contracts every entry point shares (ampkit/contracts.h).
 void check_config(const char* where, const char* scale_name, double scale, double growth_factor,
                   double backoff_factor, int64_t growth_interval, int64_t hysteresis, double min_scale,
                   double max_scale) {
-  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0, where, ": ", scale_name, " must be a finite number > 0, got ",
-                    scale);
-  TORCH_CHECK_VALUE(std::isfinite(growth_factor) && growth_factor > 1.0, where,
-                    ": growth_factor must be a finite number > 1, got ", growth_factor);
-  TORCH_CHECK_VALUE(backoff_factor > 0.0 && backoff_factor < 1.0, where, ": backoff_factor must be in (0, 1), got ",
-                    backoff_factor);
-  TORCH_CHECK_VALUE(growth_interval >= 1 && growth_interval <= kInt32Max, where,
-                    ": growth_interval must be in [1, 2^31-1], got ", growth_interval);
-  TORCH_CHECK_VALUE(hysteresis >= 1 && hysteresis <= kInt32Max, where, ": hysteresis must be in [1, 2^31-1], got ",
-                    hysteresis);
-  TORCH_CHECK_VALUE(std::isfinite(min_scale) && min_scale >= 0.0, where,
-                    ": min_scale must be a finite number >= 0, got ", min_scale);
-  TORCH_CHECK_VALUE(max_scale > 0.0, where, ": max_scale must be > 0 (inf for no bound), got ", max_scale);
-  TORCH_CHECK_VALUE(min_scale <= max_scale, where, ": min_scale (", min_scale, ") must not exceed max_scale (",
-                    max_scale, ")");
+  const contracts::Context context{where};
+  contracts::check_scale_value(scale_name, scale, context);
+  contracts::check_loss_scale_options(
+      {growth_factor, backoff_factor, growth_interval, hysteresis, min_scale, max_scale}, context);
 }
 
 at::Tensor scalar_tensor(double value, at::ScalarType dtype, const c10::Device& device) {
@@ -84,10 +75,8 @@ at::Tensor GradScaler::unscale_impl(torch::optim::Optimizer& optimizer, bool com
   TORCH_CHECK(state.stage != Stage::Unscaled,
               "ampkit::GradScaler: unscale_() has already been called on this optimizer since the last update().");
   TORCH_CHECK(state.stage != Stage::Stepped, "ampkit::GradScaler: unscale_() is being called after step().");
-  // The reciprocal in double, as torch's scaler computes it, so results match torch bitwise.
   // check_only: a factor of exactly 1 makes unscale_and_check_ a read-only pass.
-  const at::Tensor inv_scale = check_only ? scalar_tensor(1.0, at::kFloat, scale.device())
-                                          : scale.to(at::kDouble).reciprocal().to(at::kFloat);
+  const at::Tensor inv_scale = check_only ? scalar_tensor(1.0, at::kFloat, scale.device()) : reciprocal_scale(scale);
 
   std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> per_device;
   for (auto& group : optimizer.param_groups()) {
@@ -208,8 +197,7 @@ void GradScaler::update() {
 void GradScaler::update(double new_scale) {
   if (!is_enabled()) return;
   const at::Tensor& scale = require_scale("update");
-  TORCH_CHECK_VALUE(std::isfinite(new_scale) && new_scale > 0.0,
-                    "ampkit::GradScaler: update(): new_scale must be a finite number > 0, got ", new_scale);
+  contracts::check_scale_value("new_scale", new_scale, {"ampkit::GradScaler: update()"});
   scale.fill_(new_scale);
   per_optimizer_.clear();
 }

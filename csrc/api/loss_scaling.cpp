@@ -11,6 +11,11 @@ void unscale_and_check_(at::TensorList grads, const at::Tensor& found_inf, const
   op.call(grads, found_inf, inv_scale, norm_out);
 }
 
+at::Tensor reciprocal_scale(const at::Tensor& scale) {
+  static const auto op = detail::find_typed_op<at::Tensor(const at::Tensor&)>("ampkit::reciprocal_scale");
+  return op.call(scale);
+}
+
 void update_scale_(const at::Tensor& scale, const at::Tensor& growth_tracker, const at::Tensor& hysteresis_tracker,
                    const at::Tensor& found_inf, double growth_factor, double backoff_factor, int64_t growth_interval,
                    int64_t hysteresis, double min_scale, double max_scale) {

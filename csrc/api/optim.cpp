@@ -1,6 +1,5 @@
 #include "ampkit/optim.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -8,12 +7,15 @@
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
-#include <cmath>
 #include <map>
 #include <optional>
 #include <unordered_set>
 #include <utility>
 #include <tuple>
+
+#include "ampkit/contracts.h"
+#include "ampkit/loss_scaling.h"
+#include "ops/op_lookup.h"
 
 namespace ampkit {
 
@@ -21,12 +23,10 @@ void master_sgd_step_(at::TensorList params, at::TensorList master_params, at::T
                       at::TensorList momentum_buffers, at::TensorList steps, const at::Tensor& lr,
                       const at::Tensor& inv_scale, const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
                       double momentum, double dampening, double weight_decay, bool nesterov, bool maximize) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("ampkit::master_sgd_step_", "")
-          .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                      double, double, double, bool, bool)>();
+  static const auto op = detail::find_typed_op<void(
+      at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
+      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, double, double, bool, bool)>(
+      "ampkit::master_sgd_step_");
   op.call(params, master_params, grads, momentum_buffers, steps, lr, inv_scale, clip_coef, found_inf, momentum,
           dampening, weight_decay, nesterov, maximize);
 }
@@ -36,12 +36,10 @@ void master_adam_step_(at::TensorList params, at::TensorList master_params, at::
                        const at::Tensor& inv_scale, const at::Tensor& clip_coef,
                        const std::optional<at::Tensor>& found_inf, double beta1, double beta2, double eps,
                        double weight_decay, bool decoupled_weight_decay, bool maximize) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("ampkit::master_adam_step_", "")
-          .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                      at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                      const std::optional<at::Tensor>&, double, double, double, double, bool, bool)>();
+  static const auto op = detail::find_typed_op<void(
+      at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, double,
+      double, double, bool, bool)>("ampkit::master_adam_step_");
   op.call(params, master_params, grads, exp_avgs, exp_avg_sqs, steps, lr, inv_scale, clip_coef, found_inf, beta1,
           beta2, eps, weight_decay, decoupled_weight_decay, maximize);
 }
@@ -54,16 +52,6 @@ using torch::optim::OptimizerParamGroup;
 
 bool is_supported_dtype(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
-}
-
-void check_range(const char* optimizer, const char* name, double value, double low, bool low_inclusive,
-                 std::optional<double> high = std::nullopt) {
-  // inf or NaN would turn every master weight into inf/NaN on the first step.
-  TORCH_CHECK_VALUE(std::isfinite(value), "ampkit::optim::", optimizer, ": ", name, " must be a finite number, got ",
-                    value);
-  const bool ok = !std::isnan(value) && (low_inclusive ? value >= low : value > low) && (!high || value < *high);
-  TORCH_CHECK_VALUE(ok, "ampkit::optim::", optimizer, ": ", name, " must be ", low_inclusive ? ">= " : "> ", low,
-                    high ? " and < " + std::to_string(*high) : std::string(), ", got ", value);
 }
 
 template <typename Options>
@@ -271,9 +259,8 @@ torch::Tensor MasterWeightOptimizer::step(LossClosure closure) {
       Scalars scalars;
       const bool lr_on_device = g < lr_tensors_.size() && lr_tensors_[g].defined();
       scalars.lr = lr_on_device ? device_scalar(lr_tensors_[g], 0.0) : at::full({1}, group.options().get_lr(), options);
-      // As torch.amp.GradScaler.unscale_: the reciprocal in double, then float32, on the device.
       scalars.inv_scale = grad_scale.defined()
-                              ? grad_scale.to(bucket.params[0].device(), at::kDouble).reciprocal().to(at::kFloat).reshape({1})
+                              ? reciprocal_scale(grad_scale.to(bucket.params[0].device())).reshape({1})
                               : at::full({1}, 1.0, options);
       scalars.clip_coef = device_scalar(clip_coef, 1.0);
       if (found_inf.defined()) scalars.found_inf = device_scalar(found_inf, 0.0);
@@ -360,12 +347,8 @@ SGD::SGD(std::vector<at::Tensor> params, SGDOptions defaults)
 
 void SGD::check_options(const OptimizerOptions& options) const {
   const auto& o = options_as<SGDOptions>(options, "SGD", "ampkit::optim::SGDOptions");
-  check_range("SGD", "lr", o.lr(), 0.0, true);
-  check_range("SGD", "momentum", o.momentum(), 0.0, true);
-  check_range("SGD", "weight_decay", o.weight_decay(), 0.0, true);
-  TORCH_CHECK_VALUE(!o.nesterov() || (o.momentum() > 0 && o.dampening() == 0),
-                    "ampkit::optim::SGD: nesterov momentum needs momentum > 0 and dampening == 0, got momentum ",
-                    o.momentum(), " and dampening ", o.dampening());
+  contracts::check_sgd_hyperparameters({o.lr(), o.momentum(), o.dampening(), o.weight_decay(), o.nesterov()},
+                                       {"ampkit::optim::SGD"});
 }
 
 bool SGD::master_weights(const OptimizerOptions& options) const {
@@ -406,11 +389,9 @@ Adam::Adam(const std::vector<OptimizerParamGroup>& param_groups, AdamOptions def
 
 void Adam::check_options(const OptimizerOptions& options) const {
   const auto& o = options_as<AdamOptions>(options, name(), "ampkit::optim::AdamOptions or AdamWOptions");
-  check_range(name(), "lr", o.lr(), 0.0, true);
-  check_range(name(), "betas[0]", std::get<0>(o.betas()), 0.0, true, 1.0);
-  check_range(name(), "betas[1]", std::get<1>(o.betas()), 0.0, true, 1.0);
-  check_range(name(), "eps", o.eps(), 0.0, false);
-  check_range(name(), "weight_decay", o.weight_decay(), 0.0, true);
+  contracts::check_adam_hyperparameters(
+      {o.lr(), std::get<0>(o.betas()), std::get<1>(o.betas()), o.eps(), o.weight_decay()},
+      {std::string("ampkit::optim::") + name()});
 }
 
 bool Adam::master_weights(const OptimizerOptions& options) const {

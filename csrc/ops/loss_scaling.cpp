@@ -3,8 +3,6 @@
 #include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
-#include <cmath>
-#include <limits>
 #include <string>
 
 #include "ops/registration.h"
@@ -74,22 +72,7 @@ c10::Device check_update_scale_args(const at::Tensor& scale, const at::Tensor& g
   check_scalar_tensor(op, "found_inf", found_inf);
   check_device(op, "found_inf", found_inf, device, "scale");
 
-  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
-  TORCH_CHECK_VALUE(std::isfinite(config.growth_factor) && config.growth_factor > 1.0, op,
-                    ": growth_factor must be a finite number > 1, got ", config.growth_factor);
-  TORCH_CHECK_VALUE(config.backoff_factor > 0.0 && config.backoff_factor < 1.0, op,
-                    ": backoff_factor must be in (0, 1), got ", config.backoff_factor);
-  TORCH_CHECK_VALUE(config.growth_interval > 0 && config.growth_interval <= kInt32Max, op,
-                    ": growth_interval must be in [1, 2^31-1] (growth_tracker is int32), got ",
-                    config.growth_interval);
-  TORCH_CHECK_VALUE(config.hysteresis > 0 && config.hysteresis <= kInt32Max, op,
-                    ": hysteresis must be in [1, 2^31-1] (hysteresis_tracker is int32), got ", config.hysteresis);
-  TORCH_CHECK_VALUE(std::isfinite(config.min_scale) && config.min_scale >= 0.0, op,
-                    ": min_scale must be a finite number >= 0, got ", config.min_scale);
-  TORCH_CHECK_VALUE(!std::isnan(config.max_scale) && config.max_scale > 0.0, op,
-                    ": max_scale must be > 0 (inf for no bound), got ", config.max_scale);
-  TORCH_CHECK_VALUE(config.min_scale <= config.max_scale, op, ": min_scale (", config.min_scale,
-                    ") must not exceed max_scale (", config.max_scale, ")");
+  contracts::check_loss_scale_options(config, {op});
   check_no_overlap(op,
                    {{"scale", &scale}, {"growth_tracker", &growth_tracker}, {"hysteresis_tracker", &hysteresis_tracker}},
                    {{"found_inf", &found_inf}});
@@ -97,6 +80,18 @@ c10::Device check_update_scale_args(const at::Tensor& scale, const at::Tensor& g
 }
 
 namespace {
+
+// One kernel for every device (CompositeImplicitAutograd): two casts around a reciprocal, so
+// the CPU, CUDA and Meta results agree by construction.
+at::Tensor reciprocal_scale(const at::Tensor& scale) {
+  const char* op = kReciprocalScaleOp;
+  TORCH_CHECK(scale.defined(), op, ": scale must be a one-element floating-point tensor, got an undefined tensor");
+  TORCH_CHECK_TYPE(at::isFloatingType(scale.scalar_type()), op,
+                   ": scale must be a one-element floating-point tensor, got dtype ", dtype_name(scale.scalar_type()));
+  TORCH_CHECK(scale.numel() == 1, op, ": scale must be a one-element floating-point tensor, got ", scale.numel(),
+              " elements (shape ", scale.sizes(), ")");
+  return scale.to(at::kDouble).reciprocal().to(at::kFloat);
+}
 
 // Meta kernels: both ops return nothing and change no metadata, so the checks are all there is.
 void unscale_and_check_meta(at::TensorList grads, const at::Tensor& found_inf, const at::Tensor& inv_scale,
@@ -113,6 +108,9 @@ void update_scale_meta(const at::Tensor& scale, const at::Tensor& growth_tracker
 
 }  // namespace
 
+TORCH_LIBRARY_IMPL(ampkit, CompositeImplicitAutograd, m) {
+  m.impl("reciprocal_scale", &reciprocal_scale);
+}
 TORCH_LIBRARY_IMPL(ampkit, CatchAll, m) {
   register_meta_and_sparse(m, "unscale_and_check_", &unscale_and_check_meta);
   register_meta_and_sparse(m, "update_scale_", &update_scale_meta);

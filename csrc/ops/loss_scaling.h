@@ -1,28 +1,25 @@
 // Argument checks of the dynamic loss-scaling ops (unscale_and_check_, update_scale_), shared by
-// their CPU, CUDA and Meta kernels.
+// their CPU, CUDA and Meta kernels. reciprocal_scale has one composite kernel (loss_scaling.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <optional>
 
+#include "ampkit/contracts.h"
+
 namespace ampkit::detail {
 
 constexpr const char* kUnscaleAndCheckOp = "ampkit.unscale_and_check_";
 constexpr const char* kUpdateScaleOp = "ampkit.update_scale_";
+constexpr const char* kReciprocalScaleOp = "ampkit.reciprocal_scale";
 
 // Returns the device every argument is on (grads[0]'s, or found_inf's for an empty list).
 c10::Device check_unscale_and_check_args(at::TensorList grads, const at::Tensor& found_inf,
                                          const at::Tensor& inv_scale, const std::optional<at::Tensor>& norm_out);
 
-struct UpdateScaleConfig {
-  double growth_factor;
-  double backoff_factor;
-  int64_t growth_interval;
-  int64_t hysteresis;
-  double min_scale;
-  double max_scale;
-};
+// update_scale_'s options; their contract is ampkit/contracts.h's (one home for the scaler's rules).
+using UpdateScaleConfig = contracts::LossScaleOptions;
 
 // Returns the device of scale (every tensor argument is on it).
 c10::Device check_update_scale_args(const at::Tensor& scale, const at::Tensor& growth_tracker,

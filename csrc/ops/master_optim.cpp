@@ -3,11 +3,11 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <initializer_list>
 #include <utility>
 #include <vector>
 
+#include "ampkit/contracts.h"
 #include "ops/registration.h"
 #include "ops/validation.h"
 
@@ -38,8 +38,7 @@ void check_step_scalar(const char* op, const char* name, const at::Tensor& tenso
 // Everything both optimizers take: params, masters, grads, steps and the device scalars.
 MasterStepArgs check_common(const char* op, at::TensorList params, at::TensorList master_params, at::TensorList grads,
                             at::TensorList steps, const at::Tensor& lr, const at::Tensor& inv_scale,
-                            const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
-                            double weight_decay) {
+                            const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf) {
   MasterStepArgs args;
   args.device = *check_tensor_list(op, "params", params);
   check_fp32_list(op, "master_params", master_params, params, args.device, /*allow_empty=*/true);
@@ -57,8 +56,6 @@ MasterStepArgs check_common(const char* op, at::TensorList params, at::TensorLis
   check_step_scalar(op, "inv_scale", inv_scale, args.device);
   check_step_scalar(op, "clip_coef", clip_coef, args.device);
   if (found_inf.has_value() && found_inf->defined()) check_step_scalar(op, "found_inf", *found_inf, args.device);
-  TORCH_CHECK_VALUE(std::isfinite(weight_decay) && weight_decay >= 0.0, op,
-                    ": weight_decay must be a finite value >= 0, got ", weight_decay);
   return args;
 }
 
@@ -91,14 +88,10 @@ MasterStepArgs check_master_sgd_step_args(at::TensorList params, at::TensorList 
                                           const std::optional<at::Tensor>& found_inf, double momentum,
                                           double dampening, double weight_decay, bool nesterov) {
   const char* op = kMasterSgdStepOp;
-  const MasterStepArgs args =
-      check_common(op, params, master_params, grads, steps, lr, inv_scale, clip_coef, found_inf, weight_decay);
-  TORCH_CHECK_VALUE(std::isfinite(momentum) && momentum >= 0.0, op, ": momentum must be a finite value >= 0, got ",
-                    momentum);
-  TORCH_CHECK_VALUE(std::isfinite(dampening), op, ": dampening must be finite, got ", dampening);
-  TORCH_CHECK_VALUE(!nesterov || (momentum > 0.0 && dampening == 0.0), op,
-                    ": nesterov momentum needs momentum > 0 and dampening == 0, got momentum ", momentum,
-                    " and dampening ", dampening);
+  const MasterStepArgs args = check_common(op, params, master_params, grads, steps, lr, inv_scale, clip_coef, found_inf);
+  // lr is a device tensor here: its value is not read on the host.
+  contracts::check_sgd_hyperparameters({std::nullopt, momentum, dampening, weight_decay, nesterov},
+                                       {op, contracts::Audience::Cpp, "", contracts::Form::OpArguments});
   if (momentum != 0.0) {
     TORCH_CHECK(!momentum_buffers.empty(), op, ": momentum_buffers must hold one FP32 tensor per param when momentum (",
                 momentum, ") is nonzero, got an empty list");
@@ -115,11 +108,9 @@ MasterStepArgs check_master_adam_step_args(at::TensorList params, at::TensorList
                                            const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
                                            double beta1, double beta2, double eps, double weight_decay) {
   const char* op = kMasterAdamStepOp;
-  const MasterStepArgs args =
-      check_common(op, params, master_params, grads, steps, lr, inv_scale, clip_coef, found_inf, weight_decay);
-  TORCH_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, op, ": beta1 must be in [0, 1), got ", beta1);
-  TORCH_CHECK_VALUE(beta2 >= 0.0 && beta2 < 1.0, op, ": beta2 must be in [0, 1), got ", beta2);
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0.0, op, ": eps must be a finite value > 0, got ", eps);
+  const MasterStepArgs args = check_common(op, params, master_params, grads, steps, lr, inv_scale, clip_coef, found_inf);
+  contracts::check_adam_hyperparameters({std::nullopt, beta1, beta2, eps, weight_decay},
+                                        {op, contracts::Audience::Cpp, "", contracts::Form::OpArguments});
   check_fp32_list(op, "exp_avgs", exp_avgs, params, args.device, /*allow_empty=*/false);
   check_fp32_list(op, "exp_avg_sqs", exp_avg_sqs, params, args.device, /*allow_empty=*/false);
   check_step_aliasing(op, params, master_params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, steps,

@@ -15,6 +15,10 @@ TORCH_LIBRARY(ampkit, m) {
   // (never cleared here). When inv_scale is exactly 1 the grads are only checked, not written.
   // norm_out, when given, receives the global L2 norm of the unscaled grads from the same pass.
   m.def("unscale_and_check_(Tensor(a!)[] grads, Tensor(b!) found_inf, Tensor inv_scale, Tensor(c!)? norm_out=None) -> ()");
+  // The float32 inv_scale of a loss scale: 1 / scale in double, rounded once (torch.amp.GradScaler's
+  // rule), for the scaler's unscale and for the optimizers' grad_scale alike. Composite: a
+  // one-element float tensor in, one of its shape out, on its device.
+  m.def("reciprocal_scale(Tensor scale) -> Tensor", {at::Tag::pt2_compliant_tag});
   // Device-side loss-scale update from found_inf; with hysteresis=1 and no bounds it is
   // torch._amp_update_scale_ bit for bit. Never reads a value back to the host. The schema
   // language has no `inf` literal: the max_scale default is the largest float32, i.e. no bound.

@@ -7,6 +7,8 @@
 #include "ampkit/fused_linear.h"
 // ---- autocast policies ----
 #include "autocast_bindings.h"
+// ---- argument contracts (GradScaler options, optimizer hyper-parameters) ----
+#include "contract_bindings.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "ampkit compiled core";
@@ -35,4 +37,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("_reset_fused_epilogue_counts", &ampkit::reset_fused_epilogue_counts);
   // ---- autocast policies: ampkit._C._AutocastPolicy, _AutocastRegion, ... ----
   ampkit::python::bind_autocast(module);
+  // ---- the checks the Python GradScaler and optimizers share with C++: ampkit._C._check_* ----
+  ampkit::python::bind_contracts(module);
 }

@@ -37,7 +37,6 @@ Differences from torch's scaler (all opt-in or strictly more permissive):
 """
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from collections import abc, defaultdict
@@ -45,6 +44,8 @@ from enum import Enum
 from typing import Any, Iterable, Mapping, Optional, Union
 
 import torch
+
+from . import _C
 
 __all__ = ["GradScaler", "OptState"]
 
@@ -71,8 +72,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _int64(name: str, value: int) -> int:
+    """A Python int crosses into C++ as an int64; a larger one could not be passed at all."""
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"GradScaler: {name} must be an int in [1, 2**31-1], got {value}")
+    return int(value)
+
+
 def _check_config(init_scale, growth_factor, backoff_factor, growth_interval, hysteresis, min_scale, max_scale):
-    """Raises TypeError/ValueError naming the argument, the expectation and the value."""
+    """Raises TypeError/ValueError naming the argument, the expectation and the value. The types are
+    checked here (what crosses into C++); the values by the C++ contract the C++ GradScaler and the
+    update_scale_ op use too (ampkit/contracts.h), so each rule has one home."""
     for name, value in (("init_scale", init_scale), ("growth_factor", growth_factor),
                         ("backoff_factor", backoff_factor)):
         if not _is_real(value):
@@ -83,22 +93,10 @@ def _check_config(init_scale, growth_factor, backoff_factor, growth_interval, hy
     for name, value in (("min_scale", min_scale), ("max_scale", max_scale)):
         if value is not None and not _is_real(value):
             raise TypeError(f"GradScaler: {name} must be a float or None, got {type(value).__name__}")
-    if not (math.isfinite(init_scale) and init_scale > 0):
-        raise ValueError(f"GradScaler: init_scale must be a finite number > 0, got {init_scale}")
-    if not (math.isfinite(growth_factor) and growth_factor > 1.0):
-        raise ValueError(f"GradScaler: growth_factor must be a finite number > 1, got {growth_factor}")
-    if not (0.0 < backoff_factor < 1.0):
-        raise ValueError(f"GradScaler: backoff_factor must be in (0, 1), got {backoff_factor}")
-    if not (1 <= growth_interval <= _INT32_MAX):
-        raise ValueError(f"GradScaler: growth_interval must be an int in [1, 2**31-1], got {growth_interval}")
-    if not (1 <= hysteresis <= _INT32_MAX):
-        raise ValueError(f"GradScaler: hysteresis must be an int in [1, 2**31-1], got {hysteresis}")
-    if min_scale is not None and not (math.isfinite(min_scale) and min_scale >= 0):
-        raise ValueError(f"GradScaler: min_scale must be a finite number >= 0 or None, got {min_scale}")
-    if max_scale is not None and not (max_scale > 0):
-        raise ValueError(f"GradScaler: max_scale must be a number > 0 or None, got {max_scale}")
-    if min_scale is not None and max_scale is not None and min_scale > max_scale:
-        raise ValueError(f"GradScaler: min_scale ({min_scale}) must not exceed max_scale ({max_scale})")
+    _C._check_grad_scaler_options(
+        "GradScaler", "init_scale", float(init_scale), float(growth_factor), float(backoff_factor),
+        _int64("growth_interval", growth_interval), _int64("hysteresis", hysteresis),
+        None if min_scale is None else float(min_scale), None if max_scale is None else float(max_scale))
 
 
 class GradScaler:
@@ -286,8 +284,8 @@ class GradScaler:
             raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
         if optimizer_state["stage"] is OptState.STEPPED:
             raise RuntimeError("unscale_() is being called after step().")
-        # The reciprocal in fp64, exactly as torch's scaler computes it, so results match bitwise.
-        inv_scale = scale.double().reciprocal().float()
+        # torch's rule (reciprocal in fp64, rounded once), so results match torch bitwise.
+        inv_scale = torch.ops.ampkit.reciprocal_scale(scale)
         found_inf = torch.zeros((), dtype=torch.float32, device=scale.device)
         optimizer_state["found_inf_per_device"], norm = self._unscale_grads_(optimizer, inv_scale, found_inf,
                                                                              compute_norm)
@@ -384,8 +382,7 @@ class GradScaler:
                                      f"{new_scale.requires_grad}")
                 scale.copy_(new_scale.reshape(()))
             elif _is_real(new_scale):
-                if not (math.isfinite(new_scale) and new_scale > 0):
-                    raise ValueError(f"update(): new_scale must be a finite number > 0, got {new_scale}")
+                _C._check_scale_value("update()", "new_scale", float(new_scale))
                 scale.fill_(float(new_scale))
             else:
                 raise TypeError(f"update(): new_scale must be a float or a tensor, got {type(new_scale).__name__}")

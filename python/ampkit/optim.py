@@ -18,12 +18,13 @@ can be captured in a CUDA graph when ``lr`` is a tensor.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
+
+from . import _C
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -89,11 +90,12 @@ def _host_value_error(label: str, expected: str, value: torch.Tensor) -> TypeErr
                      f"got {_describe_tensor(value)}")
 
 
-def _check_hyper(name: str, value: Any, *, low: float = 0.0, low_inclusive: bool = True,
-                 high: float | None = None, optimizer: str, where: str = "", tensor_ok: bool = False) -> None:
-    """Checks one numeric hyper-parameter. Only `lr` may be a tensor (`tensor_ok`): the ops take
-    it as a device tensor. The others are doubles in the op schemas, so a tensor there would be
-    read back to the host on every step (a device sync, and an error under CUDA graph capture)."""
+def _host_number(name: str, value: Any, *, optimizer: str, where: str = "", tensor_ok: bool = False) -> float | None:
+    """Checks the type of one numeric hyper-parameter before it crosses into C++, which checks its
+    value (ampkit/contracts.h, the rule the C++ optimizers and the ops use too). Returns it as a
+    float, or None for a tensor lr. Only `lr` may be a tensor (`tensor_ok`): the ops take it as a
+    device tensor. The others are doubles in the op schemas, so a tensor there would be read back to
+    the host on every step (a device sync, and an error under CUDA graph capture)."""
     label = f"ampkit.optim.{optimizer}: {name}{where}"
     if isinstance(value, torch.Tensor):
         if not tensor_ok:
@@ -101,17 +103,15 @@ def _check_hyper(name: str, value: Any, *, low: float = 0.0, low_inclusive: bool
         if value.numel() != 1 or not value.is_floating_point():
             raise ValueError(f"{label} must be a float or a one-element float tensor, "
                              f"got a {value.dtype} tensor of shape {tuple(value.shape)}")
-        return  # a device tensor's value is not read on the host (that would sync)
+        return None  # a device tensor's value is not read on the host (that would sync)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{label} must be a float, got {type(value).__name__}")
-    if not math.isfinite(value):
-        # inf or NaN would turn every master weight into inf/NaN on the first step.
-        raise ValueError(f"{label} must be a finite number, got {value}")
-    too_low = value < low if low_inclusive else value <= low
-    too_high = high is not None and value >= high
-    if too_low or too_high or value != value:
-        bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"{label} must be {bound}, got {value}")
+    return float(value)
+
+
+# _values_checked_by_the_op: the value checks are a C++ call (ampkit._C), which torch.compile cannot
+# put in a graph. While compiling, the step's op checks the same contract (the same C++ function)
+# when it runs; only lr, a tensor there, goes unchecked until the next eager check.
 
 
 def _check_flag(name: str, value: Any, *, optimizer: str, where: str = "") -> None:
@@ -218,8 +218,8 @@ class _MasterWeightOptimizer(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         if grad_scale is None:
             return self._constant(1.0, device)
-        # As torch.amp.GradScaler.unscale_ does: reciprocal in double, then fp32, on the device.
-        return grad_scale.to(device=device, non_blocking=True).double().reciprocal().float().reshape(1)
+        # The scaler's rule (torch's bits), on the device.
+        return torch.ops.ampkit.reciprocal_scale(grad_scale.to(device=device, non_blocking=True)).reshape(1)
 
     def _found_inf(self, device: torch.device) -> torch.Tensor | None:
         found_inf = getattr(self, "found_inf", None)
@@ -352,15 +352,15 @@ class SGD(_MasterWeightOptimizer):
 
     def _check_group(self, group: dict, where: str = "", label: str | None = None) -> None:
         label = label or "SGD"
-        _check_hyper("lr", group["lr"], optimizer=label, where=where, tensor_ok=True)
-        _check_hyper("momentum", group["momentum"], optimizer=label, where=where)
-        _check_hyper("weight_decay", group["weight_decay"], optimizer=label, where=where)
-        _check_hyper("dampening", group["dampening"], low=float("-inf"), optimizer=label, where=where)
+        lr = _host_number("lr", group["lr"], optimizer=label, where=where, tensor_ok=True)
+        momentum = _host_number("momentum", group["momentum"], optimizer=label, where=where)
+        weight_decay = _host_number("weight_decay", group["weight_decay"], optimizer=label, where=where)
+        dampening = _host_number("dampening", group["dampening"], optimizer=label, where=where)
         _check_flag("nesterov", group["nesterov"], optimizer=label, where=where)
         _check_flag("maximize", group["maximize"], optimizer=label, where=where)
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError(f"ampkit.optim.{label}: nesterov momentum{where} needs momentum > 0 and dampening == 0, "
-                             f"got momentum={group['momentum']}, dampening={group['dampening']}")
+        if not torch.compiler.is_compiling():  # see _values_checked_by_the_op
+            _C._check_sgd_hyperparameters(f"ampkit.optim.{label}", where, lr, momentum, dampening, weight_decay,
+                                          bool(group["nesterov"]))
 
     def _state_keys_for(self, group: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -394,17 +394,19 @@ class Adam(_MasterWeightOptimizer):
 
     def _check_group(self, group: dict, where: str = "", label: str | None = None) -> None:
         label = label or type(self).__name__
-        _check_hyper("lr", group["lr"], optimizer=label, where=where, tensor_ok=True)
+        lr = _host_number("lr", group["lr"], optimizer=label, where=where, tensor_ok=True)
         betas = group["betas"]
         if isinstance(betas, torch.Tensor):
             raise _host_value_error(f"ampkit.optim.{label}: betas{where}", "a pair of Python floats", betas)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"ampkit.optim.{label}: betas{where} must be a pair of floats, got {betas!r}")
-        _check_hyper("betas[0]", betas[0], high=1.0, optimizer=label, where=where)
-        _check_hyper("betas[1]", betas[1], high=1.0, optimizer=label, where=where)
-        _check_hyper("eps", group["eps"], low_inclusive=False, optimizer=label, where=where)
-        _check_hyper("weight_decay", group["weight_decay"], optimizer=label, where=where)
+        beta1 = _host_number("betas[0]", betas[0], optimizer=label, where=where)
+        beta2 = _host_number("betas[1]", betas[1], optimizer=label, where=where)
+        eps = _host_number("eps", group["eps"], optimizer=label, where=where)
+        weight_decay = _host_number("weight_decay", group["weight_decay"], optimizer=label, where=where)
         _check_flag("maximize", group["maximize"], optimizer=label, where=where)
+        if not torch.compiler.is_compiling():  # see _values_checked_by_the_op
+            _C._check_adam_hyperparameters(f"ampkit.optim.{label}", where, lr, beta1, beta2, eps, weight_decay)
 
     def _launch(self, group, params, masters, grads, states, scalars) -> None:
         lr, inv_scale, clip, found_inf = scalars

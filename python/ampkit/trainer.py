@@ -5,7 +5,10 @@
 
 The step order is the one mixed precision needs: forward under autocast, scaled backward,
 unscale (before any gradient clipping), clip, optimizer step (skipped on the device when a
-gradient overflowed), scale update. The host waits for the device only at logging points.
+gradient overflowed), scale update. With grad_clip and an ampkit optimizer, unscale, the inf/NaN
+check and the gradient norm are one pass, and the clip coefficient is applied inside the fused
+optimizer step: two reads of the gradients per step in all. The host waits for the device only at
+logging points.
 """
 from __future__ import annotations
 
@@ -211,12 +214,26 @@ class Trainer:
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.diagnose:
             self._record_diagnostics(params)
-        if self.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True)
-        self.scaler.step(self.optimizer)
+        step_options = {} if self.grad_clip is None else self._clip(params)
+        self.scaler.step(self.optimizer, **step_options)
         self.scaler.update()
         return loss.detach().float()
+
+    def _clip(self, params: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Gradient-norm clipping with torch's rule, coef = min(1, grad_clip / (norm + 1e-6)), on the
+        device. With loss scaling the norm comes out of the unscale pass (unscale, inf/NaN check and
+        norm: one read of the gradients). An ampkit optimizer then takes the coefficient into its
+        fused step (returned as step options), so clipping costs no pass of its own; any other
+        optimizer gets its gradients multiplied here."""
+        if self.scaler.is_enabled():
+            norm = self.scaler.unscale_(self.optimizer, compute_norm=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if isinstance(self.optimizer, ampkit_optim._MasterWeightOptimizer):
+            # torch.nn.utils.clip_grads_with_norm_'s arithmetic, without its multiply.
+            return {"clip_coef": torch.clamp(self.grad_clip / (norm + 1e-6), max=1.0)}
+        torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm, foreach=True)
+        return {}
 
     def _record_diagnostics(self, params: Sequence[torch.Tensor]) -> None:
         """Which module's gradient went non-finite first, and how much of the gradient fp16 would lose."""

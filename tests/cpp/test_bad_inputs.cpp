@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "ampkit/ampkit.h"
+#include "ampkit/contracts.h"
 
 using ampkit_test::throws_with;
 
@@ -200,6 +201,57 @@ TEST_CASE("bad input: GradScaler options", "[bad_input]") {
                     "backoff_factor must be in (0, 1), got inf"));
   CHECK(throws_with([] { ampkit::GradScaler(ampkit::GradScalerOptions().growth_interval(0)); },
                     "growth_interval must be in [1, 2^31-1]"));
+}
+
+TEST_CASE("bad input: one contract, written for each audience", "[bad_input]") {
+  // ampkit/contracts.h holds each rule once; the ops and the C++ API spell numbers the C++ way,
+  // the Python package the Python way (ampkit._C binds the same checks).
+  using ampkit::contracts::Audience;
+  ampkit::contracts::LossScaleOptions options;
+  options.growth_interval = 0;
+  CHECK(throws_with([&] { ampkit::contracts::check_loss_scale_options(options, {"ampkit::GradScaler"}); },
+                    "ampkit::GradScaler: growth_interval must be in [1, 2^31-1], got 0"));
+  CHECK(throws_with([&] { ampkit::contracts::check_loss_scale_options(options, {"GradScaler", Audience::Python}); },
+                    "GradScaler: growth_interval must be an int in [1, 2**31-1], got 0"));
+  options.growth_interval = 1;
+  options.min_scale = 8.0;
+  options.max_scale = 4.0;
+  CHECK(throws_with([&] { ampkit::contracts::check_loss_scale_options(options, {"GradScaler", Audience::Python}); },
+                    "min_scale (8.0) must not exceed max_scale (4.0)"));
+  const ampkit::contracts::SgdHyperparameters sgd{std::nullopt, 0.9, kNaN, 0.0, false};
+  CHECK(throws_with([&] { ampkit::contracts::check_sgd_hyperparameters(sgd, {"ampkit.optim.SGD", Audience::Python, " of group 2"}); },
+                    "ampkit.optim.SGD: dampening of group 2 must be a finite number, got nan"));
+  CHECK(throws_with(
+      [&] {
+        ampkit::contracts::check_sgd_hyperparameters(
+            sgd, {"ampkit.master_sgd_step_", Audience::Cpp, "", ampkit::contracts::Form::OpArguments});
+      },
+      "ampkit.master_sgd_step_: dampening must be finite, got nan"));
+  // The C++ optimizer checks dampening too (before, only its op did, at the first step).
+  const auto param = torch::ones({4}).requires_grad_();
+  CHECK(throws_with([&] { ampkit::optim::SGD({param}, ampkit::optim::SGDOptions(0.1).dampening(kNaN)); },
+                    "ampkit::optim::SGD: dampening must be a finite number, got nan"));
+  for (const double value : {1.0, 0.5, 1e16, 1e-5, -0.0, 1.0000000000000002, 123456789012345678.0}) {
+    INFO(value);
+    const std::string python = ampkit::contracts::format_number(value, Audience::Python);
+    CHECK(std::stod(python) == value);
+    CHECK(python.find_first_of(".en") != std::string::npos);  // never an int's spelling
+  }
+  CHECK(ampkit::contracts::format_number(1.0, Audience::Python) == "1.0");
+  CHECK(ampkit::contracts::format_number(1.0, Audience::Cpp) == "1");
+  CHECK(ampkit::contracts::format_number(1e-5, Audience::Python) == "1e-05");
+  CHECK(ampkit::contracts::format_number(1e16, Audience::Python) == "1e+16");
+  CHECK(ampkit::contracts::format_number(1e15, Audience::Python) == "1000000000000000.0");
+  CHECK(ampkit::contracts::format_number(0.0001, Audience::Python) == "0.0001");
+}
+
+TEST_CASE("bad input: reciprocal_scale of a tensor that is not one floating-point element", "[bad_input]") {
+  CHECK(throws_with([] { ampkit::reciprocal_scale(torch::ones({2})); },
+                    "scale must be a one-element floating-point tensor, got 2 elements"));
+  CHECK(throws_with([] { ampkit::reciprocal_scale(int_scalar(4)); },
+                    "scale must be a one-element floating-point tensor, got dtype int32"));
+  const auto scale = torch::full({}, 3.0);
+  CHECK(torch::equal(ampkit::reciprocal_scale(scale), scale.to(torch::kDouble).reciprocal().to(torch::kFloat)));
 }
 
 TEST_CASE("bad input: GradScaler::scale of an undefined tensor and update(NaN)", "[bad_input]") {

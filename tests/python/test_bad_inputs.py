@@ -214,6 +214,12 @@ CASES = [
      RuntimeError, "found_inf shares memory with scale"),
     ("update_scale/interval str", lambda: update_scale(growth_interval="5"), RuntimeError, "argument 'growth_interval'"),
 
+    # ---- reciprocal_scale ----
+    ("reciprocal_scale/two elements", lambda: ops.reciprocal_scale(torch.ones(2)), RuntimeError,
+     "scale must be a one-element floating-point tensor, got 2 elements"),
+    ("reciprocal_scale/int32", lambda: ops.reciprocal_scale(int_one(4)), TypeError,
+     "scale must be a one-element floating-point tensor, got dtype int32"),
+
     # ---- master_sgd_step_ / master_adam_step_ ----
     ("sgd_step/length", lambda: sgd_step(grads=[torch.ones(4, dtype=torch.bfloat16)] * 2), RuntimeError,
      "grads must hold as many tensors as params (1), got 2"),
@@ -510,7 +516,7 @@ def test_every_op_has_a_bad_input_case():
     # A new op must come with bad-input cases here (through torch.ops.ampkit or its wrapper).
     covered = {"multi_tensor_scale_": "mts", "unscale_and_check_": "unscale", "update_scale_": "update_scale",
                "master_sgd_step_": "sgd_step", "master_adam_step_": "adam_step", "fused_linear": "fused_linear",
-               "fused_mlp": "fused_mlp"}
+               "fused_mlp": "fused_mlp", "reciprocal_scale": "reciprocal_scale"}
     internal = {"fused_linear_forward", "fused_linear_backward", "fused_mlp_forward", "fused_mlp_backward"}
     prefixes = {case[0].split("/")[0].split(".")[-1] for case in CASES}
     for op in registered_ampkit_ops():

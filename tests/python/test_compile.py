@@ -139,6 +139,11 @@ def _update_scale_args(device):
             for found in (0.0, 1.0)]
 
 
+def _reciprocal_scale_args(device):
+    return [(_scalar(65536.0, device),), (torch.full((), 3.0, device=device),),
+            (torch.full((1, 1), 7.0, dtype=torch.float64, device=device),)]
+
+
 def _master_args(kind, device):
     params = [_f(5, device=device, dtype=torch.bfloat16), _f(3, 9, device=device, dtype=torch.bfloat16, seed=1)]
     masters = [p.float() for p in params]
@@ -204,6 +209,7 @@ OPCHECK_ARGS = {
     "multi_tensor_scale_": _multi_tensor_scale_args,
     "unscale_and_check_": _unscale_args,
     "update_scale_": _update_scale_args,
+    "reciprocal_scale": _reciprocal_scale_args,
     "master_sgd_step_": lambda device: _master_args("sgd", device),
     "master_adam_step_": lambda device: _master_args("adam", device),
     "fused_linear": _fused_linear_args,

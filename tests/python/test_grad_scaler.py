@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+import re
 
 import pytest
 import torch
@@ -360,6 +361,58 @@ def test_setters_validate():
     scaler.set_backoff_factor(0.25)
     scaler.set_growth_interval(7)
     assert (scaler.get_growth_factor(), scaler.get_backoff_factor(), scaler.get_growth_interval()) == (3.0, 0.25, 7)
+
+
+# ---- one home for each rule: the options, the reciprocal ----
+
+def _update_scale_op(**options):
+    config = dict(growth_factor=2.0, backoff_factor=0.5, growth_interval=2000, hysteresis=1, min_scale=0.0,
+                  max_scale=3.4e38)
+    config.update(options)
+    torch.ops.ampkit.update_scale_(torch.ones(1), torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32),
+                                   torch.zeros(1), *config.values())
+
+
+SHARED_RULES = [
+    (dict(growth_factor=1.0), "growth_factor"), (dict(growth_factor=INF), "growth_factor"),
+    (dict(backoff_factor=NAN), "backoff_factor"), (dict(backoff_factor=1.0), "backoff_factor"),
+    (dict(growth_interval=0), "growth_interval"), (dict(growth_interval=2**31), "growth_interval"),
+    (dict(hysteresis=-1), "hysteresis"), (dict(min_scale=INF), "min_scale"), (dict(max_scale=-2.0), "max_scale"),
+    (dict(min_scale=3.0, max_scale=2.0), "must not exceed max_scale"),
+]
+
+
+@pytest.mark.parametrize("options, argument", SHARED_RULES, ids=[str(o) for o, _ in SHARED_RULES])
+def test_the_python_scaler_and_the_op_refuse_the_same_options(options, argument):
+    # One contract (C++, ampkit/contracts.h): the same values are refused by the Python scaler, its
+    # setters and the update_scale_ op, each naming the argument.
+    with pytest.raises(ValueError, match=re.escape(argument)):
+        ampkit.GradScaler("cpu", **options)
+    with pytest.raises(ValueError, match=re.escape(argument)):
+        _update_scale_op(**options)
+    accepted = dict(growth_factor=4.0, backoff_factor=0.25, growth_interval=2**31 - 1, hysteresis=3, min_scale=1.0,
+                    max_scale=INF)
+    ampkit.GradScaler("cpu", **accepted)
+    _update_scale_op(**accepted)
+
+
+@pytest.mark.parametrize("value", [1.0, 1e16, 1e300, -0.0, -1e-05, -2.5e-07, 12345.678, 1.0000000000000002,
+                                   123456789012345678.0, -0.0001, 0.1 + 0.2 + 1, INF, -INF, NAN, 1e15, 2.0**70])
+def test_messages_show_values_as_python_writes_them(value):
+    # The check runs in C++; the value in its message reads as Python's repr() of it.
+    with pytest.raises(ValueError) as info:
+        ampkit.GradScaler("cpu", backoff_factor=value)
+    assert str(info.value).endswith(f"GradScaler: backoff_factor must be in (0, 1), got {value!r}")
+
+
+@pytest.mark.parametrize("scale", [65536.0, 3.0, 7.0, 1e-30, 3.4e38, 0.1, 1.0])
+def test_reciprocal_scale_is_torchs_inv_scale(scale):
+    # torch.amp.GradScaler.unscale_: the reciprocal in double, rounded once to float32.
+    for shape in ((), (1,)):
+        tensor = torch.full(shape, scale)
+        result = torch.ops.ampkit.reciprocal_scale(tensor)
+        assert result.dtype == torch.float32 and result.shape == tensor.shape
+        assert torch.equal(result, tensor.double().reciprocal().float())
 
 
 # ---- checkpoints ----

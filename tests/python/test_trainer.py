@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ampkit
 from ampkit.trainer import resolve_amp
@@ -207,6 +208,142 @@ def test_bad_trainer_arguments():
     trainer = ampkit.Trainer(mlp(), **quiet())
     with pytest.raises(TypeError, match="data must be an .inputs, targets. pair of tensors or a torch Dataset"):
         trainer.fit([1, 2, 3], epochs=1)
+
+
+# ---- gradient clipping on the fused path ----
+
+class GradientPasses(TorchDispatchMode):
+    """Records, by op name, every op call that reads a gradient once backward has made all of them
+    (post-accumulate-grad hooks tell when), and whether it took the gradients as a list (a
+    multi-tensor pass over all of them) or one at a time."""
+
+    def __init__(self, params):
+        super().__init__()
+        self.params = list(params)
+        self.pending = set(range(len(self.params)))
+        self.grads: set[int] | None = None  # the gradients' data pointers, once all exist
+        self.calls: list[tuple[str, bool]] = []
+        self.hooks = [p.register_post_accumulate_grad_hook(lambda _, i=i: self._accumulated(i))
+                      for i, p in enumerate(self.params)]
+
+    def _accumulated(self, index):
+        self.pending.discard(index)
+        if not self.pending:
+            self.grads = {p.grad.data_ptr() for p in self.params}
+
+    def __exit__(self, *exc):
+        for hook in self.hooks:
+            hook.remove()
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.grads is not None:
+            pointers, as_list = set(), False
+            for value in list(args) + list(kwargs.values()):
+                if isinstance(value, torch.Tensor):
+                    pointers.add(value.data_ptr())
+                elif isinstance(value, (list, tuple)) and any(isinstance(t, torch.Tensor) for t in value):
+                    as_list = True
+                    pointers.update(t.data_ptr() for t in value if isinstance(t, torch.Tensor))
+            if pointers & self.grads:
+                self.calls.append((func._schema.name, as_list))
+        return func(*args, **kwargs)
+
+
+def clip_trainer(amp, grad_clip, optimizer=None, seed=0):
+    trainer = ampkit.Trainer(mlp(seed), amp=amp, batch_size=64, grad_clip=grad_clip, optimizer=optimizer,
+                             **quiet(scaler_options={"init_scale": 2.0 ** 8}))
+    steps = []
+    original = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        steps.append(kwargs.get("clip_coef"))
+        return original(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    return trainer, steps
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_amp_trainer_clips_in_two_passes_over_the_gradients(amp):
+    # fp16 (loss scaling): unscale + inf/NaN check + norm in one unscale_and_check_ pass, the clip
+    # coefficient applied inside master_adam_step_. bf16 (no scaler): one norm pass, then the step.
+    # clip_grad_norm_ after unscale_ would add a norm pass and a multiply pass.
+    x, y = blobs(n=64)
+    trainer, _ = clip_trainer(amp, grad_clip=0.1)
+    trainer._step(x, y)  # the first step sets up state; count the second
+    with GradientPasses(trainer.model.parameters()) as log:
+        trainer._step(x, y)
+    first = "ampkit::unscale_and_check_" if amp == "fp16" else "aten::_foreach_norm"
+    assert log.calls == [(first, True), ("ampkit::master_adam_step_", True)], log.calls
+
+
+def reference_step(model, x, y, amp, max_norm, optimizer):
+    """One step the torch way: scaled backward, unscale_, clip_grad_norm_, step. Returns the norm."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+    scaler = ampkit.GradScaler("cpu", init_scale=2.0 ** 8, enabled=amp == "fp16")
+    with ampkit.autocast("cpu", dtype=dtype):
+        loss = nn.functional.cross_entropy(model(x), y)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return norm
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+@pytest.mark.parametrize("max_norm", [0.05, 1e6], ids=["clipping", "below the limit"])
+def test_amp_trainer_clip_equals_clip_grad_norm(amp, max_norm):
+    x, y = blobs(n=64)
+    trainer, coefficients = clip_trainer(amp, grad_clip=max_norm, optimizer=lambda p: ampkit.optim.SGD(p, lr=0.5))
+    trainer._step(x, y)
+    reference = mlp()
+    norm = reference_step(reference, x, y, amp, max_norm, ampkit.optim.SGD(reference.parameters(), lr=0.5))
+    expected = min(1.0, max_norm / (norm.item() + 1e-6))
+    assert (expected < 0.5) == (max_norm == 0.05)  # the clip is active where it should be
+    (coefficient,) = coefficients
+    assert coefficient.dtype == torch.float32 and coefficient.numel() == 1
+    # The norm comes from another summation order than torch's _foreach_norm: equal to rounding.
+    torch.testing.assert_close(coefficient.item(), expected, rtol=1e-6, atol=0)
+    if max_norm > 1:
+        assert coefficient.item() == 1.0
+    for ours, theirs in zip(trainer.model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_amp_trainer_with_a_torch_optimizer_clips_with_the_fused_norm():
+    # A non-ampkit optimizer cannot take clip_coef: its gradients are multiplied by the coefficient
+    # (clip_grads_with_norm_), with the norm still from the unscale pass.
+    x, y = blobs(n=64)
+    trainer, coefficients = clip_trainer("fp16", grad_clip=0.05, optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    trainer._step(x, y)
+    assert coefficients == [None]
+    reference = mlp()
+    reference_step(reference, x, y, "fp16", 0.05, torch.optim.SGD(reference.parameters(), lr=0.5))
+    for ours, theirs in zip(trainer.model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_fp16_training_with_grad_clip_skips_overflows_and_converges():
+    # An overflowed step has a NaN norm, so a NaN clip coefficient: the step is skipped on the device
+    # (found_inf) before the coefficient touches anything.
+    x, y = blobs()
+    model = mlp()
+    calls = {"n": 0}
+
+    def poison(grad):
+        calls["n"] += 1
+        return grad * float("inf") if calls["n"] - 1 in (2, 5) else grad
+
+    model[0].weight.register_hook(poison)
+    trainer = ampkit.Trainer(model, amp="fp16", batch_size=64, grad_clip=1.0,
+                             **quiet(scaler_options={"init_scale": 2.0 ** 8, "growth_interval": 4}))
+    trainer.fit((x, y), epochs=3)
+    assert trainer.history.overflow_steps == [2, 5] and max(trainer.history.scale) > 2.0 ** 8
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert trainer.evaluate((x, y))["accuracy"] > 0.8
 
 
 def test_python_dash_m_ampkit_check_prints_a_verdict():

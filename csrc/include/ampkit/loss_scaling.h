@@ -16,6 +16,11 @@ namespace ampkit {
 void unscale_and_check_(at::TensorList grads, const at::Tensor& found_inf, const at::Tensor& inv_scale,
                         const std::optional<at::Tensor>& norm_out = std::nullopt);
 
+// The float32 inv_scale for a loss scale: 1 / scale taken in double and rounded once, as
+// torch.amp.GradScaler computes it, so every unscale (the scaler's, an optimizer's) gets torch's
+// bits. scale: a one-element floating-point tensor; the result has its shape and device.
+at::Tensor reciprocal_scale(const at::Tensor& scale);
+
 // Updates scale from found_inf on the device: back off (after `hysteresis` consecutive overflow
 // steps) or grow (after growth_interval clean steps), within [min_scale, max_scale].
 // growth_tracker and hysteresis_tracker are one-element int32 tensors.
