@@ -390,11 +390,15 @@ class _MasterWeightOptimizer(Optimizer):
         if non_text:
             raise TypeError(f"{where}: group {group_index} of the state_dict has non-string keys {non_text!r}")
         for key, value in saved.items():
-            if key not in required and not _MasterWeightOptimizer._is_plain_data(value):
+            if key != "params" and not _MasterWeightOptimizer._is_plain_data(value):
                 # Kept in the group, it would be pickled into the next checkpoint, which safe loading
                 # (torch.load(weights_only=True)) would then refuse.
                 raise TypeError(f"{where}: {key!r} of group {group_index} of the state_dict must be plain data "
                                 f"(numbers, strings, tensors and lists/dicts of them), got {type(value).__name__}")
+            if isinstance(group.get(key), bool) and not isinstance(value, bool):
+                # nesterov, maximize: a flag stays a flag (a string "no" would be true).
+                raise TypeError(f"{where}: {key!r} of group {group_index} of the state_dict must be a bool, got "
+                                f"{type(value).__name__}")
         ids = saved["params"]
         if not isinstance(ids, (list, tuple)) or not all(_MasterWeightOptimizer._is_param_id(i) for i in ids):
             raise TypeError(f"{where}: 'params' of group {group_index} of the state_dict must be a list of int "
