@@ -237,6 +237,11 @@ void GradScaler::load_state_dict(const GradScalerState& state) {
   const char* where = "ampkit::GradScaler::load_state_dict";
   check_config(where, "scale", state.scale, state.growth_factor, state.backoff_factor, state.growth_interval,
                state.hysteresis, state.min_scale, state.max_scale);
+  // The scale lives in a float32 tensor: beyond float32's range it would become inf or 0.
+  TORCH_CHECK_VALUE(state.scale >= std::numeric_limits<float>::denorm_min() &&
+                        state.scale <= std::numeric_limits<float>::max(),
+                    where, ": scale must be a float32 value in [", std::numeric_limits<float>::denorm_min(), ", ",
+                    std::numeric_limits<float>::max(), "], got ", state.scale);
   TORCH_CHECK_VALUE(state.growth_tracker >= 0 && state.growth_tracker <= kInt32Max, where,
                     ": growth_tracker must be in [0, 2^31-1], got ", state.growth_tracker);
   TORCH_CHECK_VALUE(state.hysteresis_tracker >= 0 && state.hysteresis_tracker <= kInt32Max, where,

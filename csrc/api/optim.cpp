@@ -81,16 +81,57 @@ std::vector<std::pair<const char*, at::Tensor*>> named_state(MasterParamState& s
   return result;
 }
 
-double read_double(torch::serialize::InputArchive& archive, const std::string& key) {
+// Reads an entry that must exist: a missing one or one of another type is a clear error naming the
+// key, not LibTorch's "No such serialized IValue" or "Expected Double but got String".
+c10::IValue read_entry(torch::serialize::InputArchive& archive, const std::string& key, const char* where) {
   c10::IValue value;
-  archive.read(key, value);
-  return value.toDouble();
+  TORCH_CHECK_VALUE(archive.try_read(key, value), "ampkit::optim: ", where, " has no entry '", key,
+                    "' (was it written by an ampkit optimizer's save?)");
+  return value;
+}
+
+double read_double(torch::serialize::InputArchive& archive, const std::string& key) {
+  const c10::IValue value = read_entry(archive, key, "the archive's parameter group options");
+  TORCH_CHECK_TYPE(value.isDouble() || value.isInt(), "ampkit::optim: option '", key,
+                   "' in the archive must be a number, got ", value.tagKind());
+  return value.isDouble() ? value.toDouble() : static_cast<double>(value.toInt());
 }
 
 bool read_bool(torch::serialize::InputArchive& archive, const std::string& key) {
-  c10::IValue value;
-  archive.read(key, value);
+  const c10::IValue value = read_entry(archive, key, "the archive's parameter group options");
+  TORCH_CHECK_TYPE(value.isBool(), "ampkit::optim: option '", key, "' in the archive must be a bool, got ",
+                   value.tagKind());
   return value.toBool();
+}
+
+int64_t read_count(torch::serialize::InputArchive& archive, const std::string& key) {
+  const c10::IValue value = read_entry(archive, key, "the archive");
+  TORCH_CHECK_TYPE(value.isInt(), "ampkit::optim: '", key, "' in the archive must be an int, got ", value.tagKind());
+  return value.toInt();
+}
+
+// A saved state tensor against the one it replaces: same shape and dtype, dense, finite; the step
+// counter a whole number >= 0 and exp_avg_sq >= 0 (a negative one would make the update NaN).
+void check_saved_state(const char* optimizer, const char* key, size_t index, size_t group, const at::Tensor& saved,
+                       const at::Tensor& current) {
+  auto where = [&] {
+    return c10::str("ampkit::optim::", optimizer, "::load: '", key, "' of params[", index, "] of group ", group);
+  };
+  TORCH_CHECK_VALUE(saved.sizes() == current.sizes(), where(), " has shape ", saved.sizes(),
+                    " in the archive, but the parameter needs ", current.sizes(), " (a model of another shape?)");
+  TORCH_CHECK_TYPE(saved.scalar_type() == current.scalar_type() && saved.layout() == at::kStrided &&
+                       !saved.is_meta(),
+                   where(), " must be a dense ", c10::toString(current.scalar_type()), " tensor, got a ",
+                   c10::toString(saved.scalar_type()), " ", saved.layout(), " tensor on ", saved.device());
+  // Loading may read values on the host; stepping never does.
+  TORCH_CHECK_VALUE(saved.isfinite().all().item<bool>(), where(), " holds inf or NaN");
+  if (std::string(key) == "step") {
+    TORCH_CHECK_VALUE((saved.ge(0) & saved.eq(saved.floor())).all().item<bool>(), where(),
+                      " must be a whole number >= 0, got ", saved.item<double>());
+  }
+  if (std::string(key) == "exp_avg_sq") {
+    TORCH_CHECK_VALUE(saved.ge(0).all().item<bool>(), where(), " must be >= 0 (a running mean of squares)");
+  }
 }
 
 }  // namespace
@@ -295,23 +336,22 @@ void MasterWeightOptimizer::load(torch::serialize::InputArchive& archive) {
                     "::load: the archive comes from ",
                     has_origin ? "ampkit::optim::" + origin.toStringRef() : std::string("a non-ampkit optimizer"),
                     ", expected one from ampkit::optim::", name());
-  c10::IValue group_count;
-  archive.read("group_count", group_count);
-  TORCH_CHECK_VALUE(group_count.toInt() == static_cast<int64_t>(param_groups_.size()), "ampkit::optim::", name(),
-                    "::load: the archive has ", group_count.toInt(), " parameter groups, this optimizer has ",
+  const int64_t group_count = read_count(archive, "group_count");
+  TORCH_CHECK_VALUE(group_count == static_cast<int64_t>(param_groups_.size()), "ampkit::optim::", name(),
+                    "::load: the archive has ", group_count, " parameter groups, this optimizer has ",
                     param_groups_.size());
   // Read and check everything before changing anything.
   std::vector<std::pair<at::Tensor*, at::Tensor>> copies;
   std::vector<std::unique_ptr<OptimizerOptions>> new_options;
   for (size_t g = 0; g < param_groups_.size(); ++g) {
     auto& group = param_groups_[g];
-    c10::IValue size;
-    archive.read(group_key(g, "size"), size);
-    TORCH_CHECK_VALUE(size.toInt() == static_cast<int64_t>(group.params().size()), "ampkit::optim::", name(),
-                      "::load: group ", g, " of the archive has ", size.toInt(), " params, this optimizer's has ",
+    const int64_t size = read_count(archive, group_key(g, "size"));
+    TORCH_CHECK_VALUE(size == static_cast<int64_t>(group.params().size()), "ampkit::optim::", name(),
+                      "::load: group ", g, " of the archive has ", size, " params, this optimizer's has ",
                       group.params().size());
     torch::serialize::InputArchive options_archive;
-    archive.read(group_key(g, "options"), options_archive);
+    TORCH_CHECK_VALUE(archive.try_read(group_key(g, "options"), options_archive), "ampkit::optim::", name(),
+                      "::load: the archive has no options for group ", g);
     auto options = group.options().clone();
     options->serialize(options_archive);
     check_options(*options);
@@ -319,14 +359,14 @@ void MasterWeightOptimizer::load(torch::serialize::InputArchive& archive) {
     for (size_t i = 0; i < group.params().size(); ++i) {
       auto& state = state_for(group.params()[i], group);
       for (const auto& [key, tensor] : named_state(state)) {
-        at::Tensor saved;
+        c10::IValue saved;
         TORCH_CHECK_VALUE(archive.try_read(state_key(g, i, key), saved), "ampkit::optim::", name(),
                           "::load: the archive has no '", key, "' for params[", i, "] of group ", g,
                           " (a different optimizer configuration, master_weights or parameter dtype)");
-        TORCH_CHECK_VALUE(saved.sizes() == tensor->sizes(), "ampkit::optim::", name(), "::load: '", key,
-                          "' of params[", i, "] of group ", g, " has shape ", saved.sizes(),
-                          " in the archive, but the parameter needs ", tensor->sizes(), " (a model of another shape?)");
-        copies.emplace_back(tensor, saved);
+        TORCH_CHECK_TYPE(saved.isTensor(), "ampkit::optim::", name(), "::load: '", key, "' of params[", i,
+                         "] of group ", g, " must be a tensor, got ", saved.tagKind());
+        check_saved_state(name(), key, i, g, saved.toTensor(), *tensor);
+        copies.emplace_back(tensor, saved.toTensor());
       }
     }
   }

@@ -497,23 +497,25 @@ class GradScaler:
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Loads a state_dict() of this class or of torch.amp.GradScaler. Everything is validated
-        before anything changes; a malformed dict raises TypeError/ValueError naming the entry."""
+        before anything changes; a malformed dict raises TypeError/ValueError naming the entry
+        (an empty one raises an error that is both a ValueError and torch's RuntimeError)."""
         if not self._enabled:
             return
         if not isinstance(state_dict, abc.Mapping):
             raise TypeError(f"load_state_dict: state_dict must be a dict, got {type(state_dict).__name__}")
         if len(state_dict) == 0:
-            raise RuntimeError("The source state dict is empty, possibly because it was saved from a disabled "
-                               "instance of GradScaler.")
-        required = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
-        missing = [key for key in required if key not in state_dict]
+            raise _EmptyStateDictError("The source state dict is empty, possibly because it was saved from a "
+                                       "disabled instance of GradScaler.")
+        unknown = [key for key in state_dict if key not in _STATE_DICT_DEFAULTS]
+        if unknown:
+            # A key this class does not write is a damaged or foreign dict, not something to ignore.
+            raise ValueError(f"load_state_dict: state_dict has unexpected entries {', '.join(sorted(map(repr, unknown)))}; "
+                             f"expected the keys written by GradScaler.state_dict(): {list(_STATE_DICT_DEFAULTS)}")
+        missing = [key for key in _STATE_DICT_REQUIRED if key not in state_dict]
         if missing:
             raise ValueError(f"load_state_dict: state_dict is missing {missing}; expected the keys written by "
-                             f"GradScaler.state_dict(): {list(required)} (+ ampkit's optional extras)")
-        values = {
-            "hysteresis": 1, "_hysteresis_tracker": 0, "min_scale": None, "max_scale": None,
-            "skipped_steps": 0, "overflow_events": 0,
-        }
+                             f"GradScaler.state_dict(): {list(_STATE_DICT_REQUIRED)} (+ ampkit's optional extras)")
+        values = {key: default for key, default in _STATE_DICT_DEFAULTS.items() if key not in _STATE_DICT_REQUIRED}
         values.update(state_dict)
         for key in ("_growth_tracker", "_hysteresis_tracker", "skipped_steps", "overflow_events"):
             if not _is_int(values[key]):
@@ -524,12 +526,19 @@ class GradScaler:
         for key in ("_growth_tracker", "_hysteresis_tracker"):
             if values[key] > _INT32_MAX:
                 raise ValueError(f"load_state_dict: state_dict[{key!r}] must fit int32, got {values[key]}")
+        for key in ("skipped_steps", "overflow_events"):
+            if values[key] > _INT64_MAX:
+                raise ValueError(f"load_state_dict: state_dict[{key!r}] must fit int64, got {values[key]}")
         try:
             _check_config(values["scale"], values["growth_factor"], values["backoff_factor"],
                           values["growth_interval"], values["hysteresis"], values["min_scale"], values["max_scale"])
         except (TypeError, ValueError) as error:
             message = str(error).replace("GradScaler: init_scale", "GradScaler: scale")
             raise type(error)(f"load_state_dict: invalid state_dict: {message}") from None
+        if not _FLT_TRUE_MIN <= values["scale"] <= _FLT_MAX:
+            # The scale lives in a float32 tensor: beyond this range it would become inf or 0.
+            raise ValueError(f"load_state_dict: state_dict['scale'] must be a float32 value in "
+                             f"[{_FLT_TRUE_MIN}, {_FLT_MAX}], got {values['scale']}")
 
         self._init_scale = float(values["scale"])
         self._growth_factor = float(values["growth_factor"])
@@ -572,3 +581,22 @@ class GradScaler:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_process_group", None)
+
+
+# ---- checkpoint loading ----
+
+_FLT_TRUE_MIN = 2.0**-149  # the smallest positive float32 (a subnormal)
+_INT64_MAX = 2**63 - 1
+
+# What state_dict() writes: torch's five keys (required, so torch's dicts load) and ampkit's
+# extras, with the values that reproduce torch's behaviour when they are absent.
+_STATE_DICT_REQUIRED = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+_STATE_DICT_DEFAULTS: dict[str, Any] = {
+    "scale": None, "growth_factor": None, "backoff_factor": None, "growth_interval": None, "_growth_tracker": None,
+    "hysteresis": 1, "_hysteresis_tracker": 0, "min_scale": None, "max_scale": None, "skipped_steps": 0,
+    "overflow_events": 0,
+}
+
+
+class _EmptyStateDictError(ValueError, RuntimeError):
+    """An empty state_dict: a ValueError like every other refusal, and the RuntimeError torch raises."""

@@ -289,55 +289,154 @@ class _MasterWeightOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a state_dict of the same ampkit optimizer over a model of the same shapes. Every
-        check runs before anything is changed; masters and state are copied exactly."""
+        check runs before anything is changed (a malformed dict raises ValueError/TypeError naming
+        the entry and changes nothing); masters and state are copied exactly."""
         name = type(self).__name__
+        where = f"ampkit.optim.{name}.load_state_dict"
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
-            raise ValueError(f"ampkit.optim.{name}.load_state_dict: expected an optimizer state_dict with 'state' "
+            raise ValueError(f"{where}: expected an optimizer state_dict with 'state' "
                              f"and 'param_groups', got {type(state_dict).__name__}")
         origin = state_dict.get("ampkit")
-        if not isinstance(origin, dict) or origin.get("optimizer") != name:
-            found = f"ampkit.optim.{origin['optimizer']}" if isinstance(origin, dict) else "a non-ampkit optimizer"
-            raise ValueError(f"ampkit.optim.{name}.load_state_dict: the state_dict comes from {found}, "
-                             f"expected one from ampkit.optim.{name}")
-        saved_groups = state_dict["param_groups"]
+        saved_name = origin.get("optimizer") if isinstance(origin, dict) else None
+        if saved_name != name:
+            found = f"ampkit.optim.{saved_name}" if isinstance(saved_name, str) else "a non-ampkit optimizer"
+            raise ValueError(f"{where}: the state_dict comes from {found}, expected one from ampkit.optim.{name}")
+        unexpected = sorted(map(repr, state_dict.keys() - {"state", "param_groups", "ampkit"}))
+        unexpected += sorted(f"'ampkit'[{key!r}]" for key in origin.keys() - {"optimizer", "master_weights"})
+        if unexpected:
+            raise ValueError(f"{where}: the state_dict has unexpected entries {', '.join(unexpected)}")
+        if not isinstance(origin.get("master_weights"), bool):
+            raise TypeError(f"{where}: state_dict['ampkit']['master_weights'] must be a bool, got "
+                            f"{type(origin.get('master_weights')).__name__}")
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)):
+            raise TypeError(f"{where}: state_dict['param_groups'] must be a list, got {type(saved_groups).__name__}")
+        if not isinstance(saved_state, dict):
+            raise TypeError(f"{where}: state_dict['state'] must be a dict, got {type(saved_state).__name__}")
         if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"ampkit.optim.{name}.load_state_dict: the state_dict has {len(saved_groups)} parameter "
+            raise ValueError(f"{where}: the state_dict has {len(saved_groups)} parameter "
                              f"groups, this optimizer has {len(self.param_groups)}")
-        id_to_param: dict[int, torch.Tensor] = {}
+        id_to_param: dict[int, tuple[torch.Tensor, str]] = {}
         for group_index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            if len(group["params"]) != len(saved["params"]):
-                raise ValueError(f"ampkit.optim.{name}.load_state_dict: group {group_index} of the state_dict has "
-                                 f"{len(saved['params'])} params, this optimizer's has {len(group['params'])}")
-            id_to_param.update(zip(saved["params"], group["params"]))
+            self._check_saved_group(saved, group, ("params", *self.defaults), group_index, where)
+            for index, (saved_id, param) in enumerate(zip(saved["params"], group["params"])):
+                if saved_id in id_to_param:
+                    raise ValueError(f"{where}: param id {saved_id} appears twice in the state_dict's param_groups")
+                id_to_param[saved_id] = (param, f"params[{index}] of group {group_index}")
         updates: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for saved_id, saved_state in state_dict["state"].items():
-            param = id_to_param.get(saved_id)
-            if param is None:
-                raise ValueError(f"ampkit.optim.{name}.load_state_dict: state for param id {saved_id}, which no "
-                                 "parameter group holds")
+        for saved_id, saved_param_state in saved_state.items():
+            if self._is_param_id(saved_id) and saved_id in id_to_param:
+                param, _ = id_to_param[saved_id]
+            else:
+                raise ValueError(f"{where}: state for param id {saved_id!r}, which no parameter group holds")
             state = self.state[param]
-            if set(saved_state.keys()) != set(state.keys()):
-                raise ValueError(f"ampkit.optim.{name}.load_state_dict: param id {saved_id} has state "
-                                 f"{sorted(saved_state.keys())} in the state_dict but {sorted(state.keys())} here "
+            if not isinstance(saved_param_state, dict):
+                raise TypeError(f"{where}: the state of param id {saved_id} must be a dict, got "
+                                f"{type(saved_param_state).__name__}")
+            if set(saved_param_state.keys()) != set(state.keys()):
+                raise ValueError(f"{where}: param id {saved_id} has state "
+                                 f"{sorted(map(str, saved_param_state.keys()))} in the state_dict but "
+                                 f"{sorted(state.keys())} here "
                                  "(a different optimizer configuration, master_weights or parameter dtype)")
-            for key, value in saved_state.items():
-                if not isinstance(value, torch.Tensor) or value.shape != state[key].shape:
-                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                    raise ValueError(f"ampkit.optim.{name}.load_state_dict: state '{key}' of param id {saved_id} has "
-                                     f"shape {shape} in the state_dict, but the parameter needs "
-                                     f"{tuple(state[key].shape)} (a model of another shape?)")
+            for key, value in saved_param_state.items():
+                self._check_saved_state(key, value, state[key], f"state '{key}' of param id {saved_id}", where)
                 updates.append((state[key], value))
+        unsaved = [label for saved_id, (param, label) in id_to_param.items() if saved_id not in saved_state
+                   and self.state[param]]
+        if unsaved:
+            raise ValueError(f"{where}: the state_dict has no state for {', '.join(unsaved[:3])}"
+                             f"{' and more' if len(unsaved) > 3 else ''}; a state_dict of this optimizer holds "
+                             "every parameter's")
         new_groups = []
         for group_index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             merged = dict(group)
             merged.update({k: v for k, v in saved.items() if k != "params"})
             self._check_group(merged, where=f" of group {group_index}", label=f"{name}.load_state_dict")
+            self._check_saved_lr(merged["lr"], group_index, where)
             new_groups.append(merged)
-        for target, value in updates:
-            target.copy_(value)
+        with torch.no_grad():
+            for target, value in updates:
+                target.copy_(value)
         for group, merged in zip(self.param_groups, new_groups):
             group.update(merged)
 
+    @staticmethod
+    def _is_param_id(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    @staticmethod
+    def _is_plain_data(value: Any, depth: int = 0) -> bool:
+        if value is None or isinstance(value, (bool, int, float, complex, str, bytes, torch.Tensor)):
+            return True
+        if depth < 8 and isinstance(value, (list, tuple)):
+            return all(_MasterWeightOptimizer._is_plain_data(item, depth + 1) for item in value)
+        if depth < 8 and isinstance(value, dict):
+            return all(_MasterWeightOptimizer._is_plain_data(item, depth + 1)
+                       for pair in value.items() for item in pair)
+        return False
+
+    @staticmethod
+    def _check_saved_group(saved: Any, group: dict, required: tuple[str, ...], group_index: int, where: str) -> None:
+        """A saved parameter group: a dict with the `required` keys (the hyper-parameters and
+        "params", as many integer param ids as `group` has). Extra keys, such as an LR scheduler's
+        initial_lr, are kept, as torch keeps them."""
+        if not isinstance(saved, dict):
+            raise TypeError(f"{where}: group {group_index} of the state_dict must be a dict, got "
+                            f"{type(saved).__name__}")
+        missing = [key for key in required if key not in saved]
+        if missing:
+            raise ValueError(f"{where}: group {group_index} of the state_dict is missing {missing}")
+        non_text = [key for key in saved if not isinstance(key, str)]
+        if non_text:
+            raise TypeError(f"{where}: group {group_index} of the state_dict has non-string keys {non_text!r}")
+        for key, value in saved.items():
+            if key != "params" and not _MasterWeightOptimizer._is_plain_data(value):
+                # Kept in the group, it would be pickled into the next checkpoint, which safe loading
+                # (torch.load(weights_only=True)) would then refuse.
+                raise TypeError(f"{where}: {key!r} of group {group_index} of the state_dict must be plain data "
+                                f"(numbers, strings, tensors and lists/dicts of them), got {type(value).__name__}")
+            if isinstance(group.get(key), bool) and not isinstance(value, bool):
+                # nesterov, maximize: a flag stays a flag (a string "no" would be true).
+                raise TypeError(f"{where}: {key!r} of group {group_index} of the state_dict must be a bool, got "
+                                f"{type(value).__name__}")
+        ids = saved["params"]
+        if not isinstance(ids, (list, tuple)) or not all(_MasterWeightOptimizer._is_param_id(i) for i in ids):
+            raise TypeError(f"{where}: 'params' of group {group_index} of the state_dict must be a list of int "
+                            f"param ids, got {ids!r:.200}")
+        if len(group["params"]) != len(ids):
+            raise ValueError(f"{where}: group {group_index} of the state_dict has "
+                             f"{len(ids)} params, this optimizer's has {len(group['params'])}")
+
+    @staticmethod
+    def _check_saved_state(key: str, value: Any, current: torch.Tensor, label: str, where: str) -> None:
+        """One saved state tensor against the one it replaces: same shape and dtype (float32), real
+        data, finite values; the step counter a whole number >= 0, exp_avg_sq >= 0."""
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{where}: {label} must be a tensor, got {type(value).__name__}")
+        if value.shape != current.shape:
+            raise ValueError(f"{where}: {label} has shape {tuple(value.shape)} in the state_dict, but the parameter "
+                             f"needs {tuple(current.shape)} (a model of another shape?)")
+        if value.dtype != current.dtype:
+            raise TypeError(f"{where}: {label} must be a {current.dtype} tensor, got {value.dtype}")
+        if value.layout != torch.strided or value.device.type == "meta":
+            raise TypeError(f"{where}: {label} must be a dense tensor with data, got layout {value.layout} on "
+                            f"{value.device}")
+        # Loading may read values on the host; stepping never does. A non-finite or negative value
+        # here would turn the parameter into inf/NaN on the next step.
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{where}: {label} holds inf or NaN")
+        if key == "step" and not bool(((value >= 0) & (value == value.floor())).all()):
+            raise ValueError(f"{where}: {label} must be a whole number >= 0, got {value.tolist()}")
+        if key == "exp_avg_sq" and not bool((value >= 0).all()):
+            raise ValueError(f"{where}: {label} must be >= 0 (a running mean of squares), got a negative value")
+
+    @staticmethod
+    def _check_saved_lr(lr: Any, group_index: int, where: str) -> None:
+        """A tensor lr (whose value _check_group does not read) is read here: loading may sync."""
+        if isinstance(lr, torch.Tensor) and lr.device.type != "meta":
+            value = float(lr.detach().reshape(()).to("cpu"))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{where}: lr of group {group_index} must be a finite number >= 0, got {value}")
 
 class SGD(_MasterWeightOptimizer):
     """torch.optim.SGD's update (momentum, dampening, nesterov, weight_decay, maximize) on FP32 masters."""

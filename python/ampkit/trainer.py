@@ -78,14 +78,46 @@ class TrainHistory:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "TrainHistory":
+        """The inverse of state_dict(). Refuses (TypeError/ValueError naming the field) anything that
+        state_dict() does not write; fields it lacks start empty."""
+        if not isinstance(state, dict):
+            raise TypeError(f"history: expected a dict, got {type(state).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(state) - fields
         if unknown:
-            raise ValueError(f"history: unknown fields {sorted(unknown)}")
-        history = cls(**state)
+            raise ValueError(f"history: unknown fields {sorted(map(str, unknown))}")
+        for name, values in state.items():
+            if not isinstance(values, (list, tuple)):
+                raise TypeError(f"history: {name} must be a list, got {type(values).__name__}")
+            accepts, description = _HISTORY_ENTRIES[name]
+            for index, value in enumerate(values):
+                if not accepts(value):
+                    raise TypeError(f"history: {name}[{index}] must be {description}, got {value!r:.80}")
+        history = cls(**{name: list(values) for name, values in state.items()})
         history.first_non_finite = [tuple(x) for x in history.first_non_finite]
         history.fp16_underflow_fraction = [tuple(x) for x in history.fp16_underflow_fraction]
         return history
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_step_pair(value: Any, second: Callable[[Any], bool]) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], int)
+            and not isinstance(value[0], bool) and second(value[1]))
+
+
+# What each TrainHistory field holds, checked when a checkpoint's history is loaded.
+_HISTORY_ENTRIES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "loss": (_is_number, "a float"),
+    "scale": (_is_number, "a float"),
+    "skipped": (lambda v: isinstance(v, bool), "a bool"),
+    "epochs": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, (int, float))
+                                                     for k, x in v.items()), "a dict of str -> number"),
+    "first_non_finite": (lambda v: _is_step_pair(v, lambda x: isinstance(x, str)), "a (step, module name) pair"),
+    "fp16_underflow_fraction": (lambda v: _is_step_pair(v, _is_number), "a (step, fraction) pair"),
+}
 
 
 class Trainer:
@@ -373,37 +405,32 @@ class Trainer:
         torch.save(state, temporary)
         os.replace(temporary, path)  # a crash mid-save never leaves a half-written checkpoint at `path`
 
-    def resume(self, path: str | os.PathLike) -> "Trainer":
-        """Loads a checkpoint written by save(). Refuses (and changes nothing) if it is damaged or
-        belongs to another model/configuration."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # truncated, not a torch file, unreadable
-            raise ValueError(f"checkpoint {os.fspath(path)!r} cannot be read ({type(error).__name__}: {error})") from error
-        if not isinstance(state, dict) or state.get("format") != "ampkit.Trainer/1":
-            raise ValueError(f"checkpoint {os.fspath(path)!r} is not an ampkit.Trainer checkpoint")
-        mine, theirs = self._signature(), state["signature"]
-        if mine != theirs:
-            differing = sorted(set(mine.items()) ^ set(theirs.items()))[:3]
-            raise ValueError(f"checkpoint {os.fspath(path)!r} is for another model: differing entries {differing}")
-        if (state["amp_mode"], state["master_weights"]) != (self.amp_mode, self.master_weights):
-            raise ValueError(f"checkpoint {os.fspath(path)!r} was saved with amp={state['amp_mode']}, "
-                             f"master_weights={state['master_weights']}; this trainer has amp={self.amp_mode}, "
-                             f"master_weights={self.master_weights}")
-        history = TrainHistory.from_state_dict(state["history"])
-        # Load into copies first so a failure leaves the running trainer as it was.
+    def resume(self, path: str | os.PathLike, *, weights_only: bool = True) -> "Trainer":
+        """Loads a checkpoint written by save(). Refuses with a ValueError/TypeError naming the problem,
+        and changes nothing, if the file is damaged, hostile or belongs to another model/configuration.
+
+        The file is read with ``torch.load(weights_only=True)``: only tensors, numbers, strings and plain
+        containers are unpickled (all that save() writes), so a checkpoint cannot run code; one that holds
+        any other object is refused before anything in it runs. ``weights_only=False`` is the legacy full
+        unpickler, an explicit opt-in for a file you wrote yourself and trust: it can run arbitrary code
+        (it warns). The contents are checked the same way either way."""
+        name = os.fspath(path)
+        state = self._read_checkpoint(name, weights_only)
+        history = self._check_checkpoint(name, state)
+        # Load into the live objects only after every check; a failure puts them back as they were.
         model_backup = {k: v.clone() for k, v in self.model.state_dict().items()}
-        optimizer_backup = self.optimizer.state_dict()
+        restore_optimizer = _optimizer_restorer(self.optimizer)
         scaler_backup = self.scaler.state_dict()
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
-        except Exception:
+        except Exception as error:
             self.model.load_state_dict(model_backup)
-            self.optimizer.load_state_dict(optimizer_backup)
+            restore_optimizer()
             self.scaler.load_state_dict(scaler_backup)
-            raise
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f"checkpoint {name!r} does not fit this trainer: {error}") from error
         self.history, self.epoch, self.global_step = history, state["epoch"], state["global_step"]
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"] is not None and torch.cuda.is_available():
@@ -411,6 +438,144 @@ class Trainer:
         global _last_history
         _last_history = weakref.ref(self.history)
         return self
+
+    @staticmethod
+    def _read_checkpoint(name: str, weights_only: bool) -> Any:
+        """torch.load with weights_only as asked, every failure as a ValueError naming the file."""
+        if not isinstance(weights_only, bool):
+            raise TypeError(f"Trainer.resume: weights_only must be a bool, got {type(weights_only).__name__}")
+        if not weights_only:
+            warnings.warn(f"Trainer.resume({name!r}, weights_only=False) unpickles the file with Python's full "
+                          "pickle: a checkpoint from anyone else can run arbitrary code on this machine. Use it only "
+                          "for a file you wrote yourself; Trainer.save() files load with the default "
+                          "weights_only=True.", UserWarning, stacklevel=3)
+        try:
+            return torch.load(name, map_location="cpu", weights_only=weights_only)
+        except Exception as error:  # truncated, not a torch file, unreadable, or refused by the safe unpickler
+            message = str(error)
+            if weights_only and "Weights only load failed" in message:
+                # torch's own text suggests weights_only=False; keep only the reason.
+                reason = " ".join(line.strip() for line in message.splitlines()[1:]
+                                  if line.strip() and not line.startswith("Check the documentation"))
+                raise ValueError(f"checkpoint {name!r} was refused by safe loading (weights_only=True): it holds "
+                                 f"an object that is not a tensor or plain data ({reason}); nothing in it was run. "
+                                 "Trainer.save() never writes one: if you wrote this file yourself and trust it, "
+                                 "Trainer.resume(path, weights_only=False) loads it with the full unpickler") from None
+            raise ValueError(f"checkpoint {name!r} cannot be read ({type(error).__name__}: {error})") from error
+
+    def _check_checkpoint(self, name: str, state: Any) -> TrainHistory:
+        """Every entry of a loaded checkpoint against this trainer, before anything is changed.
+        Returns the checkpoint's history."""
+        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint {name!r} is not an ampkit.Trainer checkpoint")
+        missing = [key for key in _CHECKPOINT_ENTRIES if key not in state]
+        if missing:
+            raise ValueError(f"checkpoint {name!r} is missing {missing}")
+        unexpected = sorted(repr(key) for key in state if key not in _CHECKPOINT_ENTRIES)
+        if unexpected:
+            raise ValueError(f"checkpoint {name!r} has unexpected entries {', '.join(unexpected)}")
+        for key, (expected, description) in _CHECKPOINT_ENTRIES.items():
+            value = state[key]
+            if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+                raise TypeError(f"checkpoint {name!r}: wrong type for {key!r}: expected {description}, "
+                                f"got {type(value).__name__}")
+        for key in ("epoch", "global_step"):
+            if state[key] < 0:
+                raise ValueError(f"checkpoint {name!r}: {key!r} must be >= 0, got {state[key]}")
+        theirs = state["signature"]
+        if not all(isinstance(k, str) and _is_signature_entry(v) for k, v in theirs.items()):
+            raise TypeError(f"checkpoint {name!r}: wrong type for 'signature': expected a dict of "
+                            "name -> (shape tuple, dtype name)")
+        mine = self._signature()
+        if mine != theirs:
+            differing = sorted(set(mine.items()) ^ set(theirs.items()))[:3]
+            raise ValueError(f"checkpoint {name!r} is for another model: differing entries {differing}")
+        if (state["amp_mode"], state["master_weights"]) != (self.amp_mode, self.master_weights):
+            raise ValueError(f"checkpoint {name!r} was saved with amp={state['amp_mode']}, "
+                             f"master_weights={state['master_weights']}; this trainer has amp={self.amp_mode}, "
+                             f"master_weights={self.master_weights}")
+        # The weights themselves, against the model (the signature above is only what the file claims).
+        current = self.model.state_dict()
+        if set(state["model"]) != set(current):
+            differing = sorted(map(str, set(state["model"]) ^ set(current)))[:3]
+            raise ValueError(f"checkpoint {name!r}: 'model' does not hold this model's entries: differing {differing}")
+        for key, value in state["model"].items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"checkpoint {name!r}: wrong type for 'model.{key}': expected a tensor, "
+                                f"got {type(value).__name__}")
+            if ((value.shape, value.dtype) != (current[key].shape, current[key].dtype) or value.layout != torch.strided
+                    or value.device.type == "meta"):
+                raise ValueError(f"checkpoint {name!r}: 'model.{key}' is a {value.dtype} {value.layout} tensor of shape "
+                                 f"{tuple(value.shape)} on {value.device}, the model needs a {current[key].dtype} "
+                                 f"tensor of shape {tuple(current[key].shape)} with data")
+        self._check_rng_states(name, state["rng_cpu"], state["rng_cuda"])
+        try:
+            return TrainHistory.from_state_dict(state["history"])
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"checkpoint {name!r}: {error}") from None
+
+    @staticmethod
+    def _check_rng_states(name: str, rng_cpu: torch.Tensor, rng_cuda: list | None) -> None:
+        """The generator states, tried on a scratch generator: setting them comes last, after the
+        model and optimizer have loaded, so it must not fail."""
+        try:
+            torch.Generator().set_state(rng_cpu)
+        except Exception as error:
+            raise ValueError(f"checkpoint {name!r}: 'rng_cpu' is not a CPU generator state ({error})") from None
+        if rng_cuda is None or not torch.cuda.is_available():
+            return
+        if len(rng_cuda) > torch.cuda.device_count():
+            raise ValueError(f"checkpoint {name!r}: 'rng_cuda' holds {len(rng_cuda)} CUDA generator states, this "
+                             f"machine has {torch.cuda.device_count()} GPUs")
+        for index, value in enumerate(rng_cuda):
+            expected = torch.cuda.get_rng_state(index)
+            if not isinstance(value, torch.Tensor) or value.dtype != expected.dtype or value.shape != expected.shape:
+                raise ValueError(f"checkpoint {name!r}: 'rng_cuda[{index}]' must be a {expected.dtype} tensor of shape "
+                                 f"{tuple(expected.shape)} (a CUDA generator state), got {value!r:.120}")
+
+
+_CHECKPOINT_FORMAT = "ampkit.Trainer/1"
+# Every entry Trainer.save() writes: the types it must have and how an error names them.
+_CHECKPOINT_ENTRIES: dict[str, tuple[tuple[type, ...], str]] = {
+    "format": ((str,), "a str"), "signature": ((dict,), "a dict"), "amp_mode": ((str,), "a str"),
+    "master_weights": ((bool,), "a bool"), "model": ((dict,), "a dict of tensors"),
+    "optimizer": ((dict,), "an optimizer state_dict"), "scaler": ((dict,), "a GradScaler state_dict"),
+    "history": ((dict,), "a TrainHistory state_dict"), "epoch": ((int,), "an int"),
+    "global_step": ((int,), "an int"), "rng_cpu": ((torch.Tensor,), "a uint8 tensor"),
+    "rng_cuda": ((list, tuple, type(None)), "a list of uint8 tensors or None"),
+}
+
+
+def _is_signature_entry(value: Any) -> bool:
+    """(shape tuple, dtype name): what Trainer._signature() writes for each state entry."""
+    return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple)
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in value[0]) and isinstance(value[1], str))
+
+
+def _optimizer_restorer(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """Returns a function that puts `optimizer` back as it is now: the same state and group objects,
+    holding the same values. (A load_state_dict may copy into the state tensors, as ampkit's does, or
+    replace them, as torch's does; either way the restore undoes it.)"""
+    state, groups = optimizer.state, optimizer.param_groups
+    saved_state = [(entries, {key: (value, value.clone() if isinstance(value, torch.Tensor) else value)
+                              for key, value in entries.items()}) for entries in state.values()]
+    saved_keys = list(state.keys())
+    saved_groups = [(group, dict(group)) for group in groups]
+
+    def restore() -> None:
+        with torch.no_grad():
+            state.clear()
+            for param, (entries, values) in zip(saved_keys, saved_state):
+                entries.clear()
+                for key, (original, value) in values.items():
+                    entries[key] = original.copy_(value) if isinstance(original, torch.Tensor) else original
+                state[param] = entries
+        for group, contents in saved_groups:
+            group.clear()
+            group.update(contents)
+        optimizer.state, optimizer.param_groups = state, groups
+
+    return restore
 
 
 def plot_history(path: str | os.PathLike, history: TrainHistory | Trainer | None = None) -> str:

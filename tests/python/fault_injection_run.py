@@ -165,7 +165,7 @@ def load_checkpoint(path: str, model, optimizer, scaler) -> tuple[int, list]:
     """Restores a save_checkpoint() file; returns (step, records). Raises ValueError, naming the file
     and the reason, for a damaged/foreign file; the running state is then exactly as before."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # a checkpoint cannot run code
     except Exception as error:  # truncated, not a torch file, unreadable
         raise ValueError(f"checkpoint {path!r} cannot be read (truncated or damaged?): "
                          f"{type(error).__name__}: {error}") from error

@@ -84,8 +84,8 @@ def _kill_and_resume(tmp_path, device: str) -> None:
     resumed = _run_script("--device", device, "--checkpoint", checkpoint, "--resume", "--out", resumed_out)
     assert resumed.returncode == 0, resumed.stderr
 
-    full = torch.load(full_out, map_location="cpu", weights_only=False)
-    after_resume = torch.load(resumed_out, map_location="cpu", weights_only=False)
+    full = torch.load(full_out, map_location="cpu", weights_only=True)
+    after_resume = torch.load(resumed_out, map_location="cpu", weights_only=True)
     schedule = full["schedule"]
     assert 10 <= len(schedule) <= 45, f"about 1 in 20 of {STEPS} steps should be injected, got {len(schedule)}"
     assert {value for _, _, value in schedule.values() if value == value} == {float("inf"), float("-inf")}
@@ -151,7 +151,7 @@ def _check_refusals(tmp_path, device: str) -> None:
 
     # Same model shapes, but the optimizer state inside is damaged: refused after the model was
     # already loaded, so this exercises the roll-back.
-    state = torch.load(good, map_location="cpu", weights_only=False)
+    state = torch.load(good, map_location="cpu", weights_only=True)
     first = next(iter(state["optimizer"]["state"].values()))
     first["exp_avg"] = first["exp_avg"][:1]
     damaged = str(tmp_path / "damaged.pt")
