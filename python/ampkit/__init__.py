@@ -18,7 +18,7 @@ from . import nn, optim  # noqa: E402
 from .autocasting import Policy, autocast, explain, global_policy, set_global_policy, set_module_policy  # noqa: E402
 from .grad_scaler import GradScaler  # noqa: E402
 from .nn import FusedLinear, FusedMLP, fuse_linear_activations, fused_linear, fused_mlp  # noqa: E402
-from .ops import multi_tensor_scale_  # noqa: E402
+from .multi_tensor import multi_tensor_scale_  # noqa: E402
 from .self_check import AmpCheck, check_amp  # noqa: E402
 from .trainer import Trainer, TrainHistory, plot_history  # noqa: E402
 

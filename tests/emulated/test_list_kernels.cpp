@@ -7,7 +7,7 @@
 #include <limits>
 
 #include "ampkit/loss_scaling.h"
-#include "ampkit/ops.h"
+#include "ampkit/multi_tensor_scale.h"
 #include "ampkit_kernels/loss_scaling.h"
 #include "ampkit_kernels/multi_tensor.h"
 #include "emulated_test_helpers.h"

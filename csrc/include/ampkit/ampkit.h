@@ -7,5 +7,5 @@
 #include "ampkit/grad_scaler.h"   // GradScaler
 #include "ampkit/loss_scaling.h"  // unscale_and_check_, update_scale_ ops
 #include "ampkit/nn.h"            // nn::FusedLinear
-#include "ampkit/ops.h"           // multi_tensor_scale_
+#include "ampkit/multi_tensor_scale.h"           // multi_tensor_scale_
 #include "ampkit/optim.h"         // optim::SGD, Adam, AdamW with FP32 masters

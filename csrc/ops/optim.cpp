@@ -1,4 +1,4 @@
-#include "ops/master_optim.h"
+#include "ops/optim.h"
 
 #include <c10/util/Exception.h>
 #include <torch/library.h>

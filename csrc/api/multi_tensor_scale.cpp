@@ -1,4 +1,4 @@
-#include "ampkit/ops.h"
+#include "ampkit/multi_tensor_scale.h"
 
 #include "ops/op_lookup.h"
 

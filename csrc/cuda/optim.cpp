@@ -2,7 +2,7 @@
 
 #include "ampkit_kernels/optim.h"
 #include "cuda/kernel_glue.h"
-#include "ops/master_optim.h"
+#include "ops/optim.h"
 
 namespace ampkit::cuda {
 namespace {

@@ -8,7 +8,7 @@
 
 #include "ampkit_kernels/optim_math.h"
 #include "cpu/cpu_loops.h"
-#include "ops/master_optim.h"
+#include "ops/optim.h"
 
 namespace ampkit::cpu {
 namespace {
