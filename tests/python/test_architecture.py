@@ -1,6 +1,7 @@
-"""The structural rules of docs/ARCHITECTURE.md, checked against the tree: includes point down and
-never reach across top-level folders by relative path, kernels/ is framework-free, the autocast
-layer names no op of ampkit's, csrc/ops files stay small, and every path the document cites exists."""
+"""The structural rules of docs/ARCHITECTURE.md, checked against the tree: no include reaches across
+top-level folders by relative path, kernels/ is framework-free and its host headers CUDA-free, and
+every path and symbol the document cites exists. (The autocast boundary and the csrc/ops file
+sizes are checked in tests/python/test_module_layout.py.)"""
 from __future__ import annotations
 
 import re
@@ -36,17 +37,6 @@ def test_cuda_free_kernel_headers_include_no_cuda():
     for name in host_headers:
         text = (ROOT / "kernels/include/ampkit_kernels" / name).read_text()
         assert not cuda.search(text), name
-
-
-def test_autocast_layer_names_no_ampkit_op():
-    for p in (ROOT / "csrc/autocast").iterdir():
-        text = p.read_text()
-        assert "ampkit::fused_" not in text, p.name
-
-
-def test_csrc_ops_files_stay_small():
-    sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "csrc/ops").iterdir()}
-    assert max(sizes.values()) <= 450, sizes
 
 
 def test_paths_cited_by_the_architecture_document_exist():
