@@ -18,6 +18,7 @@ can be captured in a CUDA graph when ``lr`` is a tensor.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import torch
