@@ -49,7 +49,9 @@ if [[ "${AMPKIT_SKIP_CUDA_OFF:-0}" != 1 && "${AMPKIT_CUDA:-AUTO}" != OFF ]]; the
 fi
 if [[ "${AMPKIT_SKIP_SANITIZERS:-0}" != 1 ]]; then
   # halt_on_error: a UBSan finding fails the run instead of only printing.
-  sanitizer_env=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
+  # The suppressions name only leaks inside LibTorch (each with its reason); ampkit's own fail the run.
+  sanitizer_env=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+                 "LSAN_OPTIONS=suppressions=$ROOT/tests/sanitizers/lsan_suppressions.txt:print_suppressions=1")
   echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (CPU build) =="
   san_dir="$ROOT/build/sanitize"
   AMPKIT_CUDA=OFF AMPKIT_SANITIZE=address,undefined AMPKIT_BUILD_TYPE=RelWithDebInfo AMPKIT_BUILD_DIR="$san_dir" \
