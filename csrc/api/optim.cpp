@@ -16,6 +16,7 @@
 #include "ampkit/contracts.h"
 #include "ampkit/loss_scaling.h"
 #include "ops/op_lookup.h"
+#include "ops/validation.h"
 
 namespace ampkit {
 
@@ -50,6 +51,19 @@ namespace {
 using torch::optim::OptimizerOptions;
 using torch::optim::OptimizerParamGroup;
 
+// Zeros for a master or a state tensor: in the parameter's layout when it is flat in memory, so the
+// fused kernels walk parameter, gradient, master and state in one order (channels_last stays
+// channels_last); contiguous otherwise, since the step then works on a dense copy of the parameter.
+at::Tensor state_like(const at::Tensor& param, at::ScalarType dtype) {
+  const auto memory_format =
+      detail::is_flat_in_memory(param) ? at::MemoryFormat::Preserve : at::MemoryFormat::Contiguous;
+  return at::zeros_like(param, param.options().dtype(dtype), memory_format);
+}
+
+bool in_layout_of(const at::Tensor& tensor, const at::Tensor& param) {
+  return detail::is_flat_in_memory(param) ? detail::same_memory_order(tensor, param) : tensor.is_contiguous();
+}
+
 bool is_supported_dtype(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
 }
@@ -79,6 +93,16 @@ std::vector<std::pair<const char*, at::Tensor*>> named_state(MasterParamState& s
   add("exp_avg", state.exp_avg());
   add("exp_avg_sq", state.exp_avg_sq());
   return result;
+}
+
+// The parameter changed layout since its state was made (model->to(channels_last) replaces the
+// parameter's data): a one-time copy of master and state into the new layout.
+void lay_out_state_like(MasterParamState& state, const at::Tensor& param) {
+  for (const auto& [key, tensor] : named_state(state)) {
+    if (tensor->sizes() == param.sizes() && tensor->dim() > 0 && !in_layout_of(*tensor, param)) {
+      *tensor = state_like(param, tensor->scalar_type()).copy_(*tensor);
+    }
+  }
 }
 
 // Reads an entry that must exist: a missing one or one of another type is a clear error naming the
@@ -216,7 +240,7 @@ MasterParamState& MasterWeightOptimizer::state_for(const at::Tensor& param, cons
     auto state = std::make_unique<MasterParamState>();
     state->step(at::zeros({}, param.options().dtype(at::kFloat)));
     if (master_weights(group.options()) && param.scalar_type() != at::kFloat) {
-      state->master(param.detach().to(at::kFloat, /*non_blocking=*/false, /*copy=*/true));
+      state->master(state_like(param, at::kFloat).copy_(param.detach()));
     }
     init_state(*state, param, group.options());
     slot = std::move(state);
@@ -282,11 +306,25 @@ torch::Tensor MasterWeightOptimizer::step(LossClosure closure) {
                        "] of group ", g, " has a ", c10::toString(grad.scalar_type()),
                        " gradient; supported: float32, float16, bfloat16");
       auto& state = state_for(param, group);
+      lay_out_state_like(state, param);
       auto& bucket = buckets[{param.device().str(), static_cast<int>(param.scalar_type()),
                               static_cast<int>(grad.scalar_type()), state.master().defined()}];
-      bucket.params.push_back(param);
+      // A parameter that is not flat in memory (a strided slice) is stepped through a dense copy; a
+      // gradient in another memory order through a copy in the parameter's order. Both are copied
+      // back after the launch (the step may write the gradient too).
+      at::Tensor target = param;
+      if (!detail::is_flat_in_memory(param)) {
+        target = param.detach().clone(at::MemoryFormat::Contiguous);
+        bucket.copy_backs.emplace_back(param, target);
+      }
+      at::Tensor kernel_grad = grad;
+      if (!detail::same_memory_order(grad, target)) {
+        kernel_grad = at::empty_like(target, grad.options()).copy_(grad);
+        bucket.copy_backs.emplace_back(grad, kernel_grad);
+      }
+      bucket.params.push_back(target);
       if (state.master().defined()) bucket.masters.push_back(state.master());
-      bucket.grads.push_back(grad);
+      bucket.grads.push_back(kernel_grad);
       bucket.steps.push_back(state.step());
       collect_state(state, bucket);
     }
@@ -306,6 +344,7 @@ torch::Tensor MasterWeightOptimizer::step(LossClosure closure) {
       scalars.clip_coef = device_scalar(clip_coef, 1.0);
       if (found_inf.defined()) scalars.found_inf = device_scalar(found_inf, 0.0);
       launch(group.options(), bucket, scalars);
+      for (const auto& [original, dense_copy] : bucket.copy_backs) original.copy_(dense_copy);
     }
   }
   return loss;
@@ -397,7 +436,7 @@ bool SGD::master_weights(const OptimizerOptions& options) const {
 
 void SGD::init_state(MasterParamState& state, const at::Tensor& param, const OptimizerOptions& options) const {
   if (static_cast<const SGDOptions&>(options).momentum() != 0) {
-    state.momentum_buffer(at::zeros(param.sizes(), param.options().dtype(at::kFloat)));
+    state.momentum_buffer(state_like(param, at::kFloat));
   }
 }
 
@@ -439,8 +478,8 @@ bool Adam::master_weights(const OptimizerOptions& options) const {
 }
 
 void Adam::init_state(MasterParamState& state, const at::Tensor& param, const OptimizerOptions& options) const {
-  state.exp_avg(at::zeros(param.sizes(), param.options().dtype(at::kFloat)));
-  state.exp_avg_sq(at::zeros(param.sizes(), param.options().dtype(at::kFloat)));
+  state.exp_avg(state_like(param, at::kFloat));
+  state.exp_avg_sq(state_like(param, at::kFloat));
 }
 
 void Adam::collect_state(MasterParamState& state, Bucket& bucket) const {

@@ -21,10 +21,6 @@ void check_int32_scalar_tensor(const char* op, const char* name, const at::Tenso
 
 }  // namespace
 
-bool is_flat_in_memory(const at::Tensor& tensor) {
-  return tensor.is_contiguous() || tensor.is_non_overlapping_and_dense();
-}
-
 c10::Device check_unscale_and_check_args(at::TensorList grads, const at::Tensor& found_inf,
                                          const at::Tensor& inv_scale, const std::optional<at::Tensor>& norm_out) {
   const char* op = kUnscaleAndCheckOp;

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "ampkit/contracts.h"
+#include "ops/validation.h"  // is_flat_in_memory, used by the kernels of these ops
 
 namespace ampkit::detail {
 
@@ -25,10 +26,5 @@ using UpdateScaleConfig = contracts::LossScaleOptions;
 c10::Device check_update_scale_args(const at::Tensor& scale, const at::Tensor& growth_tracker,
                                     const at::Tensor& hysteresis_tracker, const at::Tensor& found_inf,
                                     const UpdateScaleConfig& config);
-
-// Grads are processed as flat runs of numel elements starting at data_ptr(). True when that
-// covers exactly the tensor's elements: contiguous, or dense in another order (a transpose).
-// Any other layout (a strided slice) goes through a contiguous copy that is copied back.
-bool is_flat_in_memory(const at::Tensor& tensor);
 
 }  // namespace ampkit::detail

@@ -14,13 +14,28 @@
 namespace ampkit::detail {
 namespace {
 
-// An FP32 list parallel to params (masters or optimizer state): same length, shapes and device.
-void check_fp32_list(const char* op, const char* name, at::TensorList list, at::TensorList params,
-                     const c10::Device& device, bool allow_empty) {
+// The kernels walk params[i] and every tensor parallel to it (grads, masters, state) as flat runs
+// of numel elements: each params[i] must be flat in memory (any dense layout: contiguous,
+// channels_last, permuted) and each parallel tensor must have its memory order.
+ListRules layout_free_rules(bool allow_empty) {
   ListRules rules;
   rules.allow_empty = allow_empty;
-  if (!check_tensor_list(op, name, list, rules)) return;
+  rules.require_contiguous = false;  // checked per tensor against params[i] (check_parallel_layouts)
+  return rules;
+}
+
+void check_parallel_layouts(const char* op, const char* name, at::TensorList list, at::TensorList params) {
+  for (size_t i = 0; i < list.size(); ++i) {
+    check_same_memory_order(op, indexed(name, i), list[i], indexed("params", i), params[i]);
+  }
+}
+
+// An FP32 list parallel to params (masters or optimizer state): same length, shapes, layouts and device.
+void check_fp32_list(const char* op, const char* name, at::TensorList list, at::TensorList params,
+                     const c10::Device& device, bool allow_empty) {
+  if (!check_tensor_list(op, name, list, layout_free_rules(allow_empty))) return;
   check_matching_lists(op, "params", params, name, list);
+  check_parallel_layouts(op, name, list, params);
   for (size_t i = 0; i < list.size(); ++i) {
     const std::string item = indexed(name, i);
     TORCH_CHECK_TYPE(list[i].scalar_type() == at::kFloat, op, ": ", item,
@@ -40,11 +55,13 @@ MasterStepArgs check_common(const char* op, at::TensorList params, at::TensorLis
                             at::TensorList steps, const at::Tensor& lr, const at::Tensor& inv_scale,
                             const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf) {
   MasterStepArgs args;
-  args.device = *check_tensor_list(op, "params", params);
+  args.device = *check_tensor_list(op, "params", params, layout_free_rules(/*allow_empty=*/false));
+  for (size_t i = 0; i < params.size(); ++i) check_flat_in_memory(op, indexed("params", i), params[i]);
   check_fp32_list(op, "master_params", master_params, params, args.device, /*allow_empty=*/true);
   args.has_masters = !master_params.empty();
-  check_tensor_list(op, "grads", grads);
+  check_tensor_list(op, "grads", grads, layout_free_rules(/*allow_empty=*/false));
   check_matching_lists(op, "params", params, "grads", grads);
+  check_parallel_layouts(op, "grads", grads, params);
   check_device(op, "grads[0]", grads[0], args.device, "params[0]");
   TORCH_CHECK(steps.size() == params.size(), op, ": steps must hold as many tensors as params (", params.size(),
               "), got ", steps.size());

@@ -64,6 +64,32 @@ void check_contiguous(const char* op, const std::string& name, const at::Tensor&
               " with strides ", tensor.strides());
 }
 
+bool is_flat_in_memory(const at::Tensor& tensor) {
+  return tensor.is_contiguous() || tensor.is_non_overlapping_and_dense();
+}
+
+bool same_memory_order(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
+void check_flat_in_memory(const char* op, const std::string& name, const at::Tensor& tensor) {
+  TORCH_CHECK(is_flat_in_memory(tensor), op, ": ", name,
+              " must be dense in memory (contiguous, channels_last or another permutation of a contiguous "
+              "tensor), got a tensor of shape ", tensor.sizes(), " with strides ", tensor.strides(),
+              "; pass a dense copy and copy the result back");
+}
+
+void check_same_memory_order(const char* op, const std::string& name, const at::Tensor& tensor,
+                             const std::string& reference_name, const at::Tensor& reference) {
+  TORCH_CHECK(same_memory_order(tensor, reference), op, ": ", name, " must have the memory layout of ",
+              reference_name, " (strides ", reference.strides(), "), got strides ", tensor.strides(),
+              " for shape ", tensor.sizes());
+}
+
 std::optional<c10::Device> check_tensor_list(const char* op, const char* name, at::TensorList list,
                                              const ListRules& rules) {
   if (list.empty()) {
@@ -123,7 +149,7 @@ bool same_view(const at::Tensor& a, const at::Tensor& b) {
 bool overlaps(const at::Tensor& a, const at::Tensor& b) {
   if (a.numel() == 0 || b.numel() == 0) return false;
   if (a.unsafeGetTensorImpl() == b.unsafeGetTensorImpl() || same_view(a, b)) return true;
-  if (!a.is_contiguous() || !b.is_contiguous()) return false;
+  if (!is_flat_in_memory(a) || !is_flat_in_memory(b)) return false;
   const ByteRange ra = byte_range(a);
   const ByteRange rb = byte_range(b);
   return ra.begin < rb.end && rb.begin < ra.end;

@@ -29,6 +29,23 @@ void check_device(const char* op, const std::string& name, const at::Tensor& ten
 
 void check_contiguous(const char* op, const std::string& name, const at::Tensor& tensor);
 
+// ---- layouts ----
+// List kernels process a tensor as a flat run of numel elements starting at data_ptr(). True when
+// that covers exactly the tensor's elements: contiguous, or dense in another order (channels_last,
+// a permuted or transposed parameter). Any other layout (a strided slice) needs a dense copy.
+bool is_flat_in_memory(const at::Tensor& tensor);
+
+// True when a and b (same shape) put every element at the same offset from data_ptr(): equal
+// strides on every dimension longer than 1 (a size-1 dimension's stride never moves a pointer).
+bool same_memory_order(const at::Tensor& a, const at::Tensor& b);
+
+// `tensor` is flat in memory (see is_flat_in_memory).
+void check_flat_in_memory(const char* op, const std::string& name, const at::Tensor& tensor);
+
+// tensor has reference's memory order, so element i of one flat run is element i of the other.
+void check_same_memory_order(const char* op, const std::string& name, const at::Tensor& tensor,
+                             const std::string& reference_name, const at::Tensor& reference);
+
 struct ListRules {
   bool allow_empty = false;
   bool require_contiguous = true;
@@ -55,7 +72,7 @@ struct NamedTensor {
 // of `read`, may share memory (the same tensor twice, or overlapping views of one storage). A list
 // op would otherwise update the shared elements twice, or read values it has already overwritten,
 // and silently give a wrong answer. Read-only tensors may alias each other. Views of one storage
-// that are not both contiguous are only refused when they are identical (no false alarms for
+// that are not both flat in memory are only refused when they are identical (no false alarms for
 // interleaved views, which cannot be told apart cheaply).
 void check_no_overlap(const char* op, const std::vector<NamedTensor>& written, const std::vector<NamedTensor>& read = {});
 

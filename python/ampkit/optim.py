@@ -77,6 +77,31 @@ def to_low_precision(
     return model
 
 
+def is_flat_in_memory(tensor: torch.Tensor) -> bool:
+    """True when the tensor's elements fill one run of memory with no gaps or overlaps: contiguous,
+    channels_last, or any permutation of a contiguous tensor. The fused kernels walk such a tensor
+    in storage order, so a parameter of any of these layouts is stepped in place."""
+    if tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last):
+        return True
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda pair: pair[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _state_like(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Zeros for a master or a state tensor: with the parameter's strides when it is flat in memory
+    (so the fused kernels walk parameter, gradient, master and state in one order, as torch.optim
+    keeps its state in the parameter's layout), contiguous otherwise (the step then works on a dense
+    copy of the parameter)."""
+    memory_format = torch.preserve_format if is_flat_in_memory(param) else torch.contiguous_format
+    return torch.zeros_like(param, dtype=dtype, memory_format=memory_format)
+
+
 def _describe_tensor(value: torch.Tensor) -> str:
     """How an error message shows a tensor without reading a device value back to the host:
     a plain CPU tensor by its value, any other (a CUDA tensor, a fake one) by its metadata."""
@@ -136,6 +161,8 @@ class _MasterWeightOptimizer(Optimizer):
                             f"got {type(master_weights).__name__}")
         self.master_weights = master_weights
         self._device_constants: dict[tuple[torch.device, float], torch.Tensor] = {}
+        # The strides each parameter's state was last laid out for (see _state_in_layout).
+        self._state_strides: dict[torch.Tensor, tuple[int, ...]] = {}
         super().__init__(params, defaults)
 
     # ---- groups and state ----
@@ -187,12 +214,40 @@ class _MasterWeightOptimizer(Optimizer):
         if pending is not None:
             delattr(param, _PENDING_MASTER_ATTR)
         if self.master_weights and param.dtype != torch.float32:
-            if pending is not None and pending.shape == param.shape:
-                state["master"] = pending.to(device=param.device, dtype=torch.float32)
-            else:
-                state["master"] = param.detach().to(torch.float32, copy=True)
+            source = pending if pending is not None and pending.shape == param.shape else param.detach()
+            state["master"] = _state_like(param, torch.float32).copy_(source)
         for key in self._state_keys_for(group):
-            state[key] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.contiguous_format)
+            state[key] = _state_like(param, torch.float32)
+
+    def _state_in_layout(self, param: torch.Tensor) -> None:
+        """Re-lays the parameter's master and state out in its current layout when it changed since
+        they were made (``model.to(memory_format=torch.channels_last)`` after building the optimizer
+        replaces ``param.data``): a one-time copy, after which the fused path applies again."""
+        strides = param.stride()
+        if self._state_strides.get(param) == strides:
+            return
+        state = self.state[param]
+        for key, value in state.items():
+            if key != "step" and isinstance(value, torch.Tensor) and value.shape == param.shape \
+                    and value.stride() != _state_like(param, value.dtype).stride():
+                state[key] = _state_like(param, value.dtype).copy_(value)
+        self._state_strides[param] = strides
+
+    def _kernel_operands(self, param: torch.Tensor, copy_backs: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The parameter and gradient the fused kernel steps. A flat parameter is stepped in place;
+        a gradient in another memory order is copied into the parameter's order. A parameter that is
+        not flat in memory (a strided slice) is stepped through a dense copy. Every copy is written
+        back after the launch (`copy_backs`), the gradient too, since the step may write it."""
+        grad = param.grad
+        target = param
+        if not is_flat_in_memory(param):
+            target = param.detach().clone(memory_format=torch.contiguous_format)
+            copy_backs.append((param, target))
+        if grad.stride() != target.stride() and any(size > 1 for size in grad.shape):
+            dense_grad = torch.empty_like(target, dtype=grad.dtype).copy_(grad)
+            copy_backs.append((grad, dense_grad))
+            grad = dense_grad
+        return target, grad
 
     def master_params(self) -> list[torch.Tensor]:
         """The FP32 tensor each parameter's update is applied to, in param_groups order: its master,
@@ -260,6 +315,7 @@ class _MasterWeightOptimizer(Optimizer):
                     raise TypeError(f"ampkit.optim.{name}: params[{index}] of group {group_index} has a {grad.dtype} "
                                     "gradient; supported: float32, float16, bfloat16")
                 self._init_state(param, group)
+                self._state_in_layout(param)
                 key = (param.device, param.dtype, grad.dtype, "master" in self.state[param])
                 buckets.setdefault(key, []).append(param)
             if not buckets:
@@ -268,14 +324,18 @@ class _MasterWeightOptimizer(Optimizer):
                 lr = self._as_device_scalar(group["lr"], device)
                 clip = self._constant(1.0, device) if clip_coef is None else self._as_device_scalar(clip_coef, device)
                 states = [self.state[p] for p in params]
+                copy_backs: list[tuple[torch.Tensor, torch.Tensor]] = []
+                operands = [self._kernel_operands(p, copy_backs) for p in params]
                 self._launch(
                     group,
-                    params=params,
+                    params=[target for target, _ in operands],
                     masters=[s["master"] for s in states] if has_master else [],
-                    grads=[p.grad for p in params],
+                    grads=[grad for _, grad in operands],
                     states=states,
                     scalars=(lr, self._inv_scale(device), clip, self._found_inf(device)),
                 )
+                for original, dense_copy in copy_backs:
+                    original.copy_(dense_copy)
         return loss
 
     def _launch(self, group, params, masters, grads, states, scalars) -> None:
@@ -471,7 +531,7 @@ class SGD(_MasterWeightOptimizer):
         if group["momentum"] != 0:
             for state, param in zip(states, params):
                 if "momentum_buffer" not in state:  # momentum switched on after the state was made
-                    state["momentum_buffer"] = torch.zeros_like(param, dtype=torch.float32)
+                    state["momentum_buffer"] = _state_like(param, torch.float32)
             buffers = [s["momentum_buffer"] for s in states]
         torch.ops.ampkit.master_sgd_step_(params, masters, grads, buffers, [s["step"] for s in states], lr, inv_scale,
                                           clip, found_inf, float(group["momentum"]), float(group["dampening"]),

@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace ampkit {
@@ -122,6 +123,8 @@ class MasterWeightOptimizer : public torch::optim::Optimizer {
  protected:
   struct Bucket {
     std::vector<at::Tensor> params, masters, grads, steps, state0, state1;
+    // (original, dense copy the kernel stepped): written back after the launch.
+    std::vector<std::pair<at::Tensor, at::Tensor>> copy_backs;
   };
   struct Scalars {
     at::Tensor lr, inv_scale, clip_coef;
