@@ -2,6 +2,7 @@
 
     trainer = ampkit.Trainer(model, amp=True)        # fp16 + loss scaling on CUDA, bf16 on CPU
     trainer.fit((x_train, y_train), epochs=10, val_data=(x_val, y_val))
+    trainer.fit(train_loader, epochs=10, val_data=val_loader)   # a DataLoader, or any iterable of batches
 
 The step order is the one mixed precision needs: forward under autocast, scaled backward,
 unscale (before any gradient clipping), clip, optimizer step (skipped on the device when a
@@ -12,13 +13,14 @@ logging points.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 import os
 import time
 import warnings
 import weakref
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -208,34 +210,58 @@ class Trainer:
         return autocast(device_type=self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
 
     # ---- data ----
-    def _batches(self, data: Any, shuffle: bool, epoch: int):
-        if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+    # What fit() and evaluate() read. Tensors and Datasets are batched (and for training shuffled,
+    # per (seed, epoch)) by the trainer with its batch_size; a DataLoader or any other iterable of
+    # (inputs, targets) batches is read as it is, in its own order and batch sizes, once per epoch.
+
+    def _batches(self, data: Any, name: str, shuffle: bool, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The (inputs, targets) batches of one pass over `data`, on the trainer's device."""
+        kind = _data_kind(data, name)
+        if kind == "tensors":
             inputs, targets = data
-            if len(inputs) != len(targets):
-                raise ValueError(f"inputs and targets must have the same length, got {len(inputs)} and {len(targets)}")
-            if shuffle:
-                # A generator per (seed, epoch): resuming at an epoch replays the same order.
-                order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-            else:
-                order = torch.arange(len(inputs))
+            order = self._sample_order(len(inputs), epoch) if shuffle else torch.arange(len(inputs))
             for start in range(0, len(inputs), self.batch_size):
                 index = order[start:start + self.batch_size]
-                yield inputs[index].to(self.device, non_blocking=True), targets[index].to(self.device, non_blocking=True)
-        elif isinstance(data, torch.utils.data.Dataset):
-            generator = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-            loader = torch.utils.data.DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator)
-            for inputs, targets in loader:
-                yield inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+                yield self._to_device(inputs[index]), self._to_device(targets[index])
+            return
+        if kind == "dataset":
+            generator = self._epoch_generator(epoch)
+            batches = torch.utils.data.DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator)
+        elif kind == "iterable dataset":
+            # An IterableDataset yields samples in its own order: batched here, never shuffled.
+            batches = torch.utils.data.DataLoader(data, batch_size=self.batch_size)
         else:
-            raise TypeError(f"data must be an (inputs, targets) pair of tensors or a torch Dataset, got {type(data).__name__}")
+            batches = data
+        for index, batch in enumerate(batches):
+            inputs, targets = _check_batch(batch, name, index)
+            yield self._to_device(inputs), self._to_device(targets)
 
-    @staticmethod
-    def _length(data: Any) -> int:
-        if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-            return len(data[0])
-        if isinstance(data, torch.utils.data.Dataset):
-            return len(data)
-        raise TypeError(f"data must be an (inputs, targets) pair of tensors or a torch Dataset, got {type(data).__name__}")
+    def _epoch_generator(self, epoch: int) -> torch.Generator:
+        # A generator per (seed, epoch): resuming at an epoch replays the same order.
+        return torch.Generator().manual_seed(self.seed * 100003 + epoch)
+
+    def _sample_order(self, count: int, epoch: int) -> torch.Tensor:
+        """The order in which training on a pair of tensors visits its `count` samples in `epoch`."""
+        return torch.randperm(count, generator=self._epoch_generator(epoch))
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        # An asynchronous copy only from pinned host memory to the GPU: from pageable memory it would
+        # be synchronous anyway, and a non_blocking copy to the CPU could be read before it lands.
+        non_blocking = self.device.type == "cuda" and tensor.device.type == "cpu" and tensor.is_pinned()
+        return tensor.to(self.device, non_blocking=non_blocking)
+
+    def _batch_count(self, data: Any) -> int | None:
+        """Batches per epoch, or None where `data` has no len() (a generator, an unsized iterable)."""
+        kind = _data_kind(data, "data")
+        if kind == "tensors":
+            return math.ceil(len(data[0]) / self.batch_size)
+        if kind == "dataset":
+            return math.ceil(len(data) / self.batch_size)
+        try:
+            length = len(data)  # a DataLoader's len() is its number of batches; a list of batches', too
+        except TypeError:
+            return None
+        return math.ceil(length / self.batch_size) if kind == "iterable dataset" else length
 
     # ---- one step ----
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -307,26 +333,41 @@ class Trainer:
 
     # ---- public API ----
     def fit(self, train_data: Any, epochs: int, val_data: Any = None) -> TrainHistory:
-        """Trains until `epochs` epochs are done in total (a resumed trainer continues from its epoch)."""
+        """Trains until `epochs` epochs are done in total (a resumed trainer continues from its epoch).
+
+        train_data and val_data: an (inputs, targets) pair of tensors or a torch Dataset (batched by the
+        trainer, training data shuffled per epoch), or a DataLoader or any other iterable of
+        (inputs, targets) batches (read as given, once per epoch). A one-shot iterator (a generator)
+        lasts one pass, so it is refused when more than one epoch is left to train."""
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         from tqdm.auto import tqdm  # noqa: PLC0415
 
-        self._pending_non_finite: list[tuple[int, torch.Tensor]] = []
-        samples = self._length(train_data)
-        if samples == 0 and self.epoch < epochs:
+        epochs_left = max(epochs - self.epoch, 0)
+        train_kind = _data_kind(train_data, "train_data")
+        # Every argument is checked before the first step: nothing trains on a call that must fail.
+        _check_passes(train_data, "train_data", epochs_left, epochs, self.epoch)
+        if val_data is not None:
+            _data_kind(val_data, "val_data")
+            _check_passes(val_data, "val_data", epochs_left, epochs, self.epoch)
+        # The sizes known before reading; any other input is checked for batches as it is read.
+        known_samples = {"tensors": lambda: len(train_data[0]), "dataset": lambda: len(train_data)}.get(train_kind)
+        if known_samples is not None and known_samples() == 0 and epochs_left:
             # An epoch over nothing would record a loss of 0 and look like a finished run.
             raise ValueError("train_data is empty: it must hold at least one sample")
+        self._pending_non_finite: list[tuple[int, torch.Tensor]] = []
         while self.epoch < epochs:
             self.model.train()
             start = time.perf_counter()
             losses, skipped, scales = [], [], []
             skipped_before = sum(self.history.skipped)
-            steps = math.ceil(samples / self.batch_size)
-            bar = tqdm(self._batches(train_data, True, self.epoch), total=steps, disable=not self.progress,
-                       desc=f"epoch {self.epoch + 1}/{epochs} [{self.amp_mode}]", leave=False)
+            steps_before = self.global_step
+            samples = 0  # counted from the batches themselves: a short last batch counts what it holds
+            bar = tqdm(self._batches(train_data, "train_data", True, self.epoch), total=self._batch_count(train_data),
+                       disable=not self.progress, desc=f"epoch {self.epoch + 1}/{epochs} [{self.amp_mode}]", leave=False)
             for inputs, targets in bar:
                 loss = self._step(inputs, targets)
+                samples += len(inputs)
                 losses.append(loss)
                 if self.scaler.is_enabled():
                     # Device tensors: read at the next logging point, so the step never waits.
@@ -341,17 +382,23 @@ class Trainer:
                     elapsed = time.perf_counter() - start
                     bar.set_postfix(loss=f"{self.history.loss[-1]:.4f}", scale=f"{self.history.scale[-1]:.0f}",
                                     skipped=sum(self.history.skipped) - skipped_before,
-                                    samples_per_s=f"{bar.n * self.batch_size / max(elapsed, 1e-9):.0f}")
+                                    samples_per_s=f"{samples / max(elapsed, 1e-9):.0f}")
             self._flush(losses, skipped, scales)
             bar.close()
             seconds = time.perf_counter() - start
+            steps = self.global_step - steps_before
+            if steps == 0:
+                # Never a silent epoch of nothing: the summary would claim a finished epoch.
+                raise ValueError(f"train_data is empty: it gave no batches in epoch {self.epoch + 1}; it must hold at "
+                                 f"least one sample{_empty_reason(train_data)}")
             epoch_losses = self.history.loss[-steps:]
             finite = [v for v in epoch_losses if math.isfinite(v)]
             summary = {"epoch": self.epoch + 1, "loss": sum(finite) / max(len(finite), 1), "seconds": seconds,
-                       "samples_per_s": samples / seconds, "skipped_steps": sum(self.history.skipped) - skipped_before,
+                       "steps": steps, "samples": samples, "samples_per_s": samples / seconds,
+                       "skipped_steps": sum(self.history.skipped) - skipped_before,
                        "scale": self.history.scale[-1] if self.history.scale else 1.0}
             if val_data is not None:
-                summary.update({f"val_{k}": v for k, v in self.evaluate(val_data).items()})
+                summary.update({f"val_{k}": v for k, v in self._evaluate(val_data, "val_data").items()})
             self.history.epochs.append(summary)
             self.epoch += 1
             if self.progress:
@@ -368,21 +415,31 @@ class Trainer:
                   f"skipped {summary['skipped_steps']}"]
         return "  ".join(parts)
 
-    @torch.no_grad()
     def evaluate(self, data: Any) -> dict[str, float]:
-        """Mean loss, and accuracy when the model classifies (2-D outputs, integer targets)."""
+        """Mean loss, and accuracy when the model classifies (2-D outputs, integer targets), over one
+        pass of `data`: anything fit() takes as train_data."""
+        return self._evaluate(data, "data")
+
+    @torch.no_grad()
+    def _evaluate(self, data: Any, name: str) -> dict[str, float]:
         self.model.eval()
-        total_loss, correct, count, classifies = 0.0, 0, 0, False
-        for inputs, targets in self._batches(data, False, 0):
-            with self._region():
-                outputs = self.model(inputs)
-                loss = self.loss_fn(outputs, targets)
-            total_loss += float(loss) * len(inputs)
-            classifies = outputs.dim() == 2 and not targets.is_floating_point()
-            if classifies:
-                correct += int((outputs.argmax(dim=1) == targets).sum())
-            count += len(inputs)
-        self.model.train()
+        total_loss, correct, count, classifies, batches = 0.0, 0, 0, False, 0
+        try:
+            for inputs, targets in self._batches(data, name, False, 0):
+                with self._region():
+                    outputs = self.model(inputs)
+                    loss = self.loss_fn(outputs, targets)
+                total_loss += float(loss) * len(inputs)
+                classifies = outputs.dim() == 2 and not targets.is_floating_point()
+                if classifies:
+                    correct += int((outputs.argmax(dim=1) == targets).sum())
+                count += len(inputs)
+                batches += 1
+        finally:
+            self.model.train()
+        if batches == 0 and isinstance(data, collections.abc.Iterator):
+            # A used-up generator would otherwise report a loss of 0.
+            raise ValueError(f"{name} is empty: it gave no batches{_empty_reason(data)}")
         result = {"loss": total_loss / max(count, 1)}
         if classifies:
             result["accuracy"] = correct / max(count, 1)
@@ -532,6 +589,84 @@ class Trainer:
             if not isinstance(value, torch.Tensor) or value.dtype != expected.dtype or value.shape != expected.shape:
                 raise ValueError(f"checkpoint {name!r}: 'rng_cuda[{index}]' must be a {expected.dtype} tensor of shape "
                                  f"{tuple(expected.shape)} (a CUDA generator state), got {value!r:.120}")
+
+
+# ---- what fit() and evaluate() accept as data ----
+# The two forms the trainer batches itself first; then (an error says which reading failed) the iterables.
+_DATA_KINDS = "an (inputs, targets) pair of tensors or a torch Dataset"
+
+
+def _is_tensor_pair(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(t, torch.Tensor) for t in value)
+
+
+def _describe(value: Any) -> str:
+    """A short description of a value for an error message: its type and enough of its contents."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} Tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        items = ", ".join(type(item).__name__ for item in value[:4]) + (", ..." if len(value) > 4 else "")
+        return f"a {type(value).__name__} of {len(value)} ({items})"
+    if isinstance(value, collections.abc.Mapping):
+        return f"a {type(value).__name__} with keys {list(value)[:4]!r:.80}"
+    return f"{type(value).__name__} {value!r:.60}"
+
+
+def _data_kind(data: Any, name: str) -> str:
+    """'tensors', 'dataset', 'iterable dataset', 'iterator' (one pass only) or 'iterable' (a DataLoader,
+    a list of batches, any re-iterable); a TypeError naming `name` for anything else."""
+    if _is_tensor_pair(data):
+        inputs, targets = data
+        if len(inputs) != len(targets):
+            raise ValueError(f"inputs and targets must have the same length, got {len(inputs)} and {len(targets)}")
+        return "tensors"
+    if isinstance(data, torch.utils.data.IterableDataset):
+        return "iterable dataset"
+    if isinstance(data, torch.utils.data.Dataset):
+        return "dataset"
+    if isinstance(data, (tuple, list)):
+        # Not a pair of tensors: then it must be a sequence of batches. Checked whole, here, so that
+        # a malformed list fails before any step and says both readings it failed.
+        for index, batch in enumerate(data):
+            if not _is_tensor_pair(batch):
+                raise TypeError(f"{name} must be {_DATA_KINDS}, got {type(data).__name__} (and read as a "
+                                f"{type(data).__name__} of (inputs, targets) batches, its batch {index} is not such a "
+                                f"pair of tensors: got {_describe(batch)})")
+        return "iterable"
+    if (isinstance(data, (torch.Tensor, str, bytes, collections.abc.Mapping))
+            or not isinstance(data, collections.abc.Iterable)):
+        raise TypeError(f"{name} must be {_DATA_KINDS}, got {_describe(data)} (nor is that a DataLoader or "
+                        "another iterable of (inputs, targets) batches)")
+    return "iterator" if isinstance(data, collections.abc.Iterator) else "iterable"
+
+
+def _check_batch(batch: Any, name: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch read from a DataLoader or iterable: an (inputs, targets) pair of tensors whose inputs
+    have a batch dimension (its size is what throughput counts)."""
+    if not _is_tensor_pair(batch):
+        raise TypeError(f"{name}: batch {index} must be an (inputs, targets) pair of tensors, got {_describe(batch)}")
+    inputs, targets = batch
+    if inputs.dim() == 0:
+        raise ValueError(f"{name}: batch {index} inputs must have a batch dimension, got a 0-dim tensor")
+    return inputs, targets
+
+
+def _check_passes(data: Any, name: str, passes: int, epochs: int, done: int) -> None:
+    """A one-shot iterator is read once: refuse it up front when fit() needs more passes than one."""
+    if passes > 1 and isinstance(data, collections.abc.Iterator):
+        raise ValueError(f"{name} is a one-shot iterator ({type(data).__name__}): it can be read for one epoch, "
+                         f"but fit(epochs={epochs}) has {passes} epochs left to run (the trainer has done {done}); "
+                         "pass a re-iterable instead (a DataLoader, a list of batches, a Dataset, or an object "
+                         "whose __iter__ starts a new pass), or call fit(..., epochs=trainer.epoch + 1) with a "
+                         "fresh iterator for each epoch")
+
+
+def _empty_reason(data: Any) -> str:
+    if isinstance(data, collections.abc.Iterator):
+        return f" ({type(data).__name__} is a one-shot iterator: it was already used up)"
+    if isinstance(data, torch.utils.data.DataLoader) and data.drop_last:
+        return " (the DataLoader has drop_last=True and fewer samples than one batch)"
+    return ""
 
 
 _CHECKPOINT_FORMAT = "ampkit.Trainer/1"
