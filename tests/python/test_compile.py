@@ -153,8 +153,11 @@ def _master_args(kind, device):
     zeros = lambda: [torch.zeros(p.shape, device=device) for p in params]  # noqa: E731
     if kind == "sgd":
         return [(params, masters, grads, zeros(), steps, *scalars, None, 0.9, 0.0, 1e-4, True, False)]
-    return [(params, masters, grads, zeros(), zeros(), steps, *scalars, _scalar(0.0, device), 0.9, 0.999, 1e-8, 1e-2,
-             True, False)]
+    return [(params, masters, grads, zeros(), zeros(), [], steps, *scalars, _scalar(0.0, device), 0.9, 0.999, 1e-8,
+             1e-2, True, False),
+            # amsgrad, grads written back unscaled
+            (params, masters, grads, zeros(), zeros(), zeros(), steps, *scalars, _scalar(0.0, device), 0.9, 0.999,
+             1e-8, 1e-2, True, False, True)]
 
 
 def _linear_inputs(device, dtype=torch.bfloat16):
