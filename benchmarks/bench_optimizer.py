@@ -63,7 +63,7 @@ def main() -> None:
         # The same step through the bare op, lists prebuilt: the kernel without the Python side.
         states = [ours.state[p] for p in model]
         lists = ([p.detach() for p in model], [s["master"] for s in states], [p.grad for p in model],
-                 [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states])
+                 [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states])
         lr = torch.full((1,), 1e-6, device=args.device)
         one = torch.ones(1, device=args.device)
 

@@ -23,26 +23,28 @@ namespace ampkit {
 void master_sgd_step_(at::TensorList params, at::TensorList master_params, at::TensorList grads,
                       at::TensorList momentum_buffers, at::TensorList steps, const at::Tensor& lr,
                       const at::Tensor& inv_scale, const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
-                      double momentum, double dampening, double weight_decay, bool nesterov, bool maximize) {
+                      double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+                      bool write_back_grads) {
   static const auto op = detail::find_typed_op<void(
       at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
-      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, double, double, bool, bool)>(
-      "ampkit::master_sgd_step_");
+      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, double, double, bool, bool,
+      bool)>("ampkit::master_sgd_step_");
   op.call(params, master_params, grads, momentum_buffers, steps, lr, inv_scale, clip_coef, found_inf, momentum,
-          dampening, weight_decay, nesterov, maximize);
+          dampening, weight_decay, nesterov, maximize, write_back_grads);
 }
 
 void master_adam_step_(at::TensorList params, at::TensorList master_params, at::TensorList grads,
-                       at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps, const at::Tensor& lr,
-                       const at::Tensor& inv_scale, const at::Tensor& clip_coef,
-                       const std::optional<at::Tensor>& found_inf, double beta1, double beta2, double eps,
-                       double weight_decay, bool decoupled_weight_decay, bool maximize) {
+                       at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                       at::TensorList steps, const at::Tensor& lr, const at::Tensor& inv_scale,
+                       const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf, double beta1,
+                       double beta2, double eps, double weight_decay, bool decoupled_weight_decay, bool maximize,
+                       bool write_back_grads) {
   static const auto op = detail::find_typed_op<void(
-      at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+      at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
       const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, double,
-      double, double, bool, bool)>("ampkit::master_adam_step_");
-  op.call(params, master_params, grads, exp_avgs, exp_avg_sqs, steps, lr, inv_scale, clip_coef, found_inf, beta1,
-          beta2, eps, weight_decay, decoupled_weight_decay, maximize);
+      double, double, bool, bool, bool)>("ampkit::master_adam_step_");
+  op.call(params, master_params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, inv_scale, clip_coef,
+          found_inf, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, write_back_grads);
 }
 
 namespace optim {
@@ -65,8 +67,16 @@ bool in_layout_of(const at::Tensor& tensor, const at::Tensor& param) {
 }
 
 bool is_supported_dtype(at::ScalarType dtype) {
-  return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
+  return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble;
 }
+
+// float64 params keep float64 state (torch's rule: state in the param's dtype); the others FP32.
+at::ScalarType state_dtype(const at::Tensor& param) {
+  return param.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The names every optimizer state may have, for the archive checks.
+constexpr const char* kStateNames[] = {"step", "master", "momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
 
 template <typename Options>
 const Options& options_as(const OptimizerOptions& options, const char* optimizer, const char* expected) {
@@ -92,6 +102,7 @@ std::vector<std::pair<const char*, at::Tensor*>> named_state(MasterParamState& s
   add("momentum_buffer", state.momentum_buffer());
   add("exp_avg", state.exp_avg());
   add("exp_avg_sq", state.exp_avg_sq());
+  add("max_exp_avg_sq", state.max_exp_avg_sq());
   return result;
 }
 
@@ -153,7 +164,7 @@ void check_saved_state(const char* optimizer, const char* key, size_t index, siz
     TORCH_CHECK_VALUE((saved.ge(0) & saved.eq(saved.floor())).all().item<bool>(), where(),
                       " must be a whole number >= 0, got ", saved.item<double>());
   }
-  if (std::string(key) == "exp_avg_sq") {
+  if (std::string(key) == "exp_avg_sq" || std::string(key) == "max_exp_avg_sq") {
     TORCH_CHECK_VALUE(saved.ge(0).all().item<bool>(), where(), " must be >= 0 (a running mean of squares)");
   }
 }
@@ -188,6 +199,7 @@ void AdamOptions::serialize(torch::serialize::OutputArchive& archive) const {
   archive.write("beta2", c10::IValue(std::get<1>(betas())));
   archive.write("eps", c10::IValue(eps()));
   archive.write("weight_decay", c10::IValue(weight_decay()));
+  archive.write("amsgrad", c10::IValue(amsgrad()));
   archive.write("maximize", c10::IValue(maximize()));
   archive.write("master_weights", c10::IValue(master_weights()));
 }
@@ -197,6 +209,9 @@ void AdamOptions::serialize(torch::serialize::InputArchive& archive) {
   betas(std::make_tuple(read_double(archive, "beta1"), read_double(archive, "beta2")));
   eps(read_double(archive, "eps"));
   weight_decay(read_double(archive, "weight_decay"));
+  // Archives written before amsgrad existed have no entry: they come from amsgrad=false.
+  c10::IValue saved_amsgrad;
+  amsgrad(archive.try_read("amsgrad", saved_amsgrad) ? read_bool(archive, "amsgrad") : false);
   maximize(read_bool(archive, "maximize"));
   master_weights(read_bool(archive, "master_weights"));
 }
@@ -216,7 +231,7 @@ void MasterWeightOptimizer::initialise() {
     for (size_t i = 0; i < group.params().size(); ++i) {
       const auto& param = group.params()[i];
       TORCH_CHECK_TYPE(param.defined() && is_supported_dtype(param.scalar_type()), "ampkit::optim::", name(),
-                       ": params[", i, "] of group ", g, " must be float32, float16 or bfloat16, got ",
+                       ": params[", i, "] of group ", g, " must be float32, float16, bfloat16 or float64, got ",
                        param.defined() ? c10::toString(param.scalar_type()) : "an undefined tensor");
       if (!device) device = param.device();
       TORCH_CHECK_VALUE(param.device() == *device, "ampkit::optim::", name(),
@@ -239,7 +254,8 @@ MasterParamState& MasterWeightOptimizer::state_for(const at::Tensor& param, cons
     const at::NoGradGuard no_grad;
     auto state = std::make_unique<MasterParamState>();
     state->step(at::zeros({}, param.options().dtype(at::kFloat)));
-    if (master_weights(group.options()) && param.scalar_type() != at::kFloat) {
+    // float32 and float64 params are their own masters.
+    if (master_weights(group.options()) && (param.scalar_type() == at::kHalf || param.scalar_type() == at::kBFloat16)) {
       state->master(state_like(param, at::kFloat).copy_(param.detach()));
     }
     init_state(*state, param, group.options());
@@ -302,9 +318,13 @@ torch::Tensor MasterWeightOptimizer::step(LossClosure closure) {
       if (!grad.defined()) continue;
       TORCH_CHECK(!grad.is_sparse(), "ampkit::optim::", name(), ": params[", i, "] of group ", g,
                   " has a sparse gradient; sparse gradients are not supported");
-      TORCH_CHECK_TYPE(is_supported_dtype(grad.scalar_type()), "ampkit::optim::", name(), ": params[", i,
-                       "] of group ", g, " has a ", c10::toString(grad.scalar_type()),
-                       " gradient; supported: float32, float16, bfloat16");
+      // float64 params compute in double from float64 grads; the others take fp32/fp16/bf16 grads.
+      const bool float64_param = param.scalar_type() == at::kDouble;
+      const bool grad_supported = float64_param ? grad.scalar_type() == at::kDouble
+                                                : is_supported_dtype(grad.scalar_type()) && grad.scalar_type() != at::kDouble;
+      TORCH_CHECK_TYPE(grad_supported, "ampkit::optim::", name(), ": params[", i, "] of group ", g, " has a ",
+                       c10::toString(grad.scalar_type()), " gradient; supported: ",
+                       float64_param ? "float64 (the dtype of the float64 param)" : "float32, float16, bfloat16");
       auto& state = state_for(param, group);
       lay_out_state_like(state, param);
       auto& bucket = buckets[{param.device().str(), static_cast<int>(param.scalar_type()),
@@ -337,12 +357,16 @@ torch::Tensor MasterWeightOptimizer::step(LossClosure closure) {
       };
       Scalars scalars;
       const bool lr_on_device = g < lr_tensors_.size() && lr_tensors_[g].defined();
-      scalars.lr = lr_on_device ? device_scalar(lr_tensors_[g], 0.0) : at::full({1}, group.options().get_lr(), options);
+      // float64 params take lr in double, so torch's double lr reaches their update unrounded.
+      const auto lr_options = options.dtype(state_dtype(bucket.params[0]));
+      scalars.lr = lr_on_device ? lr_tensors_[g].to(lr_options, /*non_blocking=*/true).reshape({1})
+                                : at::full({1}, group.options().get_lr(), lr_options);
       scalars.inv_scale = grad_scale.defined()
                               ? reciprocal_scale(grad_scale.to(bucket.params[0].device())).reshape({1})
                               : at::full({1}, 1.0, options);
       scalars.clip_coef = device_scalar(clip_coef, 1.0);
       if (found_inf.defined()) scalars.found_inf = device_scalar(found_inf, 0.0);
+      scalars.write_back_grads = grad_scale.defined() || clip_coef.defined();
       launch(group.options(), bucket, scalars);
       for (const auto& [original, dense_copy] : bucket.copy_backs) original.copy_(dense_copy);
     }
@@ -407,6 +431,15 @@ void MasterWeightOptimizer::load(torch::serialize::InputArchive& archive) {
         check_saved_state(name(), key, i, g, saved.toTensor(), *tensor);
         copies.emplace_back(tensor, saved.toTensor());
       }
+      for (const char* key : kStateNames) {
+        bool held = false;
+        for (const auto& entry : named_state(state)) held = held || std::string(entry.first) == key;
+        c10::IValue unexpected;
+        TORCH_CHECK_VALUE(held || !archive.try_read(state_key(g, i, key), unexpected), "ampkit::optim::", name(),
+                          "::load: the archive has '", key, "' for params[", i, "] of group ", g,
+                          ", which this optimizer does not keep (a different optimizer configuration, amsgrad, "
+                          "master_weights or parameter dtype)");
+      }
     }
   }
   const at::NoGradGuard no_grad;
@@ -436,7 +469,7 @@ bool SGD::master_weights(const OptimizerOptions& options) const {
 
 void SGD::init_state(MasterParamState& state, const at::Tensor& param, const OptimizerOptions& options) const {
   if (static_cast<const SGDOptions&>(options).momentum() != 0) {
-    state.momentum_buffer(state_like(param, at::kFloat));
+    state.momentum_buffer(state_like(param, state_dtype(param)));
   }
 }
 
@@ -450,7 +483,7 @@ void SGD::launch(const OptimizerOptions& options, const Bucket& bucket, const Sc
               "ampkit::optim::SGD: momentum was switched on after the optimizer was built; build a new optimizer");
   master_sgd_step_(bucket.params, bucket.masters, bucket.grads, o.momentum() != 0 ? bucket.state0 : std::vector<at::Tensor>{},
                    bucket.steps, scalars.lr, scalars.inv_scale, scalars.clip_coef, scalars.found_inf, o.momentum(),
-                   o.dampening(), o.weight_decay(), o.nesterov(), o.maximize());
+                   o.dampening(), o.weight_decay(), o.nesterov(), o.maximize(), scalars.write_back_grads);
 }
 
 // ---- Adam, AdamW ----
@@ -478,20 +511,26 @@ bool Adam::master_weights(const OptimizerOptions& options) const {
 }
 
 void Adam::init_state(MasterParamState& state, const at::Tensor& param, const OptimizerOptions& options) const {
-  state.exp_avg(state_like(param, at::kFloat));
-  state.exp_avg_sq(state_like(param, at::kFloat));
+  state.exp_avg(state_like(param, state_dtype(param)));
+  state.exp_avg_sq(state_like(param, state_dtype(param)));
+  if (static_cast<const AdamOptions&>(options).amsgrad()) state.max_exp_avg_sq(at::zeros_like(state.exp_avg_sq()));
 }
 
 void Adam::collect_state(MasterParamState& state, Bucket& bucket) const {
   bucket.state0.push_back(state.exp_avg());
   bucket.state1.push_back(state.exp_avg_sq());
+  if (state.max_exp_avg_sq().defined()) bucket.state2.push_back(state.max_exp_avg_sq());
 }
 
 void Adam::launch(const OptimizerOptions& options, const Bucket& bucket, const Scalars& scalars) {
   const auto& o = static_cast<const AdamOptions&>(options);
-  master_adam_step_(bucket.params, bucket.masters, bucket.grads, bucket.state0, bucket.state1, bucket.steps,
-                    scalars.lr, scalars.inv_scale, scalars.clip_coef, scalars.found_inf, std::get<0>(o.betas()),
-                    std::get<1>(o.betas()), o.eps(), o.weight_decay(), decoupled_, o.maximize());
+  TORCH_CHECK(!o.amsgrad() || bucket.state2.size() == bucket.params.size(), "ampkit::optim::", name(),
+              ": amsgrad was switched on after the optimizer was built; build a new optimizer");
+  master_adam_step_(bucket.params, bucket.masters, bucket.grads, bucket.state0, bucket.state1,
+                    o.amsgrad() ? bucket.state2 : std::vector<at::Tensor>{}, bucket.steps, scalars.lr,
+                    scalars.inv_scale, scalars.clip_coef, scalars.found_inf, std::get<0>(o.betas()),
+                    std::get<1>(o.betas()), o.eps(), o.weight_decay(), decoupled_, o.maximize(),
+                    scalars.write_back_grads);
 }
 
 AdamW::AdamW(const std::vector<OptimizerParamGroup>& param_groups, AdamOptions defaults)

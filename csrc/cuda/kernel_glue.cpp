@@ -9,6 +9,7 @@ ampkit_kernels::DType kernel_dtype(at::ScalarType dtype) {
     case at::kFloat: return ampkit_kernels::DType::Float32;
     case at::kHalf: return ampkit_kernels::DType::Float16;
     case at::kBFloat16: return ampkit_kernels::DType::BFloat16;
+    case at::kDouble: return ampkit_kernels::DType::Float64;
     default: TORCH_CHECK_TYPE(false, "ampkit: no CUDA kernel for dtype ", dtype);
   }
 }

@@ -27,9 +27,15 @@ ampkit_kernels::TensorLists make_step_lists(at::TensorList params, at::TensorLis
 }
 
 ampkit_kernels::StepScalars step_scalars(const at::Tensor& lr, const at::Tensor& inv_scale,
-                                         const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf) {
+                                         const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
+                                         bool write_back_grads) {
   ampkit_kernels::StepScalars scalars;
-  scalars.lr = lr.const_data_ptr<float>();
+  if (lr.scalar_type() == at::kDouble) {
+    scalars.lr_fp64 = lr.const_data_ptr<double>();
+  } else {
+    scalars.lr = lr.const_data_ptr<float>();
+  }
+  scalars.write_back_grads = write_back_grads;
   scalars.inv_scale = inv_scale.const_data_ptr<float>();
   scalars.clip_coef = clip_coef.const_data_ptr<float>();
   if (found_inf.has_value() && found_inf->defined()) scalars.found_inf = found_inf->const_data_ptr<float>();
@@ -40,34 +46,37 @@ void master_sgd_step_cuda(at::TensorList params, at::TensorList master_params, a
                           at::TensorList momentum_buffers, at::TensorList steps, const at::Tensor& lr,
                           const at::Tensor& inv_scale, const at::Tensor& clip_coef,
                           const std::optional<at::Tensor>& found_inf, double momentum, double dampening,
-                          double weight_decay, bool nesterov, bool maximize) {
+                          double weight_decay, bool nesterov, bool maximize, bool write_back_grads) {
   const auto args = detail::check_master_sgd_step_args(params, master_params, grads, momentum_buffers, steps, lr,
                                                        inv_scale, clip_coef, found_inf, momentum, dampening,
-                                                       weight_decay, nesterov);
+                                                       weight_decay, nesterov, write_back_grads);
   check_cuda_device(detail::kMasterSgdStepOp, "params", args.device);
   const c10::cuda::CUDAGuard guard(args.device);
   const auto result = ampkit_kernels::master_sgd_step(
       make_step_lists(params, master_params, grads, {momentum_buffers}, steps), kernel_dtype(params[0].scalar_type()),
-      kernel_dtype(grads[0].scalar_type()), step_scalars(lr, inv_scale, clip_coef, found_inf),
+      kernel_dtype(grads[0].scalar_type()), step_scalars(lr, inv_scale, clip_coef, found_inf, write_back_grads),
       ampkit_kernels::SgdHyper{momentum, dampening, weight_decay, nesterov, maximize}, current_stream());
   check_result(detail::kMasterSgdStepOp, result);
 }
 
 void master_adam_step_cuda(at::TensorList params, at::TensorList master_params, at::TensorList grads,
-                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps,
-                           const at::Tensor& lr, const at::Tensor& inv_scale, const at::Tensor& clip_coef,
-                           const std::optional<at::Tensor>& found_inf, double beta1, double beta2, double eps,
-                           double weight_decay, bool decoupled_weight_decay, bool maximize) {
-  const auto args = detail::check_master_adam_step_args(params, master_params, grads, exp_avgs, exp_avg_sqs, steps,
-                                                        lr, inv_scale, clip_coef, found_inf, beta1, beta2, eps,
-                                                        weight_decay);
+                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                           at::TensorList steps, const at::Tensor& lr, const at::Tensor& inv_scale,
+                           const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf, double beta1,
+                           double beta2, double eps, double weight_decay, bool decoupled_weight_decay, bool maximize,
+                           bool write_back_grads) {
+  const auto args = detail::check_master_adam_step_args(params, master_params, grads, exp_avgs, exp_avg_sqs,
+                                                        max_exp_avg_sqs, steps, lr, inv_scale, clip_coef, found_inf,
+                                                        beta1, beta2, eps, weight_decay, write_back_grads);
   check_cuda_device(detail::kMasterAdamStepOp, "params", args.device);
   const c10::cuda::CUDAGuard guard(args.device);
   const auto result = ampkit_kernels::master_adam_step(
-      make_step_lists(params, master_params, grads, {exp_avgs, exp_avg_sqs}, steps),
+      make_step_lists(params, master_params, grads, {exp_avgs, exp_avg_sqs, max_exp_avg_sqs}, steps),
       kernel_dtype(params[0].scalar_type()), kernel_dtype(grads[0].scalar_type()),
-      step_scalars(lr, inv_scale, clip_coef, found_inf),
-      ampkit_kernels::AdamHyper{beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize}, current_stream());
+      step_scalars(lr, inv_scale, clip_coef, found_inf, write_back_grads),
+      ampkit_kernels::AdamHyper{beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize,
+                                /*amsgrad=*/!max_exp_avg_sqs.empty()},
+      current_stream());
   check_result(detail::kMasterAdamStepOp, result);
 }
 

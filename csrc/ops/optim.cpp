@@ -17,9 +17,10 @@ namespace {
 // The kernels walk params[i] and every tensor parallel to it (grads, masters, state) as flat runs
 // of numel elements: each params[i] must be flat in memory (any dense layout: contiguous,
 // channels_last, permuted) and each parallel tensor must have its memory order.
-ListRules layout_free_rules(bool allow_empty) {
+ListRules layout_free_rules(bool allow_empty, bool allow_float64) {
   ListRules rules;
   rules.allow_empty = allow_empty;
+  rules.allow_float64 = allow_float64;
   rules.require_contiguous = false;  // checked per tensor against params[i] (check_parallel_layouts)
   return rules;
 }
@@ -30,15 +31,23 @@ void check_parallel_layouts(const char* op, const char* name, at::TensorList lis
   }
 }
 
-// An FP32 list parallel to params (masters or optimizer state): same length, shapes, layouts and device.
+bool is_float64(at::TensorList params) { return params[0].scalar_type() == at::kDouble; }
+
+// A list parallel to params (masters or optimizer state): same length, shapes, layouts and device;
+// FP32, except the state of float64 params, which is float64 (torch keeps it in the param's dtype).
 void check_fp32_list(const char* op, const char* name, at::TensorList list, at::TensorList params,
                      const c10::Device& device, bool allow_empty) {
-  if (!check_tensor_list(op, name, list, layout_free_rules(allow_empty))) return;
+  // The dtype is checked against the params' below.
+  if (!check_tensor_list(op, name, list, layout_free_rules(allow_empty, /*allow_float64=*/true))) return;
   check_matching_lists(op, "params", params, name, list);
   check_parallel_layouts(op, name, list, params);
+  const bool float64 = is_float64(params);
   for (size_t i = 0; i < list.size(); ++i) {
     const std::string item = indexed(name, i);
-    TORCH_CHECK_TYPE(list[i].scalar_type() == at::kFloat, op, ": ", item,
+    TORCH_CHECK_TYPE(!float64 || list[i].scalar_type() == at::kDouble, op, ": ", item,
+                     " must have dtype float64 (the state of float64 params is float64), got ",
+                     dtype_name(list[i].scalar_type()));
+    TORCH_CHECK_TYPE(float64 || list[i].scalar_type() == at::kFloat, op, ": ", item,
                      " must have dtype float32 (masters and optimizer state are kept in FP32), got ",
                      dtype_name(list[i].scalar_type()));
   }
@@ -55,21 +64,38 @@ MasterStepArgs check_common(const char* op, at::TensorList params, at::TensorLis
                             at::TensorList steps, const at::Tensor& lr, const at::Tensor& inv_scale,
                             const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf) {
   MasterStepArgs args;
-  args.device = *check_tensor_list(op, "params", params, layout_free_rules(/*allow_empty=*/false));
+  args.device = *check_tensor_list(op, "params", params,
+                                   layout_free_rules(/*allow_empty=*/false, /*allow_float64=*/true));
   for (size_t i = 0; i < params.size(); ++i) check_flat_in_memory(op, indexed("params", i), params[i]);
+  const bool float64 = is_float64(params);
+  TORCH_CHECK_VALUE(!float64 || master_params.empty(), op, ": master_params must be empty for float64 params (a "
+                    "float64 param is its own master), got ", master_params.size(), " tensors");
   check_fp32_list(op, "master_params", master_params, params, args.device, /*allow_empty=*/true);
   args.has_masters = !master_params.empty();
-  check_tensor_list(op, "grads", grads, layout_free_rules(/*allow_empty=*/false));
+  check_tensor_list(op, "grads", grads, layout_free_rules(/*allow_empty=*/false, /*allow_float64=*/float64));
   check_matching_lists(op, "params", params, "grads", grads);
   check_parallel_layouts(op, "grads", grads, params);
   check_device(op, "grads[0]", grads[0], args.device, "params[0]");
+  for (size_t i = 0; i < grads.size(); ++i) {
+    // float64 params compute in double from float64 grads; others never get float64 grads (above).
+    TORCH_CHECK_TYPE(!float64 || grads[i].scalar_type() == at::kDouble, op, ": ", indexed("grads", i),
+                     " must have dtype float64 (the dtype of float64 params), got ",
+                     dtype_name(grads[i].scalar_type()));
+  }
   TORCH_CHECK(steps.size() == params.size(), op, ": steps must hold as many tensors as params (", params.size(),
               "), got ", steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
     const std::string item = indexed("steps", i);
     check_step_scalar(op, item.c_str(), steps[i], args.device);
   }
-  check_step_scalar(op, "lr", lr, args.device);
+  if (float64 && lr.defined() && lr.scalar_type() == at::kDouble) {
+    // float64 params: lr may be float64, so torch's Python-float lr reaches the update unrounded.
+    TORCH_CHECK(lr.numel() == 1, op, ": lr must be a one-element float32 or float64 tensor, got ", lr.numel(),
+                " elements (shape ", lr.sizes(), ")");
+    check_device(op, "lr", lr, args.device, "params[0]");
+  } else {
+    check_step_scalar(op, "lr", lr, args.device);
+  }
   check_step_scalar(op, "inv_scale", inv_scale, args.device);
   check_step_scalar(op, "clip_coef", clip_coef, args.device);
   if (found_inf.has_value() && found_inf->defined()) check_step_scalar(op, "found_inf", *found_inf, args.device);
@@ -78,10 +104,12 @@ MasterStepArgs check_common(const char* op, at::TensorList params, at::TensorLis
 
 // Every tensor a step writes (params, masters, state, steps) must be its own: a parameter listed
 // twice would be updated twice, a state shared by two parameters would mix their histories.
+// With write_back_grads the grads are written too, so they must not share memory either.
 void check_step_aliasing(const char* op, at::TensorList params, at::TensorList master_params, at::TensorList grads,
                          std::initializer_list<std::pair<const char*, at::TensorList>> state_lists,
                          at::TensorList steps, const at::Tensor& lr, const at::Tensor& inv_scale,
-                         const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf) {
+                         const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
+                         bool write_back_grads) {
   std::vector<NamedTensor> written;
   written.reserve(params.size() * (3 + state_lists.size()));
   append_named(written, "params", params);
@@ -89,7 +117,7 @@ void check_step_aliasing(const char* op, at::TensorList params, at::TensorList m
   for (const auto& [name, list] : state_lists) append_named(written, name, list);
   append_named(written, "steps", steps);
   std::vector<NamedTensor> read;
-  append_named(read, "grads", grads);
+  append_named(write_back_grads ? written : read, "grads", grads);
   read.push_back({"lr", &lr});
   read.push_back({"inv_scale", &inv_scale});
   read.push_back({"clip_coef", &clip_coef});
@@ -103,7 +131,8 @@ MasterStepArgs check_master_sgd_step_args(at::TensorList params, at::TensorList 
                                           at::TensorList momentum_buffers, at::TensorList steps, const at::Tensor& lr,
                                           const at::Tensor& inv_scale, const at::Tensor& clip_coef,
                                           const std::optional<at::Tensor>& found_inf, double momentum,
-                                          double dampening, double weight_decay, bool nesterov) {
+                                          double dampening, double weight_decay, bool nesterov,
+                                          bool write_back_grads) {
   const char* op = kMasterSgdStepOp;
   const MasterStepArgs args = check_common(op, params, master_params, grads, steps, lr, inv_scale, clip_coef, found_inf);
   // lr is a device tensor here: its value is not read on the host.
@@ -115,23 +144,27 @@ MasterStepArgs check_master_sgd_step_args(at::TensorList params, at::TensorList 
   }
   check_fp32_list(op, "momentum_buffers", momentum_buffers, params, args.device, /*allow_empty=*/momentum == 0.0);
   check_step_aliasing(op, params, master_params, grads, {{"momentum_buffers", momentum_buffers}}, steps, lr, inv_scale,
-                      clip_coef, found_inf);
+                      clip_coef, found_inf, write_back_grads);
   return args;
 }
 
 MasterStepArgs check_master_adam_step_args(at::TensorList params, at::TensorList master_params, at::TensorList grads,
-                                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps,
-                                           const at::Tensor& lr, const at::Tensor& inv_scale,
-                                           const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
-                                           double beta1, double beta2, double eps, double weight_decay) {
+                                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                           at::TensorList max_exp_avg_sqs, at::TensorList steps, const at::Tensor& lr,
+                                           const at::Tensor& inv_scale, const at::Tensor& clip_coef,
+                                           const std::optional<at::Tensor>& found_inf, double beta1, double beta2,
+                                           double eps, double weight_decay, bool write_back_grads) {
   const char* op = kMasterAdamStepOp;
   const MasterStepArgs args = check_common(op, params, master_params, grads, steps, lr, inv_scale, clip_coef, found_inf);
   contracts::check_adam_hyperparameters({std::nullopt, beta1, beta2, eps, weight_decay},
                                         {op, contracts::Audience::Cpp, "", contracts::Form::OpArguments});
   check_fp32_list(op, "exp_avgs", exp_avgs, params, args.device, /*allow_empty=*/false);
   check_fp32_list(op, "exp_avg_sqs", exp_avg_sqs, params, args.device, /*allow_empty=*/false);
-  check_step_aliasing(op, params, master_params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, steps,
-                      lr, inv_scale, clip_coef, found_inf);
+  // Empty: plain Adam; one per param: amsgrad.
+  check_fp32_list(op, "max_exp_avg_sqs", max_exp_avg_sqs, params, args.device, /*allow_empty=*/true);
+  check_step_aliasing(op, params, master_params, grads,
+                      {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs}},
+                      steps, lr, inv_scale, clip_coef, found_inf, write_back_grads);
   return args;
 }
 
@@ -146,18 +179,19 @@ void master_sgd_step_meta(at::TensorList params, at::TensorList master_params, a
                           at::TensorList momentum_buffers, at::TensorList steps, const at::Tensor& lr,
                           const at::Tensor& inv_scale, const at::Tensor& clip_coef,
                           const std::optional<at::Tensor>& found_inf, double momentum, double dampening,
-                          double weight_decay, bool nesterov, bool maximize) {
+                          double weight_decay, bool nesterov, bool maximize, bool write_back_grads) {
   check_master_sgd_step_args(params, master_params, grads, momentum_buffers, steps, lr, inv_scale, clip_coef,
-                             found_inf, momentum, dampening, weight_decay, nesterov);
+                             found_inf, momentum, dampening, weight_decay, nesterov, write_back_grads);
 }
 
 void master_adam_step_meta(at::TensorList params, at::TensorList master_params, at::TensorList grads,
-                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps,
-                           const at::Tensor& lr, const at::Tensor& inv_scale, const at::Tensor& clip_coef,
-                           const std::optional<at::Tensor>& found_inf, double beta1, double beta2, double eps,
-                           double weight_decay, bool decoupled_weight_decay, bool maximize) {
-  check_master_adam_step_args(params, master_params, grads, exp_avgs, exp_avg_sqs, steps, lr, inv_scale, clip_coef,
-                              found_inf, beta1, beta2, eps, weight_decay);
+                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                           at::TensorList steps, const at::Tensor& lr, const at::Tensor& inv_scale,
+                           const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf, double beta1,
+                           double beta2, double eps, double weight_decay, bool decoupled_weight_decay, bool maximize,
+                           bool write_back_grads) {
+  check_master_adam_step_args(params, master_params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr,
+                              inv_scale, clip_coef, found_inf, beta1, beta2, eps, weight_decay, write_back_grads);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Argument checks of master_sgd_step_ / master_adam_step_, shared by the CPU, CUDA and Meta
-// kernels, plus the hyper-parameter structs every device kernel reads.
+// kernels, plus the hyper-parameter structs every device kernel reads. float64 params take float64
+// grads, float64 state, a float64 (or float32) lr and no masters; other params take FP32 state.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,13 +21,14 @@ MasterStepArgs check_master_sgd_step_args(at::TensorList params, at::TensorList 
                                           at::TensorList momentum_buffers, at::TensorList steps, const at::Tensor& lr,
                                           const at::Tensor& inv_scale, const at::Tensor& clip_coef,
                                           const std::optional<at::Tensor>& found_inf, double momentum,
-                                          double dampening, double weight_decay, bool nesterov);
+                                          double dampening, double weight_decay, bool nesterov, bool write_back_grads);
 
 MasterStepArgs check_master_adam_step_args(at::TensorList params, at::TensorList master_params, at::TensorList grads,
-                                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps,
-                                           const at::Tensor& lr, const at::Tensor& inv_scale,
-                                           const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
-                                           double beta1, double beta2, double eps, double weight_decay);
+                                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                           at::TensorList max_exp_avg_sqs, at::TensorList steps, const at::Tensor& lr,
+                                           const at::Tensor& inv_scale, const at::Tensor& clip_coef,
+                                           const std::optional<at::Tensor>& found_inf, double beta1, double beta2,
+                                           double eps, double weight_decay, bool write_back_grads);
 
 // True when found_inf is given and nonzero. Reads the value: only for CPU tensors.
 bool cpu_step_skipped(const std::optional<at::Tensor>& found_inf);

@@ -27,22 +27,28 @@ TORCH_LIBRARY(ampkit, m) {
         "float max_scale=3.4028234663852886e+38) -> ()");
 }
 
-// ---- FP32-master-weight optimizers ----
+// ---- master-weight optimizers ----
 // One pass per step over every parameter: grad (fp32/fp16/bf16, maybe loss-scaled) * inv_scale *
 // clip_coef updates the FP32 master (or the fp32 param itself when master_params is empty) and
-// the FP32 state, and the model copy `params` is written in the same pass. steps[i] (one-element
-// float32, the steps taken so far) is advanced. lr, inv_scale, clip_coef, found_inf and steps
-// are one-element float32 tensors on the params' device, so nothing is read on the host. When
-// found_inf is given and nonzero NOTHING is written, the step counters included.
+// the FP32 state, and the model copy `params` is written in the same pass. float64 params (with
+// float64 grads, float64 state, no masters) are updated in double, as torch does. steps[i]
+// (one-element float32, the steps taken so far) is advanced. lr (float32; float64 allowed for
+// float64 params), inv_scale, clip_coef, found_inf and steps are one-element float32 tensors on the
+// params' device, so nothing is read on the host. When found_inf is given and nonzero NOTHING is
+// written, the step counters included, except the grads with write_back_grads.
+// write_back_grads: grads[i] = grad * inv_scale * clip_coef (rounded to its dtype), in the same
+// pass and also on a skipped step, i.e. the gradients torch's GradScaler.unscale_ (+ a clip) leaves.
+// max_exp_avg_sqs: empty (Adam) or one per param (amsgrad: torch's running max of exp_avg_sq).
 // Formulas and defaults: torch.optim.SGD / Adam (decoupled_weight_decay=False) / AdamW (True).
 TORCH_LIBRARY_FRAGMENT(ampkit, m) {
-  m.def("master_sgd_step_(Tensor(a!)[] params, Tensor(b!)[] master_params, Tensor[] grads, "
-        "Tensor(c!)[] momentum_buffers, Tensor(d!)[] steps, Tensor lr, Tensor inv_scale, Tensor clip_coef, "
-        "Tensor? found_inf, float momentum, float dampening, float weight_decay, bool nesterov, bool maximize) -> ()");
-  m.def("master_adam_step_(Tensor(a!)[] params, Tensor(b!)[] master_params, Tensor[] grads, "
-        "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] steps, Tensor lr, Tensor inv_scale, "
-        "Tensor clip_coef, Tensor? found_inf, float beta1, float beta2, float eps, float weight_decay, "
-        "bool decoupled_weight_decay, bool maximize) -> ()");
+  m.def("master_sgd_step_(Tensor(a!)[] params, Tensor(b!)[] master_params, Tensor(c!)[] grads, "
+        "Tensor(d!)[] momentum_buffers, Tensor(e!)[] steps, Tensor lr, Tensor inv_scale, Tensor clip_coef, "
+        "Tensor? found_inf, float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
+        "bool write_back_grads=False) -> ()");
+  m.def("master_adam_step_(Tensor(a!)[] params, Tensor(b!)[] master_params, Tensor(c!)[] grads, "
+        "Tensor(d!)[] exp_avgs, Tensor(e!)[] exp_avg_sqs, Tensor(f!)[] max_exp_avg_sqs, Tensor(g!)[] steps, "
+        "Tensor lr, Tensor inv_scale, Tensor clip_coef, Tensor? found_inf, float beta1, float beta2, float eps, "
+        "float weight_decay, bool decoupled_weight_decay, bool maximize, bool write_back_grads=False) -> ()");
   // ---- fused linear (cuBLASLt GEMM, fp32 accumulation, bias/activation epilogues); ops/fused_linear.h ----
   // output = activation(input @ weight.T + bias); activation: "none" | "relu" | "gelu" (tanh approximation).
   // pt2_compliant: the three pass torch.library.opcheck (tests/python/test_fused_linear.py).

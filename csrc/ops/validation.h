@@ -18,8 +18,8 @@ std::string indexed(const char* list_name, size_t index);
 
 bool is_supported_float(at::ScalarType dtype);
 
-// fp32, fp16 or bf16, strided layout, defined.
-void check_float_tensor(const char* op, const std::string& name, const at::Tensor& tensor);
+// fp32, fp16 or bf16 (or fp64 when allow_float64), strided layout, defined.
+void check_float_tensor(const char* op, const std::string& name, const at::Tensor& tensor, bool allow_float64 = false);
 
 // A one-element float32 tensor (a device-side scalar such as scale, inv_scale or found_inf).
 void check_scalar_tensor(const char* op, const char* name, const at::Tensor& tensor);
@@ -50,6 +50,7 @@ struct ListRules {
   bool allow_empty = false;
   bool require_contiguous = true;
   bool require_same_dtype = true;
+  bool allow_float64 = false;  // float64 besides fp32/fp16/bf16 (the optimizers' fp64 params)
 };
 
 // Checks every tensor of a list: defined, float dtype, one device, and the rules. Returns the

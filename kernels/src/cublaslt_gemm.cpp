@@ -26,6 +26,7 @@ cudaDataType_t cuda_type(DType dtype) {
     case DType::Float32: return CUDA_R_32F;
     case DType::Float16: return CUDA_R_16F;
     case DType::BFloat16: return CUDA_R_16BF;
+    case DType::Float64: return CUDA_R_64F;
   }
   return CUDA_R_32F;
 }

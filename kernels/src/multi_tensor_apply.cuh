@@ -111,6 +111,7 @@ Result dispatch_dtype(DType dtype, Fn&& fn) {
     case DType::Float32: return fn(float{});
     case DType::Float16: return fn(__half{});
     case DType::BFloat16: return fn(__nv_bfloat16{});
+    case DType::Float64: break;  // the list ops that take float64 dispatch it themselves
   }
   Result result;
   result.status = Status::Unsupported;

@@ -4,8 +4,9 @@ The model may hold its weights in float16 or bfloat16 (half the memory, no per-o
 the optimizer keeps an FP32 master copy of every low-precision parameter and FP32 state, and one
 fused pass per step (``torch.ops.ampkit.master_sgd_step_`` / ``master_adam_step_``) reads the
 gradient, unscales and clips it, updates master and state and writes the model copy back. float32
-parameters need no master: they are updated in place. fp32, fp16 and bf16 parameters may be mixed
-in one model and one parameter group.
+parameters need no master: they are updated in place. float64 parameters are updated in place in
+double with float64 state, as torch does (their gradients are float64). All four dtypes may be
+mixed in one model and one parameter group.
 
 Formulas and defaults are torch.optim's, so on float32 parameters the results match
 ``torch.optim.SGD/Adam/AdamW`` up to rounding.
@@ -15,6 +16,11 @@ Loss scaling: the optimizers set ``_step_supports_amp_scaling``, so ``ampkit.Gra
 gradients themselves; the kernel multiplies by ``1 / grad_scale`` and skips the whole step on the
 device when ``found_inf`` is set. Nothing in ``step()`` reads a value back to the host, so a step
 can be captured in a CUDA graph when ``lr`` is a tensor.
+
+Gradients after the step are the ones torch leaves: whenever a step applies a ``grad_scale`` (from a
+GradScaler) or a ``clip_coef``, the same fused pass writes the unscaled (and clipped) gradient back
+into ``.grad``, skipped overflow steps included (torch's ``GradScaler.unscale_`` has unscaled them
+before it skips). Plain steps never write a gradient.
 """
 from __future__ import annotations
 
@@ -27,7 +33,16 @@ from torch.optim import Optimizer
 
 from . import _C
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Parameters of these dtypes get an FP32 master (with master_weights=True); float32 and float64
+# parameters are their own masters.
+_LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _state_dtype(param: torch.Tensor) -> torch.dtype:
+    """The dtype of a parameter's optimizer state: float64 for a float64 parameter (torch keeps state
+    in the parameter's dtype and ampkit computes fp64 updates in double), FP32 otherwise."""
+    return torch.float64 if param.dtype == torch.float64 else torch.float32
 
 # Normalisation layers keep fp32 weights by default: their statistics and affine parameters are
 # small, and low precision there costs accuracy for no real memory saving.
@@ -193,7 +208,7 @@ class _MasterWeightOptimizer(Optimizer):
                 seen.add(id(param))
                 if param.dtype not in SUPPORTED_DTYPES:
                     raise TypeError(f"ampkit.optim.{name}: params[{index}] of group {len(self.param_groups) - 1} has "
-                                    f"dtype {param.dtype}; supported: float32, float16, bfloat16")
+                                    f"dtype {param.dtype}; supported: float32, float16, bfloat16, float64")
                 devices.add(param.device)
             if len(devices) > 1:
                 raise ValueError(f"ampkit.optim.{name}: the params of one group must be on one device, got "
@@ -213,11 +228,11 @@ class _MasterWeightOptimizer(Optimizer):
         pending = getattr(param, _PENDING_MASTER_ATTR, None)
         if pending is not None:
             delattr(param, _PENDING_MASTER_ATTR)
-        if self.master_weights and param.dtype != torch.float32:
+        if self.master_weights and param.dtype in _LOW_PRECISION_DTYPES:
             source = pending if pending is not None and pending.shape == param.shape else param.detach()
             state["master"] = _state_like(param, torch.float32).copy_(source)
         for key in self._state_keys_for(group):
-            state[key] = _state_like(param, torch.float32)
+            state[key] = _state_like(param, _state_dtype(param))
 
     def _state_in_layout(self, param: torch.Tensor) -> None:
         """Re-lays the parameter's master and state out in its current layout when it changed since
@@ -265,10 +280,11 @@ class _MasterWeightOptimizer(Optimizer):
         return tensor
 
     @staticmethod
-    def _as_device_scalar(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+    def _as_device_scalar(value: float | torch.Tensor, device: torch.device,
+                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
-            return value.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
-        return torch.full((1,), float(value), dtype=torch.float32, device=device)
+            return value.to(device=device, dtype=dtype, non_blocking=True).reshape(1)
+        return torch.full((1,), float(value), dtype=dtype, device=device)
 
     def _inv_scale(self, device: torch.device) -> torch.Tensor:
         grad_scale = getattr(self, "grad_scale", None)
@@ -311,17 +327,24 @@ class _MasterWeightOptimizer(Optimizer):
                 if grad.is_sparse:
                     raise RuntimeError(f"ampkit.optim.{name}: params[{index}] of group {group_index} has a sparse "
                                        "gradient; sparse gradients are not supported")
-                if grad.dtype not in SUPPORTED_DTYPES:
+                if (grad.dtype == torch.float64) != (param.dtype == torch.float64) or grad.dtype not in SUPPORTED_DTYPES:
+                    supported = ("float64 (the dtype of the float64 param)" if param.dtype == torch.float64
+                                 else "float32, float16, bfloat16")
                     raise TypeError(f"ampkit.optim.{name}: params[{index}] of group {group_index} has a {grad.dtype} "
-                                    "gradient; supported: float32, float16, bfloat16")
+                                    f"gradient; supported: {supported}")
                 self._init_state(param, group)
                 self._state_in_layout(param)
                 key = (param.device, param.dtype, grad.dtype, "master" in self.state[param])
                 buckets.setdefault(key, []).append(param)
             if not buckets:
                 continue
-            for (device, _, _, has_master), params in buckets.items():
-                lr = self._as_device_scalar(group["lr"], device)
+            # The grads are left unscaled (and clipped) in the step's own pass wherever it applies a
+            # scale or a clip, as torch leaves them; plain steps skip that write.
+            write_back_grads = getattr(self, "grad_scale", None) is not None or clip_coef is not None
+            for (device, param_dtype, _, has_master), params in buckets.items():
+                # float64 params: lr in double, as torch's Python-float lr reaches their update.
+                lr = self._as_device_scalar(group["lr"], device,
+                                            torch.float64 if param_dtype == torch.float64 else torch.float32)
                 clip = self._constant(1.0, device) if clip_coef is None else self._as_device_scalar(clip_coef, device)
                 states = [self.state[p] for p in params]
                 copy_backs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -333,12 +356,13 @@ class _MasterWeightOptimizer(Optimizer):
                     grads=[grad for _, grad in operands],
                     states=states,
                     scalars=(lr, self._inv_scale(device), clip, self._found_inf(device)),
+                    write_back_grads=write_back_grads,
                 )
                 for original, dense_copy in copy_backs:
                     original.copy_(dense_copy)
         return loss
 
-    def _launch(self, group, params, masters, grads, states, scalars) -> None:
+    def _launch(self, group, params, masters, grads, states, scalars, write_back_grads) -> None:
         raise NotImplementedError
 
     # ---- checkpoints ----
@@ -470,8 +494,9 @@ class _MasterWeightOptimizer(Optimizer):
 
     @staticmethod
     def _check_saved_state(key: str, value: Any, current: torch.Tensor, label: str, where: str) -> None:
-        """One saved state tensor against the one it replaces: same shape and dtype (float32), real
-        data, finite values; the step counter a whole number >= 0, exp_avg_sq >= 0."""
+        """One saved state tensor against the one it replaces: same shape and dtype (float32; float64
+        for a float64 parameter's state), real data, finite values; the step counter a whole number
+        >= 0, exp_avg_sq and max_exp_avg_sq >= 0."""
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{where}: {label} must be a tensor, got {type(value).__name__}")
         if value.shape != current.shape:
@@ -488,7 +513,7 @@ class _MasterWeightOptimizer(Optimizer):
             raise ValueError(f"{where}: {label} holds inf or NaN")
         if key == "step" and not bool(((value >= 0) & (value == value.floor())).all()):
             raise ValueError(f"{where}: {label} must be a whole number >= 0, got {value.tolist()}")
-        if key == "exp_avg_sq" and not bool((value >= 0).all()):
+        if key in ("exp_avg_sq", "max_exp_avg_sq") and not bool((value >= 0).all()):
             raise ValueError(f"{where}: {label} must be >= 0 (a running mean of squares), got a negative value")
 
     @staticmethod
@@ -525,30 +550,32 @@ class SGD(_MasterWeightOptimizer):
     def _state_keys_for(self, group: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _launch(self, group, params, masters, grads, states, scalars) -> None:
+    def _launch(self, group, params, masters, grads, states, scalars, write_back_grads) -> None:
         lr, inv_scale, clip, found_inf = scalars
         buffers = []
         if group["momentum"] != 0:
             for state, param in zip(states, params):
                 if "momentum_buffer" not in state:  # momentum switched on after the state was made
-                    state["momentum_buffer"] = _state_like(param, torch.float32)
+                    state["momentum_buffer"] = _state_like(param, _state_dtype(param))
             buffers = [s["momentum_buffer"] for s in states]
         torch.ops.ampkit.master_sgd_step_(params, masters, grads, buffers, [s["step"] for s in states], lr, inv_scale,
                                           clip, found_inf, float(group["momentum"]), float(group["dampening"]),
                                           float(group["weight_decay"]), bool(group["nesterov"]),
-                                          bool(group["maximize"]))
+                                          bool(group["maximize"]), write_back_grads)
 
 
 class Adam(_MasterWeightOptimizer):
-    """torch.optim.Adam's update (L2 weight decay added to the gradient) on FP32 masters."""
+    """torch.optim.Adam's update (L2 weight decay added to the gradient) on FP32 masters; with
+    ``amsgrad=True`` torch's AMSGrad variant (state "max_exp_avg_sq", the running maximum of
+    exp_avg_sq, is the denominator's second moment)."""
 
     _state_keys = ("exp_avg", "exp_avg_sq")
     _decoupled_weight_decay = False
 
     def __init__(self, params: Iterable, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
                  master_weights: bool = True) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
         self._check_group(defaults)
         super().__init__(params, defaults, master_weights)
 
@@ -565,17 +592,27 @@ class Adam(_MasterWeightOptimizer):
         eps = _host_number("eps", group["eps"], optimizer=label, where=where)
         weight_decay = _host_number("weight_decay", group["weight_decay"], optimizer=label, where=where)
         _check_flag("maximize", group["maximize"], optimizer=label, where=where)
+        _check_flag("amsgrad", group["amsgrad"], optimizer=label, where=where)
         if not torch.compiler.is_compiling():  # see _values_checked_by_the_op
             _C._check_adam_hyperparameters(f"ampkit.optim.{label}", where, lr, beta1, beta2, eps, weight_decay)
 
-    def _launch(self, group, params, masters, grads, states, scalars) -> None:
+    def _state_keys_for(self, group: dict) -> tuple[str, ...]:
+        return self._state_keys + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+
+    def _launch(self, group, params, masters, grads, states, scalars, write_back_grads) -> None:
         lr, inv_scale, clip, found_inf = scalars
         beta1, beta2 = group["betas"]
+        max_exp_avg_sqs = []  # empty: plain Adam
+        if group["amsgrad"]:
+            for state in states:
+                if "max_exp_avg_sq" not in state:  # amsgrad switched on after the state was made
+                    state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"])
+            max_exp_avg_sqs = [s["max_exp_avg_sq"] for s in states]
         torch.ops.ampkit.master_adam_step_(params, masters, grads, [s["exp_avg"] for s in states],
-                                           [s["exp_avg_sq"] for s in states], [s["step"] for s in states], lr,
-                                           inv_scale, clip, found_inf, float(beta1), float(beta2), float(group["eps"]),
-                                           float(group["weight_decay"]), self._decoupled_weight_decay,
-                                           bool(group["maximize"]))
+                                           [s["exp_avg_sq"] for s in states], max_exp_avg_sqs,
+                                           [s["step"] for s in states], lr, inv_scale, clip, found_inf, float(beta1),
+                                           float(beta2), float(group["eps"]), float(group["weight_decay"]),
+                                           self._decoupled_weight_decay, bool(group["maximize"]), write_back_grads)
 
 
 class AdamW(Adam):
@@ -584,10 +621,10 @@ class AdamW(Adam):
     _decoupled_weight_decay = True
 
     def __init__(self, params: Iterable, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, *, maximize: bool = False,
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  master_weights: bool = True) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
-                         master_weights=master_weights)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         maximize=maximize, master_weights=master_weights)
 
 
 __all__ = ["SGD", "Adam", "AdamW", "to_low_precision", "DEFAULT_KEEP_FP32", "SUPPORTED_DTYPES"]

@@ -25,10 +25,12 @@ struct AdamArgs {
   std::vector<torch::Tensor> grads{torch::ones({4}, torch::kBFloat16)};
   std::vector<torch::Tensor> exp_avgs{torch::zeros({4})};
   std::vector<torch::Tensor> exp_avg_sqs{torch::zeros({4})};
+  std::vector<torch::Tensor> max_exp_avg_sqs{};  // amsgrad off
   std::vector<torch::Tensor> steps{torch::zeros({1})};
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   void run() const {
-    ampkit::master_adam_step_(params, masters, grads, exp_avgs, exp_avg_sqs, steps, scalar(0.1f), scalar(), scalar(),
+    ampkit::master_adam_step_(params, masters, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, scalar(0.1f),
+                              scalar(), scalar(),
                               std::nullopt, beta1, beta2, eps, weight_decay, /*decoupled_weight_decay=*/false,
                               /*maximize=*/false);
   }

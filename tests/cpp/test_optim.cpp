@@ -226,8 +226,9 @@ TEST_CASE("ampkit::optim rejects bad options, params and archives with clear err
                     "ampkit::optim::AdamW: eps must be > 0, got 0"));
   CHECK(throws_with([&] { ampkit::optim::SGD(params, ampkit::optim::SGDOptions(0.1).nesterov(true)); },
                     "nesterov momentum needs momentum > 0 and dampening == 0"));
-  CHECK(throws_with([&] { ampkit::optim::Adam({torch::ones({3}, torch::kDouble).requires_grad_(true)}); },
-                    "params[0] of group 0 must be float32, float16 or bfloat16, got Double"));
+  // float64 params are supported (updated in double, as torch does); complex ones are not.
+  CHECK(throws_with([&] { ampkit::optim::Adam({torch::ones({3}, torch::kComplexFloat).requires_grad_(true)}); },
+                    "params[0] of group 0 must be float32, float16, bfloat16 or float64, got ComplexFloat"));
   CHECK(throws_with(
       [&] { ampkit::optim::Adam({torch::ones({3}), torch::ones({3}, torch::device(torch::kMeta))}); },
       "the params of one group must be on one device: params[0] of group 0 is on cpu, params[1] on meta"));
@@ -253,10 +254,9 @@ TEST_CASE("ampkit::optim rejects bad options, params and archives with clear err
   ampkit::optim::AdamW fewer({params[0]});
   CHECK(throws_with([&] { load_from(fewer); }, "group 0 of the archive has 1 params, this optimizer's has 4"));
 
-  // A gradient dtype the kernels do not take.
+  // A gradient dtype the kernels do not take for this param (float64 is a float64 param's only).
   auto fp32 = torch::ones({4}, torch::requires_grad());
   ampkit::optim::SGD plain({fp32}, ampkit::optim::SGDOptions(0.1));
-  fp32.set_data(fp32.data().to(torch::kDouble));
   fp32.mutable_grad() = torch::ones({4}, torch::kDouble);
   CHECK(throws_with([&] { plain.step(); }, "params[0] of group 0 has a Double gradient; supported: float32, float16, "
                                            "bfloat16"));
@@ -297,4 +297,196 @@ TEST_CASE("a device lr tensor changed in place steps exactly as options().lr() s
                     "lr must be a one-element float32 tensor, got 2 elements"));
   CHECK(throws_with([&] { sgd.set_lr_tensor(0, torch::ones({1}, torch::kDouble)); },
                     "lr must be a one-element float32 tensor, got dtype Double"));
+}
+
+// ---- amsgrad, float64 params, gradients left unscaled ----
+
+namespace {
+
+ampkit::optim::MasterParamState& state_of(ampkit::optim::MasterWeightOptimizer& optimizer, const torch::Tensor& p) {
+  return static_cast<ampkit::optim::MasterParamState&>(*optimizer.state().at(p.unsafeGetTensorImpl()));
+}
+
+// torch::optim's per-parameter Adam state (its max_exp_avg_sq with amsgrad).
+torch::optim::AdamParamState& torch_adam_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p) {
+  return static_cast<torch::optim::AdamParamState&>(*optimizer.state().at(p.unsafeGetTensorImpl()));
+}
+
+// float64: |ours - torch| <= 1e-12 * max|torch| over the list. Both compute in double; what remains
+// is rounding order (torch's vectorised kernels fuse some multiply-adds; ampkit uses lerp where
+// torch::optim's C++ Adam uses mul_ + add_), a few double ulps per step.
+bool close_to_scale_fp64(const std::vector<torch::Tensor>& ours, const std::vector<torch::Tensor>& reference) {
+  const double tolerance = 1e-12 * max_abs(reference);
+  for (size_t i = 0; i < ours.size(); ++i) {
+    REQUIRE(ours[i].scalar_type() == torch::kDouble);
+    const double difference = (ours[i].detach() - reference[i].detach()).abs().max().item<double>();
+    if (difference > tolerance) {
+      UNSCOPED_INFO("tensor " << i << " differs by " << difference << " > " << tolerance);
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("amsgrad: ampkit::optim::Adam/AdamW match torch::optim's on fp32 for 200 steps", "[optim][amsgrad]") {
+  for (const auto& device : devices_under_test()) {
+    for (const bool decoupled : {false, true}) {
+      INFO((decoupled ? "AdamW" : "Adam") << " on " << device);
+      auto ours_params = make_params(torch::kFloat, device), ref_params = make_params(torch::kFloat, device);
+      std::unique_ptr<ampkit::optim::MasterWeightOptimizer> ours;
+      std::unique_ptr<torch::optim::Optimizer> ref;
+      if (decoupled) {
+        ours = std::make_unique<ampkit::optim::AdamW>(ours_params, ampkit::optim::AdamWOptions(2e-3).amsgrad(true));
+        ref = std::make_unique<torch::optim::AdamW>(ref_params, torch::optim::AdamWOptions(2e-3).amsgrad(true));
+      } else {
+        ours = std::make_unique<ampkit::optim::Adam>(
+            ours_params, ampkit::optim::AdamOptions(2e-3).betas({0.8, 0.99}).weight_decay(0.05).amsgrad(true));
+        ref = std::make_unique<torch::optim::Adam>(
+            ref_params, torch::optim::AdamOptions(2e-3).betas({0.8, 0.99}).weight_decay(0.05).amsgrad(true));
+      }
+      run_pair(*ours, ours_params, *ref, ref_params, 200);
+      REQUIRE(close_to_scale(ours_params, ref_params));
+      std::vector<torch::Tensor> ours_max, ref_max;
+      for (size_t i = 0; i < ours_params.size(); ++i) {
+        ours_max.push_back(state_of(*ours, ours_params[i]).max_exp_avg_sq());
+        ref_max.push_back(torch_adam_state(*ref, ref_params[i]).max_exp_avg_sq());
+        REQUIRE(ours_max.back().scalar_type() == torch::kFloat);
+      }
+      REQUIRE(close_to_scale(ours_max, ref_max));
+    }
+  }
+}
+
+TEST_CASE("amsgrad with FP32 masters: fp16/bf16 params follow torch's fp32 AdamW amsgrad", "[optim][amsgrad]") {
+  for (const auto& device : devices_under_test()) {
+    for (auto dtype : {torch::kHalf, torch::kBFloat16}) {
+      auto params = make_params(dtype, device);
+      std::vector<torch::Tensor> reference;
+      for (const auto& p : params) reference.push_back(p.detach().to(torch::kFloat).requires_grad_(true));
+      ampkit::optim::AdamW ours(params, ampkit::optim::AdamWOptions(1e-2).amsgrad(true));
+      torch::optim::AdamW ref(reference, torch::optim::AdamWOptions(1e-2).amsgrad(true));
+      for (int step = 0; step < 20; ++step) {
+        set_grads(params, step);
+        for (size_t i = 0; i < params.size(); ++i) reference[i].mutable_grad() = params[i].grad().to(torch::kFloat);
+        ours.step();
+        ref.step();
+      }
+      REQUIRE(close_to_scale(ours.master_params(), reference));
+    }
+  }
+}
+
+TEST_CASE("float64 params: SGD/Adam/AdamW (amsgrad too) step in double with float64 state, as torch::optim does",
+          "[optim][float64]") {
+  for (const auto& device : devices_under_test()) {
+    INFO(device);
+    SECTION("SGD nesterov with weight decay") {
+      auto ours_params = make_params(torch::kDouble, device), ref_params = make_params(torch::kDouble, device);
+      ampkit::optim::SGD ours(ours_params, ampkit::optim::SGDOptions(0.02).momentum(0.8).nesterov(true).weight_decay(1e-3));
+      torch::optim::SGD ref(ref_params, torch::optim::SGDOptions(0.02).momentum(0.8).nesterov(true).weight_decay(1e-3));
+      run_pair(ours, ours_params, ref, ref_params, 200);
+      REQUIRE(close_to_scale_fp64(ours_params, ref_params));
+      REQUIRE(state_of(ours, ours_params[0]).momentum_buffer().scalar_type() == torch::kDouble);
+    }
+    SECTION("Adam with L2 weight decay, amsgrad") {
+      auto ours_params = make_params(torch::kDouble, device), ref_params = make_params(torch::kDouble, device);
+      ampkit::optim::Adam ours(ours_params, ampkit::optim::AdamOptions(2e-3).weight_decay(0.05).amsgrad(true));
+      torch::optim::Adam ref(ref_params, torch::optim::AdamOptions(2e-3).weight_decay(0.05).amsgrad(true));
+      run_pair(ours, ours_params, ref, ref_params, 200);
+      REQUIRE(close_to_scale_fp64(ours_params, ref_params));
+      std::vector<torch::Tensor> ours_max, ref_max;
+      for (size_t i = 0; i < ours_params.size(); ++i) {
+        ours_max.push_back(state_of(ours, ours_params[i]).max_exp_avg_sq());
+        ref_max.push_back(torch_adam_state(ref, ref_params[i]).max_exp_avg_sq());
+      }
+      REQUIRE(close_to_scale_fp64(ours_max, ref_max));
+    }
+    SECTION("AdamW with torch's defaults") {
+      auto ours_params = make_params(torch::kDouble, device), ref_params = make_params(torch::kDouble, device);
+      ampkit::optim::AdamW ours(ours_params);
+      torch::optim::AdamW ref(ref_params);
+      run_pair(ours, ours_params, ref, ref_params, 200);
+      REQUIRE(close_to_scale_fp64(ours_params, ref_params));
+      auto& state = state_of(ours, ours_params[0]);
+      REQUIRE_FALSE(state.master().defined());  // a float64 param is its own master
+      REQUIRE(state.exp_avg().scalar_type() == torch::kDouble);
+      REQUIRE(state.exp_avg_sq().scalar_type() == torch::kDouble);
+      REQUIRE(state.step().scalar_type() == torch::kFloat);
+    }
+  }
+}
+
+TEST_CASE("float64 params: a float32 gradient is refused, naming the parameter", "[optim][float64]") {
+  auto params = make_params(torch::kDouble, torch::kCPU);
+  ampkit::optim::Adam adam(params);
+  set_grads(params, 0);
+  params[1].mutable_grad() = params[1].grad().to(torch::kFloat);
+  REQUIRE(throws_with([&] { adam.step(); }, "params[1] of group 0 has a Float gradient; supported: float64"));
+}
+
+TEST_CASE("amsgrad and float64 state survive save/load exactly; an amsgrad archive needs an amsgrad optimizer",
+          "[optim][amsgrad][float64]") {
+  for (auto dtype : {torch::kFloat, torch::kBFloat16, torch::kDouble}) {
+    INFO(dtype);
+    auto params = make_params(dtype, torch::kCPU);
+    ampkit::optim::AdamW first(params, ampkit::optim::AdamWOptions(1e-2).amsgrad(true));
+    for (int step = 0; step < 5; ++step) {
+      set_grads(params, step);
+      first.step();
+    }
+    std::stringstream stream;
+    torch::save(first, stream);
+    const std::string archive = stream.str();
+
+    auto copy = make_params(dtype, torch::kCPU);
+    // The state must match the optimizer's configuration (as with master_weights): a plain AdamW
+    // refuses the archive's max_exp_avg_sq rather than load options it has no state for.
+    ampkit::optim::AdamW resumed(copy, ampkit::optim::AdamWOptions(1e-2));
+    std::stringstream into_plain(archive);
+    REQUIRE(throws_with([&] { torch::load(resumed, into_plain); }, "'max_exp_avg_sq'"));
+
+    ampkit::optim::AdamW amsgrad(copy, ampkit::optim::AdamWOptions(1e-2).amsgrad(true));
+    std::stringstream into_amsgrad(archive);
+    torch::load(amsgrad, into_amsgrad);
+    REQUIRE(static_cast<const ampkit::optim::AdamOptions&>(amsgrad.param_groups()[0].options()).amsgrad());
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto& saved = state_of(first, params[i]);
+      const auto& loaded = state_of(amsgrad, copy[i]);
+      REQUIRE(torch::equal(saved.max_exp_avg_sq(), loaded.max_exp_avg_sq()));
+      REQUIRE(torch::equal(saved.exp_avg_sq(), loaded.exp_avg_sq()));
+      REQUIRE(loaded.exp_avg().scalar_type() == (dtype == torch::kDouble ? torch::kDouble : torch::kFloat));
+    }
+  }
+}
+
+TEST_CASE("a scaled (or clipped) step leaves the gradients unscaled, skipped step included; a plain step does not "
+          "write them",
+          "[optim][write_back_grads]") {
+  for (const auto& device : devices_under_test()) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16, torch::kDouble}) {
+      INFO(dtype << " on " << device);
+      auto params = make_params(dtype, device);
+      ampkit::optim::Adam adam(params, ampkit::optim::AdamOptions(1e-3).amsgrad(true));
+      const auto scale = torch::full({}, 1024.0, torch::device(device));
+      for (const float found_inf : {0.0f, 1.0f}) {
+        set_grads(params, 0);
+        std::vector<torch::Tensor> scaled;
+        for (auto& p : params) scaled.push_back(p.grad().clone());
+        adam.set_grad_scaling(scale, torch::full({}, found_inf, torch::device(device)));
+        adam.set_clip_coef(torch::full({}, 0.5, torch::device(device)));
+        adam.step();
+        for (size_t i = 0; i < params.size(); ++i) {
+          // 1/1024 and 0.5 are powers of two: the unscaled, clipped value is exact in every dtype.
+          REQUIRE(torch::equal(params[i].grad(), scaled[i] / 2048));
+        }
+      }
+      set_grads(params, 1);
+      std::vector<torch::Tensor> before;
+      for (auto& p : params) before.push_back(p.grad().clone());
+      adam.step();  // no scale, no clip: the gradients are only read
+      for (size_t i = 0; i < params.size(); ++i) REQUIRE(torch::equal(params[i].grad(), before[i]));
+    }
+  }
 }

@@ -61,6 +61,7 @@ class DeviceTensor {
     return true;
   }
   int64_t numel() const { return numel_; }
+  at::ScalarType dtype() const { return dtype_; }
   size_t element_size() const { return c10::elementSize(dtype_); }
 
  private:
@@ -84,6 +85,7 @@ inline kernels::DType kernel_dtype(at::ScalarType dtype) {
     case at::kFloat: return kernels::DType::Float32;
     case at::kHalf: return kernels::DType::Float16;
     case at::kBFloat16: return kernels::DType::BFloat16;
+    case at::kDouble: return kernels::DType::Float64;
     default: throw std::invalid_argument("no kernel dtype for " + std::string(c10::toString(dtype)));
   }
 }

@@ -81,6 +81,7 @@ def adam_step(params=None, masters=None, grads=None, exp_avgs=None, exp_avg_sqs=
         [torch.ones(4, dtype=torch.bfloat16) for _ in params] if grads is None else grads,
         [torch.zeros(4) for _ in params] if exp_avgs is None else exp_avgs,
         [torch.zeros(4) for _ in params] if exp_avg_sqs is None else exp_avg_sqs,
+        [],  # max_exp_avg_sqs: amsgrad off
         [torch.zeros(()) for _ in params] if steps is None else steps,
         one(0.1) if lr is None else lr, one(), one() if clip_coef is None else clip_coef, found_inf,
         beta1, beta2, eps, weight_decay, False, False)
@@ -337,7 +338,8 @@ CASES = [
     ("SGD/nesterov", lambda: aoptim.SGD(params(), lr=0.1, nesterov=True), ValueError, "nesterov momentum needs momentum > 0"),
     ("SGD/int32 param", lambda: aoptim.SGD([torch.ones(4, dtype=torch.int32)], lr=0.1), TypeError,
      "params[0] of group 0 has dtype torch.int32"),
-    ("SGD/float64 param", lambda: aoptim.SGD(params(dtype=torch.float64), lr=0.1), TypeError, "params[0] of group 0 has dtype torch.float64"),
+    # float64 params are supported (updated in double, as torch does); complex ones are not.
+    ("SGD/complex64 param", lambda: aoptim.SGD(params(dtype=torch.complex64), lr=0.1), TypeError, "params[0] of group 0 has dtype torch.complex64"),
     ("SGD/empty", lambda: aoptim.SGD([], lr=0.1), ValueError, "empty parameter list"),
     ("SGD/one param twice", shared(lambda: nn.Parameter(torch.ones(4)), lambda p: aoptim.SGD([p, p], lr=0.1)), ValueError,
      "params[1] of group 0 appears twice in the group"),

@@ -104,6 +104,10 @@ def test_compiled_grad_scaler_step_skips_on_overflow():
     optimizer.grad_scale, optimizer.found_inf = torch.full((1,), 4.0), torch.ones(1)
     step()
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    # The skipped step still leaves the grads unscaled, as torch's GradScaler.unscale_ does.
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.25)) for p in model.parameters())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)  # the next iteration's backward
     optimizer.found_inf = torch.zeros(1)
     step()
     for p, b in zip(model.parameters(), before):
@@ -153,8 +157,11 @@ def _master_args(kind, device):
     zeros = lambda: [torch.zeros(p.shape, device=device) for p in params]  # noqa: E731
     if kind == "sgd":
         return [(params, masters, grads, zeros(), steps, *scalars, None, 0.9, 0.0, 1e-4, True, False)]
-    return [(params, masters, grads, zeros(), zeros(), steps, *scalars, _scalar(0.0, device), 0.9, 0.999, 1e-8, 1e-2,
-             True, False)]
+    return [(params, masters, grads, zeros(), zeros(), [], steps, *scalars, _scalar(0.0, device), 0.9, 0.999, 1e-8,
+             1e-2, True, False),
+            # amsgrad, grads written back unscaled
+            (params, masters, grads, zeros(), zeros(), zeros(), steps, *scalars, _scalar(0.0, device), 0.9, 0.999,
+             1e-8, 1e-2, True, False, True)]
 
 
 def _linear_inputs(device, dtype=torch.bfloat16):

@@ -237,7 +237,7 @@ def steps_side_by_side(kind, hyper, param_dtype, params, grads, inv_scale, clip)
             ops.master_sgd_step_(model, masters, step_grads, state[0], counters, *scalars, None, hyper["momentum"],
                                  hyper["dampening"], hyper["weight_decay"], hyper["nesterov"], hyper["maximize"])
         else:
-            ops.master_adam_step_(model, masters, step_grads, state[0], state[1], counters, *scalars, None,
+            ops.master_adam_step_(model, masters, step_grads, state[0], state[1], [], counters, *scalars, None,
                                   hyper["betas"][0], hyper["betas"][1], hyper["eps"], hyper["weight_decay"],
                                   hyper["decoupled"], hyper["maximize"])
         for copy, weight in zip(model, weights):
@@ -318,8 +318,8 @@ def test_master_step_with_found_inf_changes_nothing(problem, kind):
     if kind == "sgd":
         ops.master_sgd_step_(model, masters, grads[0], state, steps, *scalars, 0.9, 0.0, 0.01, False, False)
     else:
-        ops.master_adam_step_(model, masters, grads[0], state, second, steps, *scalars, 0.9, 0.999, 1e-8, 0.01, True,
-                              False)
+        ops.master_adam_step_(model, masters, grads[0], state, second, [], steps, *scalars, 0.9, 0.999, 1e-8, 0.01,
+                              True, False)
     assert all(torch.equal(after, b) for after, b in zip(written, before))
 
 

@@ -2,13 +2,16 @@
 //
 // They derive from torch::optim::Optimizer, take torch::optim's options and formulas, and keep an
 // FP32 master copy (plus FP32 state) of every float16/bfloat16 parameter; float32 parameters are
-// updated in place. One fused op per step (ampkit::master_sgd_step_ / master_adam_step_) reads
-// the gradient, unscales and clips it, updates master and state and writes the model copy.
+// updated in place, float64 parameters in place in double with float64 state (as torch does).
+// One fused op per step (ampkit::master_sgd_step_ / master_adam_step_) reads the gradient,
+// unscales and clips it, updates master and state and writes the model copy.
 //
 // Loss scaling (the protocol torch.amp.GradScaler uses with Python optimizers): a scaler calls
 // set_grad_scaling(grad_scale, found_inf) before step(); the gradients are multiplied by
 // 1 / grad_scale inside the kernel and, when found_inf != 0, the step changes nothing (masters,
-// state, step counters, model copy). Nothing is read back to the host.
+// state, step counters, model copy). Nothing is read back to the host. Whenever a step applies a
+// grad_scale or a clip_coef, the same pass leaves each gradient unscaled (and clipped), as torch's
+// GradScaler.unscale_ does, skipped step included.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -28,13 +31,16 @@ namespace ampkit {
 void master_sgd_step_(at::TensorList params, at::TensorList master_params, at::TensorList grads,
                       at::TensorList momentum_buffers, at::TensorList steps, const at::Tensor& lr,
                       const at::Tensor& inv_scale, const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf,
-                      double momentum, double dampening, double weight_decay, bool nesterov, bool maximize);
+                      double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+                      bool write_back_grads = false);
 
+// max_exp_avg_sqs: empty (Adam) or one per param (amsgrad).
 void master_adam_step_(at::TensorList params, at::TensorList master_params, at::TensorList grads,
-                       at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps, const at::Tensor& lr,
-                       const at::Tensor& inv_scale, const at::Tensor& clip_coef,
-                       const std::optional<at::Tensor>& found_inf, double beta1, double beta2, double eps,
-                       double weight_decay, bool decoupled_weight_decay, bool maximize);
+                       at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                       at::TensorList steps, const at::Tensor& lr, const at::Tensor& inv_scale,
+                       const at::Tensor& clip_coef, const std::optional<at::Tensor>& found_inf, double beta1,
+                       double beta2, double eps, double weight_decay, bool decoupled_weight_decay, bool maximize,
+                       bool write_back_grads = false);
 
 namespace optim {
 
@@ -63,6 +69,7 @@ struct AdamOptions : public torch::optim::OptimizerCloneableOptions<AdamOptions>
   TORCH_ARG(betas_t, betas) = std::make_tuple(0.9, 0.999);
   TORCH_ARG(double, eps) = 1e-8;
   TORCH_ARG(double, weight_decay) = 0;  // Adam: L2 (added to the gradient); AdamW: decoupled
+  TORCH_ARG(bool, amsgrad) = false;     // torch's: the denominator uses the running max of exp_avg_sq
   TORCH_ARG(bool, maximize) = false;
   TORCH_ARG(bool, master_weights) = true;
 
@@ -86,6 +93,7 @@ struct MasterParamState : public torch::optim::OptimizerCloneableParamState<Mast
   TORCH_ARG(at::Tensor, momentum_buffer);  // SGD with momentum
   TORCH_ARG(at::Tensor, exp_avg);          // Adam, AdamW
   TORCH_ARG(at::Tensor, exp_avg_sq);       // Adam, AdamW
+  TORCH_ARG(at::Tensor, max_exp_avg_sq);   // Adam, AdamW with amsgrad
 };
 
 // What SGD, Adam and AdamW share: state, masters, the scaling protocol, step(), save/load.
@@ -122,13 +130,14 @@ class MasterWeightOptimizer : public torch::optim::Optimizer {
 
  protected:
   struct Bucket {
-    std::vector<at::Tensor> params, masters, grads, steps, state0, state1;
+    std::vector<at::Tensor> params, masters, grads, steps, state0, state1, state2;
     // (original, dense copy the kernel stepped): written back after the launch.
     std::vector<std::pair<at::Tensor, at::Tensor>> copy_backs;
   };
   struct Scalars {
     at::Tensor lr, inv_scale, clip_coef;
     std::optional<at::Tensor> found_inf;
+    bool write_back_grads = false;  // a grad_scale or clip_coef applies: leave the grads unscaled
   };
 
   MasterWeightOptimizer(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
@@ -141,7 +150,7 @@ class MasterWeightOptimizer : public torch::optim::Optimizer {
   virtual bool master_weights(const torch::optim::OptimizerOptions& options) const = 0;
   virtual void init_state(MasterParamState& state, const at::Tensor& param,
                           const torch::optim::OptimizerOptions& options) const = 0;
-  // state0/state1 of a bucket: the optimizer's FP32 state lists (momentum_buffer; exp_avg, exp_avg_sq).
+  // state0..2 of a bucket: the optimizer's state lists (momentum_buffer; exp_avg, exp_avg_sq, max_exp_avg_sq).
   virtual void collect_state(MasterParamState& state, Bucket& bucket) const = 0;
   virtual void launch(const torch::optim::OptimizerOptions& options, const Bucket& bucket,
                       const Scalars& scalars) = 0;

@@ -8,7 +8,7 @@
 
 namespace ampkit_kernels {
 
-enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
+enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2, Float64 = 3 };
 
 enum class GemmEpilogue : int {
   None = 0,        // D = A*B

@@ -36,6 +36,7 @@ inline const char* dtype_name(DType dtype) {
     case DType::Float32: return "float32";
     case DType::Float16: return "float16";
     case DType::BFloat16: return "bfloat16";
+    case DType::Float64: return "float64";
   }
   return "unknown dtype";
 }

@@ -17,7 +17,7 @@
 namespace ampkit_kernels {
 namespace detail {
 
-// Capacities chosen so sizeof(LaunchTable<Depth>) stays below 4 KiB for every depth <= 6.
+// Capacities chosen so sizeof(LaunchTable<Depth>) stays below 4 KiB for every depth <= 7.
 template <int Depth>
 struct TableCapacity {
   static constexpr int kMaxTensors =
@@ -41,6 +41,7 @@ static_assert(sizeof(LaunchTable<3>) <= 4096, "launch table exceeds kernel param
 static_assert(sizeof(LaunchTable<4>) <= 4096, "launch table exceeds kernel parameter space");
 static_assert(sizeof(LaunchTable<5>) <= 4096, "launch table exceeds kernel parameter space");
 static_assert(sizeof(LaunchTable<6>) <= 4096, "launch table exceeds kernel parameter space");
+static_assert(sizeof(LaunchTable<7>) <= 4096, "launch table exceeds kernel parameter space");
 static_assert(TableCapacity<1>::kMaxTensors <= 256, "block_to_slot is one byte");
 
 enum class PlanStatus { Ok, InvalidArgument, LaunchFailed };

@@ -3,9 +3,10 @@
 //
 // The order of operations follows torch.optim's single-tensor SGD/Adam/AdamW: per-step
 // coefficients are derived in double (torch does that arithmetic on Python floats) and rounded
-// to float where torch hands them to a float tensor op; the element math is float. On fp32
-// parameters the results therefore differ from torch's only by rounding (FMA contraction and
-// vectorisation), which the differential tests bound.
+// to the compute type where torch hands them to a tensor op. The compute type T is float for
+// fp32/fp16/bf16 parameters (FP32 masters and state) and double for fp64 parameters, which torch
+// updates in double with float64 state. On fp32 parameters the results therefore differ from
+// torch's only by rounding (FMA contraction and vectorisation), which the differential tests bound.
 //
 // Plain C++ (no CUDA or ATen headers), so the CPU-only build can include it.
 #pragma once
@@ -31,30 +32,44 @@ struct AdamHyper {
   double weight_decay = 0.0;
   bool decoupled_weight_decay = false;  // AdamW
   bool maximize = false;
+  bool amsgrad = false;  // the denominator uses the running maximum of exp_avg_sq
 };
 
 namespace optim_math {
 
+// sqrt in the compute type: sqrtf for float (as the float kernels always used), sqrt for double.
+AMPKIT_HOST_DEVICE float square_root(float value) { return sqrtf(value); }
+AMPKIT_HOST_DEVICE double square_root(double value) { return sqrt(value); }
+
+// torch.maximum: NaN in either operand gives NaN (fmax would drop it).
+template <typename T>
+AMPKIT_HOST_DEVICE T nan_propagating_max(T a, T b) {
+  return (a != a || a > b) ? a : b;
+}
+
 // ---- SGD (torch.optim.SGD: momentum, dampening, nesterov, weight_decay, maximize) ----
 
+template <typename T>
 struct SgdCoefficients {
-  float neg_lr;
-  float momentum;
-  float one_minus_dampening;
-  float weight_decay;
+  T neg_lr;
+  T momentum;
+  T one_minus_dampening;
+  T weight_decay;
   bool has_momentum;
   bool first_step;  // torch initialises the momentum buffer with the gradient itself
   bool nesterov;
   bool maximize;
 };
 
-// `steps_taken`: the parameter's step counter before this step.
-AMPKIT_HOST_DEVICE SgdCoefficients sgd_coefficients(const SgdHyper& hyper, float lr, float steps_taken) {
-  SgdCoefficients c;
-  c.neg_lr = static_cast<float>(-static_cast<double>(lr));
-  c.momentum = static_cast<float>(hyper.momentum);
-  c.one_minus_dampening = static_cast<float>(1.0 - hyper.dampening);
-  c.weight_decay = static_cast<float>(hyper.weight_decay);
+// `lr`: the value of the step's lr tensor (float32 for fp32/fp16/bf16 params, float64 for fp64
+// params: torch's lr is a Python float). `steps_taken`: the parameter's step counter before this step.
+template <typename T>
+AMPKIT_HOST_DEVICE SgdCoefficients<T> sgd_coefficients(const SgdHyper& hyper, double lr, float steps_taken) {
+  SgdCoefficients<T> c;
+  c.neg_lr = static_cast<T>(-lr);
+  c.momentum = static_cast<T>(hyper.momentum);
+  c.one_minus_dampening = static_cast<T>(1.0 - hyper.dampening);
+  c.weight_decay = static_cast<T>(hyper.weight_decay);
   c.has_momentum = hyper.momentum != 0.0;
   c.first_step = steps_taken == 0.0f;
   c.nesterov = hyper.nesterov;
@@ -63,11 +78,12 @@ AMPKIT_HOST_DEVICE SgdCoefficients sgd_coefficients(const SgdHyper& hyper, float
 }
 
 // Returns the new weight; `momentum_buffer` is updated in place when momentum is on.
-AMPKIT_HOST_DEVICE float sgd_update(float param, float grad, float& momentum_buffer, const SgdCoefficients& c) {
+template <typename T>
+AMPKIT_HOST_DEVICE T sgd_update(T param, T grad, T& momentum_buffer, const SgdCoefficients<T>& c) {
   if (c.maximize) grad = -grad;
-  if (c.weight_decay != 0.0f) grad = grad + c.weight_decay * param;
+  if (c.weight_decay != T(0)) grad = grad + c.weight_decay * param;
   if (c.has_momentum) {
-    float buffer = grad;
+    T buffer = grad;
     if (!c.first_step) {
       buffer = momentum_buffer * c.momentum;
       buffer = buffer + c.one_minus_dampening * grad;
@@ -78,51 +94,59 @@ AMPKIT_HOST_DEVICE float sgd_update(float param, float grad, float& momentum_buf
   return param + c.neg_lr * grad;
 }
 
-// ---- Adam (L2 weight decay) and AdamW (decoupled weight decay) ----
+// ---- Adam (L2 weight decay) and AdamW (decoupled weight decay), with or without amsgrad ----
 
+template <typename T>
 struct AdamCoefficients {
-  float lerp_weight;  // 1 - beta1
-  float beta2;
-  float one_minus_beta2;
-  float eps;
-  float weight_decay;           // Adam: added to the gradient
-  float decay_factor;           // AdamW: 1 - lr * weight_decay
-  float neg_step_size;          // -lr / (1 - beta1^step)
-  float bias_correction2_sqrt;  // sqrt(1 - beta2^step)
+  T lerp_weight;  // 1 - beta1
+  T beta2;
+  T one_minus_beta2;
+  T eps;
+  T weight_decay;           // Adam: added to the gradient
+  T decay_factor;           // AdamW: 1 - lr * weight_decay
+  T neg_step_size;          // -lr / (1 - beta1^step)
+  T bias_correction2_sqrt;  // sqrt(1 - beta2^step)
   bool decoupled;
   bool maximize;
+  bool amsgrad;
 };
 
-// `steps_taken`: the parameter's step counter before this step (this step is number steps_taken + 1).
-AMPKIT_HOST_DEVICE AdamCoefficients adam_coefficients(const AdamHyper& hyper, float lr, float steps_taken) {
+// `lr` as for sgd_coefficients; `steps_taken`: the parameter's step counter before this step
+// (this step is number steps_taken + 1).
+template <typename T>
+AMPKIT_HOST_DEVICE AdamCoefficients<T> adam_coefficients(const AdamHyper& hyper, double lr, float steps_taken) {
   const double step = static_cast<double>(steps_taken) + 1.0;
-  const double learning_rate = static_cast<double>(lr);
   const double bias_correction1 = 1.0 - pow(hyper.beta1, step);
   const double bias_correction2 = 1.0 - pow(hyper.beta2, step);
-  AdamCoefficients c;
-  c.lerp_weight = static_cast<float>(1.0 - hyper.beta1);
-  c.beta2 = static_cast<float>(hyper.beta2);
-  c.one_minus_beta2 = static_cast<float>(1.0 - hyper.beta2);
-  c.eps = static_cast<float>(hyper.eps);
-  c.weight_decay = static_cast<float>(hyper.weight_decay);
-  c.decay_factor = static_cast<float>(1.0 - learning_rate * hyper.weight_decay);
-  c.neg_step_size = static_cast<float>(-(learning_rate / bias_correction1));
-  c.bias_correction2_sqrt = static_cast<float>(sqrt(bias_correction2));
+  AdamCoefficients<T> c;
+  c.lerp_weight = static_cast<T>(1.0 - hyper.beta1);
+  c.beta2 = static_cast<T>(hyper.beta2);
+  c.one_minus_beta2 = static_cast<T>(1.0 - hyper.beta2);
+  c.eps = static_cast<T>(hyper.eps);
+  c.weight_decay = static_cast<T>(hyper.weight_decay);
+  c.decay_factor = static_cast<T>(1.0 - lr * hyper.weight_decay);
+  c.neg_step_size = static_cast<T>(-(lr / bias_correction1));
+  c.bias_correction2_sqrt = static_cast<T>(sqrt(bias_correction2));
   c.decoupled = hyper.decoupled_weight_decay;
   c.maximize = hyper.maximize;
+  c.amsgrad = hyper.amsgrad;
   return c;
 }
 
 // torch.lerp's formula: the branch keeps the result exact at both ends of the weight range.
-AMPKIT_HOST_DEVICE float lerp(float self, float end, float weight) {
-  return weight < 0.5f ? self + weight * (end - self) : end - (end - self) * (1.0f - weight);
+template <typename T>
+AMPKIT_HOST_DEVICE T lerp(T self, T end, T weight) {
+  return weight < T(0.5) ? self + weight * (end - self) : end - (end - self) * (T(1) - weight);
 }
 
-// Returns the new weight; exp_avg and exp_avg_sq are updated in place.
-AMPKIT_HOST_DEVICE float adam_update(float param, float grad, float& exp_avg, float& exp_avg_sq,
-                                     const AdamCoefficients& c) {
+// Returns the new weight; exp_avg and exp_avg_sq are updated in place, and with amsgrad
+// max_exp_avg_sq too (torch: max_exp_avg_sq = maximum(max_exp_avg_sq, exp_avg_sq), and the
+// denominator takes it in place of exp_avg_sq). Without amsgrad max_exp_avg_sq is not touched.
+template <typename T>
+AMPKIT_HOST_DEVICE T adam_update(T param, T grad, T& exp_avg, T& exp_avg_sq, T& max_exp_avg_sq,
+                                 const AdamCoefficients<T>& c) {
   if (c.maximize) grad = -grad;
-  if (c.weight_decay != 0.0f) {
+  if (c.weight_decay != T(0)) {
     if (c.decoupled) {
       param = param * c.decay_factor;
     } else {
@@ -132,7 +156,12 @@ AMPKIT_HOST_DEVICE float adam_update(float param, float grad, float& exp_avg, fl
   exp_avg = lerp(exp_avg, grad, c.lerp_weight);
   exp_avg_sq = exp_avg_sq * c.beta2;
   exp_avg_sq = exp_avg_sq + c.one_minus_beta2 * grad * grad;
-  const float denom = sqrtf(exp_avg_sq) / c.bias_correction2_sqrt + c.eps;
+  T second_moment = exp_avg_sq;
+  if (c.amsgrad) {
+    max_exp_avg_sq = nan_propagating_max(max_exp_avg_sq, exp_avg_sq);
+    second_moment = max_exp_avg_sq;
+  }
+  const T denom = square_root(second_moment) / c.bias_correction2_sqrt + c.eps;
   return param + c.neg_step_size * exp_avg / denom;
 }
 
