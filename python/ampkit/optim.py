@@ -161,6 +161,21 @@ def _check_flag(name: str, value: Any, *, optimizer: str, where: str = "") -> No
         raise _host_value_error(f"ampkit.optim.{optimizer}: {name}{where}", "a Python bool", value)
 
 
+def _check_torch_keywords(optimizer: str, foreach: Any, fused: Any, capturable: Any, differentiable: Any) -> None:
+    """torch.optim's implementation keywords. foreach, fused and capturable are accepted and choose
+    nothing: every ampkit step is already one fused multi-tensor pass that never reads a value back to
+    the host (so it can be captured in a CUDA graph). differentiable=True is refused: the update is
+    an in-place kernel under no_grad, with no autograd formula to differentiate through."""
+    for name, value, allowed in (("foreach", foreach, "None or a bool"), ("fused", fused, "None or a bool"),
+                                 ("capturable", capturable, "a bool"), ("differentiable", differentiable, "a bool")):
+        if not (isinstance(value, bool) or (value is None and allowed.startswith("None"))):
+            raise TypeError(f"ampkit.optim.{optimizer}: {name} must be {allowed}, got {type(value).__name__}")
+    if differentiable:
+        raise ValueError(f"ampkit.optim.{optimizer}: differentiable=True is not supported: the step is one fused "
+                         "in-place kernel under no_grad, which autograd cannot differentiate through; use "
+                         "torch.optim with differentiable=True for that")
+
+
 class _MasterWeightOptimizer(Optimizer):
     """What SGD, Adam and AdamW share: masters, state creation, scalars, the fused launch."""
 
@@ -529,7 +544,9 @@ class SGD(_MasterWeightOptimizer):
 
     def __init__(self, params: Iterable, lr: float | torch.Tensor = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
-                 maximize: bool = False, master_weights: bool = True) -> None:
+                 maximize: bool = False, master_weights: bool = True, foreach: bool | None = None,
+                 differentiable: bool = False, fused: bool | None = None, capturable: bool = False) -> None:
+        _check_torch_keywords("SGD", foreach, fused, capturable, differentiable)
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
                         maximize=maximize)
         self._check_group(defaults)
@@ -574,7 +591,9 @@ class Adam(_MasterWeightOptimizer):
 
     def __init__(self, params: Iterable, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
-                 master_weights: bool = True) -> None:
+                 master_weights: bool = True, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
+        _check_torch_keywords(type(self).__name__, foreach, fused, capturable, differentiable)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
         self._check_group(defaults)
         super().__init__(params, defaults, master_weights)
@@ -622,9 +641,11 @@ class AdamW(Adam):
 
     def __init__(self, params: Iterable, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 master_weights: bool = True) -> None:
+                 master_weights: bool = True, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                         maximize=maximize, master_weights=master_weights)
+                         maximize=maximize, master_weights=master_weights, foreach=foreach, capturable=capturable,
+                         differentiable=differentiable, fused=fused)
 
 
 __all__ = ["SGD", "Adam", "AdamW", "to_low_precision", "DEFAULT_KEEP_FP32", "SUPPORTED_DTYPES"]
