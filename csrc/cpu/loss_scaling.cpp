@@ -1,5 +1,7 @@
 // CPU kernels of unscale_and_check_ and update_scale_.
 //
+// fp32, fp16 and bf16 grads are unscaled in fp32 and rounded once; fp64 grads in fp64 (UnscaleMath).
+//
 // The norm is accumulated in double: each fixed block of kGrainSize elements produces a double
 // partial, and the partials are summed in block order. Double keeps the result within an ulp of
 // the exact norm of the fp32 values for any realistic size (fp32 running sums lose ~log2(n)
@@ -27,6 +29,18 @@ struct FlatResult {
   double sum_of_squares = 0.0;
 };
 
+// The arithmetic type of a grad dtype: fp32 for fp32/fp16/bf16 (one rounding back to the dtype),
+// fp64 for fp64 grads, as torch's _amp_foreach_non_finite_check_and_unscale_ does (a double grad
+// times the float inv_scale, in double; the inf/NaN test in double, where 1e300 is finite).
+template <typename T>
+struct UnscaleMath {
+  using type = float;
+};
+template <>
+struct UnscaleMath<double> {
+  using type = double;
+};
+
 // One block [begin, end). Written so that the compiler vectorises it: independent lanes, the
 // non-finite test as a float sum (x - x is 0 for finite x, NaN otherwise), and the squares
 // summed in a second loop over the same (L1-resident) sub-block so the stores and the double
@@ -34,35 +48,37 @@ struct FlatResult {
 template <typename T, bool Write, bool Norm>
 __attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin, int64_t end, float factor,
                                                          double& sum_of_squares) {
+  using Math = typename UnscaleMath<T>::type;
   constexpr int kLanes = 8;
   constexpr int64_t kSubBlock = 512;
-  float non_finite_lanes[kLanes] = {};
+  const Math math_factor = static_cast<Math>(factor);
+  Math non_finite_lanes[kLanes] = {};
   double square_lanes[kLanes] = {};
   for (int64_t sub = begin; sub < end; sub += kSubBlock) {
     const int64_t sub_end = std::min(end, sub + kSubBlock);
     int64_t i = sub;
     for (; i + kLanes <= sub_end; i += kLanes) {
       for (int lane = 0; lane < kLanes; ++lane) {
-        const float value = static_cast<float>(data[i + lane]);
+        const Math value = static_cast<Math>(data[i + lane]);
         non_finite_lanes[lane] += value - value;
-        if (Write) data[i + lane] = static_cast<T>(value * factor);
+        if (Write) data[i + lane] = static_cast<T>(value * math_factor);
       }
     }
     for (; i < sub_end; ++i) {
-      const float value = static_cast<float>(data[i]);
+      const Math value = static_cast<Math>(data[i]);
       non_finite_lanes[0] += value - value;
-      if (Write) data[i] = static_cast<T>(value * factor);
+      if (Write) data[i] = static_cast<T>(value * math_factor);
     }
     if (Norm) {
       i = sub;
       for (; i + kLanes <= sub_end; i += kLanes) {
         for (int lane = 0; lane < kLanes; ++lane) {
-          const double unscaled = static_cast<float>(data[i + lane]);
+          const double unscaled = static_cast<Math>(data[i + lane]);
           square_lanes[lane] += unscaled * unscaled;
         }
       }
       for (; i < sub_end; ++i) {
-        const double unscaled = static_cast<float>(data[i]);
+        const double unscaled = static_cast<Math>(data[i]);
         square_lanes[0] += unscaled * unscaled;
       }
     }
@@ -70,7 +86,7 @@ __attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin,
   bool non_finite = false;
   sum_of_squares = 0.0;
   for (int lane = 0; lane < kLanes; ++lane) {
-    non_finite |= non_finite_lanes[lane] != 0.0f;  // NaN != 0 too
+    non_finite |= non_finite_lanes[lane] != Math(0);  // NaN != 0 too
     sum_of_squares += square_lanes[lane];
   }
   return non_finite;
@@ -94,6 +110,13 @@ AMPKIT_DEFINE_BLOCK_FN(block_bf16_w, c10::BFloat16, true, false)
 AMPKIT_DEFINE_BLOCK_FN(block_bf16_wn, c10::BFloat16, true, true)
 AMPKIT_DEFINE_BLOCK_FN(block_bf16_r, c10::BFloat16, false, false)
 AMPKIT_DEFINE_BLOCK_FN(block_bf16_rn, c10::BFloat16, false, true)
+// fp64: the baseline code on every x86 CPU (SSE2 vectorises it). No AVX2 copy: fp64 grads are
+// rare in mixed precision, and with one path the FMA contraction of the squares cannot make the
+// fp64 norm depend on the CPU it ran on.
+AMPKIT_DEFINE_BLOCK_FN(block_f64_w, double, true, false)
+AMPKIT_DEFINE_BLOCK_FN(block_f64_wn, double, true, true)
+AMPKIT_DEFINE_BLOCK_FN(block_f64_r, double, false, false)
+AMPKIT_DEFINE_BLOCK_FN(block_f64_rn, double, false, true)
 #undef AMPKIT_DEFINE_BLOCK_FN
 
 #if AMPKIT_X86_DISPATCH
@@ -211,6 +234,7 @@ BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
     case at::kFloat: return write ? (norm ? block_f32_wn : block_f32_w) : (norm ? block_f32_rn : block_f32_r);
     case at::kHalf: return write ? (norm ? block_f16_wn : block_f16_w) : (norm ? block_f16_rn : block_f16_r);
     case at::kBFloat16: return write ? (norm ? block_bf16_wn : block_bf16_w) : (norm ? block_bf16_rn : block_bf16_r);
+    case at::kDouble: return write ? (norm ? block_f64_wn : block_f64_w) : (norm ? block_f64_rn : block_f64_r);
     default: TORCH_CHECK_TYPE(false, "ampkit.unscale_and_check_: no CPU kernel for dtype ", dtype);
   }
 }

@@ -1,6 +1,13 @@
 // CUDA glue of unscale_and_check_ and update_scale_: groups grads by dtype, stages strided
 // slices through contiguous copies, and calls the kernels/ entry points. Nothing here reads a
 // value back to the host.
+//
+// fp64 grads (rare in mixed precision: a double-precision head or test model) take ATen's own ops
+// instead of a kernel of ours: torch's _amp_foreach_non_finite_check_and_unscale_ (the grad times
+// the float inv_scale in double, the inf/NaN test in double: what torch.amp.GradScaler runs), and
+// a cuBLAS dot per tensor for its sum of squares in the norm.
+#include <ATen/ops/_amp_foreach_non_finite_check_and_unscale.h>
+#include <ATen/ops/dot.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -25,6 +32,7 @@ void unscale_and_check_cuda(at::TensorList grads, const at::Tensor& found_inf, c
   // copied back afterwards (stream-ordered, so no synchronisation).
   const std::array<at::ScalarType, 3> dtypes = {at::kFloat, at::kHalf, at::kBFloat16};
   std::array<std::vector<at::Tensor>, 3> groups;
+  std::vector<at::Tensor> float64_grads;
   std::vector<std::pair<at::Tensor, at::Tensor>> staged;  // (grad, contiguous copy)
   for (const at::Tensor& grad : grads) {
     if (grad.numel() == 0) continue;
@@ -33,6 +41,7 @@ void unscale_and_check_cuda(at::TensorList grads, const at::Tensor& found_inf, c
       work = grad.contiguous();
       staged.emplace_back(grad, work);
     }
+    if (work.scalar_type() == at::kDouble) float64_grads.push_back(work);
     for (size_t d = 0; d < dtypes.size(); ++d) {
       if (work.scalar_type() == dtypes[d]) groups[d].push_back(work);
     }
@@ -40,7 +49,8 @@ void unscale_and_check_cuda(at::TensorList grads, const at::Tensor& found_inf, c
 
   at::Tensor partials;
   if (norm_out.has_value()) {
-    int64_t count = 0;
+    // One partial per fp64 grad, after the kernels' per-chunk partials.
+    int64_t count = static_cast<int64_t>(float64_grads.size());
     for (const auto& group : groups) {
       std::vector<int64_t> numels;
       for (const auto& tensor : group) numels.push_back(tensor.numel());
@@ -58,6 +68,20 @@ void unscale_and_check_cuda(at::TensorList grads, const at::Tensor& found_inf, c
                                                        found_inf.mutable_data_ptr<float>(), group_partials,
                                                        current_stream()));
     partial_offset += ampkit_kernels::unscale_norm_partial_count(lists.numels);
+  }
+  if (!float64_grads.empty()) {
+    at::Tensor found_inf_out = found_inf;  // ATen's signature takes a non-const reference
+    // With inv_scale 1 (the check-only pass) torch's op stores every value back unchanged.
+    at::_amp_foreach_non_finite_check_and_unscale_(float64_grads, found_inf_out, inv_scale);
+    if (partials.defined()) {
+      for (const at::Tensor& grad : float64_grads) {
+        // A flat run of numel elements from data_ptr() (is_flat_in_memory): as a 1-D view, its
+        // sum of squares is one dot product, in double.
+        const at::Tensor flat = grad.as_strided({grad.numel()}, {1}, grad.storage_offset());
+        partials.select(0, partial_offset).copy_(at::dot(flat, flat));
+        ++partial_offset;
+      }
+    }
   }
   if (norm_out.has_value()) {
     check_result(op, ampkit_kernels::finish_norm(partials.const_data_ptr<double>(), partial_offset,

@@ -21,6 +21,10 @@ void check_int32_scalar_tensor(const char* op, const char* name, const at::Tenso
 
 }  // namespace
 
+bool is_unscalable_grad_dtype(at::ScalarType dtype) {
+  return is_supported_float_or_double(dtype);
+}
+
 c10::Device check_unscale_and_check_args(at::TensorList grads, const at::Tensor& found_inf,
                                          const at::Tensor& inv_scale, const std::optional<at::Tensor>& norm_out) {
   const char* op = kUnscaleAndCheckOp;
@@ -29,6 +33,7 @@ c10::Device check_unscale_and_check_args(at::TensorList grads, const at::Tensor&
   rules.allow_empty = true;
   rules.require_contiguous = false;  // non-contiguous grads are handled (see is_flat_in_memory)
   rules.require_same_dtype = false;  // mixed lists are grouped by dtype by the kernels
+  rules.dtypes = kUnscalableGradDtypes;
   check_scalar_tensor(op, "found_inf", found_inf);
   const std::optional<c10::Device> grads_device = check_tensor_list(op, "grads", grads, rules);
   const c10::Device device = grads_device.value_or(found_inf.device());

@@ -15,6 +15,14 @@ constexpr const char* kUnscaleAndCheckOp = "ampkit.unscale_and_check_";
 constexpr const char* kUpdateScaleOp = "ampkit.update_scale_";
 constexpr const char* kReciprocalScaleOp = "ampkit.reciprocal_scale";
 
+// The gradient dtypes unscale_and_check_ takes, for every device and both GradScalers (one home):
+// fp32, fp16, bf16 (fp32 arithmetic, one rounding back) and fp64, which torch's scaler accepts and
+// unscales in double (a double grad times the float inv_scale); fp64 is also checked for inf/NaN
+// and summed into the norm in double. Anything else (integer, complex, float8) is refused, as torch
+// refuses it.
+bool is_unscalable_grad_dtype(at::ScalarType dtype);
+inline constexpr DtypeRule kUnscalableGradDtypes{is_unscalable_grad_dtype, kFloatsAndFloat64.names};
+
 // Returns the device every argument is on (grads[0]'s, or found_inf's for an empty list).
 c10::Device check_unscale_and_check_args(at::TensorList grads, const at::Tensor& found_inf,
                                          const at::Tensor& inv_scale, const std::optional<at::Tensor>& norm_out);

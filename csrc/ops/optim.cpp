@@ -20,7 +20,7 @@ namespace {
 ListRules layout_free_rules(bool allow_empty, bool allow_float64) {
   ListRules rules;
   rules.allow_empty = allow_empty;
-  rules.allow_float64 = allow_float64;
+  rules.dtypes = allow_float64 ? kFloatsAndFloat64 : kMixedPrecisionFloats;
   rules.require_contiguous = false;  // checked per tensor against params[i] (check_parallel_layouts)
   return rules;
 }

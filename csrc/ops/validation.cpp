@@ -37,13 +37,15 @@ bool is_supported_float(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
 }
 
-void check_float_tensor(const char* op, const std::string& name, const at::Tensor& tensor, bool allow_float64) {
+bool is_supported_float_or_double(at::ScalarType dtype) {
+  return is_supported_float(dtype) || dtype == at::kDouble;
+}
+
+void check_float_tensor(const char* op, const std::string& name, const at::Tensor& tensor, const DtypeRule& rule) {
   TORCH_CHECK(tensor.defined(), op, ": ", name, " must be a tensor, got an undefined tensor");
   TORCH_CHECK(tensor.layout() == at::kStrided, op, ": ", name, " must be a dense (strided) tensor, got layout ",
               tensor.layout());
-  const bool float64_allowed = allow_float64 && tensor.scalar_type() == at::kDouble;
-  TORCH_CHECK_TYPE(is_supported_float(tensor.scalar_type()) || float64_allowed, op, ": ", name, " must have dtype ",
-                   allow_float64 ? "float32, float16, bfloat16 or float64" : "float32, float16 or bfloat16", ", got ",
+  TORCH_CHECK_TYPE(rule.accepts(tensor.scalar_type()), op, ": ", name, " must have dtype ", rule.names, ", got ",
                    dtype_name(tensor.scalar_type()));
 }
 
@@ -99,13 +101,13 @@ std::optional<c10::Device> check_tensor_list(const char* op, const char* name, a
     return std::nullopt;
   }
   const std::string first_name = indexed(name, 0);
-  check_float_tensor(op, first_name, list[0], rules.allow_float64);
+  check_float_tensor(op, first_name, list[0], rules.dtypes);
   const c10::Device device = list[0].device();
   const at::ScalarType dtype = list[0].scalar_type();
   for (size_t i = 0; i < list.size(); ++i) {
     const std::string item = indexed(name, i);
     if (i > 0) {
-      check_float_tensor(op, item, list[i], rules.allow_float64);
+      check_float_tensor(op, item, list[i], rules.dtypes);
       check_device(op, item, list[i], device, first_name);
       TORCH_CHECK_TYPE(!rules.require_same_dtype || list[i].scalar_type() == dtype, op, ": every tensor of ", name,
                        " must have one dtype: ", first_name, " is ", dtype_name(dtype), " but ", item, " is ",

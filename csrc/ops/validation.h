@@ -18,8 +18,20 @@ std::string indexed(const char* list_name, size_t index);
 
 bool is_supported_float(at::ScalarType dtype);
 
-// fp32, fp16 or bf16 (or fp64 when allow_float64), strided layout, defined.
-void check_float_tensor(const char* op, const std::string& name, const at::Tensor& tensor, bool allow_float64 = false);
+// A set of dtypes an op accepts: the test, and how error messages name the set.
+struct DtypeRule {
+  bool (*accepts)(at::ScalarType dtype);
+  const char* names;
+};
+// fp32, fp16 or bf16: the mixed-precision dtypes most ops take.
+inline constexpr DtypeRule kMixedPrecisionFloats{is_supported_float, "float32, float16 or bfloat16"};
+// Those and fp64, which torch's optimizers and scaler take too (a float64 head or test model).
+bool is_supported_float_or_double(at::ScalarType dtype);
+inline constexpr DtypeRule kFloatsAndFloat64{is_supported_float_or_double, "float32, float16, bfloat16 or float64"};
+
+// A dtype of `rule` (fp32, fp16 or bf16 by default), strided layout, defined.
+void check_float_tensor(const char* op, const std::string& name, const at::Tensor& tensor,
+                        const DtypeRule& rule = kMixedPrecisionFloats);
 
 // A one-element float32 tensor (a device-side scalar such as scale, inv_scale or found_inf).
 void check_scalar_tensor(const char* op, const char* name, const at::Tensor& tensor);
@@ -50,7 +62,7 @@ struct ListRules {
   bool allow_empty = false;
   bool require_contiguous = true;
   bool require_same_dtype = true;
-  bool allow_float64 = false;  // float64 besides fp32/fp16/bf16 (the optimizers' fp64 params)
+  DtypeRule dtypes = kMixedPrecisionFloats;
 };
 
 // Checks every tensor of a list: defined, float dtype, one device, and the rules. Returns the

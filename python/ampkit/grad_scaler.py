@@ -4,8 +4,8 @@ Same constructor arguments (plus ``hysteresis``, ``min_scale``, ``max_scale``), 
 per-optimizer state machine and the same arithmetic, so a training script that uses torch's
 scaler gets the same scale history and the same parameters after swapping the class. The numeric
 work is two ops: ``torch.ops.ampkit.unscale_and_check_`` (one pass over the grads: unscale, inf/NaN
-check, optionally the global L2 norm; fp32, fp16 and bf16 grads mixed freely) and
-``torch.ops.ampkit.update_scale_`` (the scale update, on the scale's device).
+check, optionally the global L2 norm; fp32, fp16, bf16 and fp64 grads mixed freely, fp64 ones in
+double as torch's scaler does) and ``torch.ops.ampkit.update_scale_`` (the scale update, on the scale's device).
 
 Host synchronisation
 --------------------

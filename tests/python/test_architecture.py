@@ -55,7 +55,7 @@ def test_paths_cited_by_the_architecture_document_exist():
     assert not missing, missing
 
 
-@pytest.mark.parametrize("name", ["update_scale_state", "find_typed_op", "register_meta_and_sparse", "parse_activation",
+@pytest.mark.parametrize("name", ["update_scale_state", "is_unscalable_grad_dtype", "find_typed_op", "register_meta_and_sparse", "parse_activation",
                                   "LinearActivation", "SelfRoutedRegistration"])
 def test_symbols_cited_by_the_architecture_document_are_defined(name):
     assert any(re.search(rf"\b{name}\b", p.read_text()) for p in SOURCES if p.suffix == ".h"), name

@@ -165,6 +165,121 @@ def test_non_finite_sets_found_inf(device, special, dtype, where):
     assert torch.isnan(norm).item() if special != special else norm.item() == float("inf")
 
 
+# ---- float64 grads: torch's arithmetic (grad * float inv_scale, in double), inf/NaN test in double ----
+
+def make_float64(numels, device, seed=20, extremes=False):
+    """Random doubles; with `extremes`, each tensor of 8+ elements starts with values a float32 round
+    trip would change: beyond float32's range (1e300), double-subnormal, float32-subnormal, and one
+    with more mantissa bits than float32 holds."""
+    generator = torch.Generator().manual_seed(seed)
+    grads = []
+    for n in numels:
+        grad = torch.randn(n, generator=generator, dtype=torch.float64) * 1000.0
+        if extremes and n >= 8:
+            grad[:4] = torch.tensor([1e300, -1e-310, 3e-42, 1.0 + 2.0 ** -40], dtype=torch.float64)
+        grads.append(grad.to(device))
+    return grads
+
+
+@pytest.mark.parametrize("inv_scale", [INV_SCALE, 2.0 ** -16, 0.1, 3.0])
+def test_float64_unscale_matches_torch_amp_foreach_unscale_bitwise(device, inv_scale):
+    ours = make_float64(NUMELS, device, extremes=True)
+    theirs = [g.clone() for g in ours]
+    found_ours, found_theirs = torch.zeros((), device=device), torch.zeros((), device=device)
+    op(ours, found_ours, scalar(inv_scale, device))
+    torch._amp_foreach_non_finite_check_and_unscale_(theirs, found_theirs, scalar(inv_scale, device))
+    for a, b in zip(ours, theirs):
+        assert a.dtype == torch.float64
+        assert_bitwise(a, b)
+    # 1e300 is finite in double: no overflow (a float32 test would have called it inf).
+    assert found_ours.item() == found_theirs.item() == 0.0
+    # And the product really is in double: not the float32 product widened.
+    factor = torch.tensor(inv_scale, dtype=torch.float32).double()
+    assert ours[4][3].item() == (1.0 + 2.0 ** -40) * factor.item()
+
+
+@pytest.mark.parametrize("special", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_float64_non_finite_sets_found_inf(device, special, where):
+    grads = make_float64([10, 70000, 7], device, seed=21)
+    tensor, index = {"first": (0, 5), "middle": (1, 65537), "last": (2, 6)}[where]
+    grads[tensor][index] = special
+    theirs = [g.clone() for g in grads]
+    found_inf, norm = torch.zeros(1, device=device), torch.zeros(1, device=device)
+    op(grads, found_inf, scalar(INV_SCALE, device), norm)
+    found_theirs = torch.zeros(1, device=device)
+    torch._amp_foreach_non_finite_check_and_unscale_(theirs, found_theirs, scalar(INV_SCALE, device))
+    assert found_inf.item() == found_theirs.item() == 1.0
+    for a, b in zip(grads, theirs):
+        assert_bitwise(a, b)
+    assert torch.isnan(norm).item() if special != special else norm.item() == float("inf")
+
+
+def test_float64_mixed_with_every_dtype_in_one_call(device):
+    grads = []
+    for i, dtype in enumerate(FLOATS * 2):
+        grads += make([1000 + 37 * i, 65536 + i], dtype, device, seed=30 + i)
+        grads += make_float64([513 + i, 70001], device, seed=40 + i)
+    originals = [g.clone() for g in grads]
+    found_inf, norm = torch.zeros(1, device=device), torch.zeros(1, device=device)
+    op(grads, found_inf, scalar(INV_SCALE, device), norm)
+    for before, after in zip(originals, grads):
+        assert after.dtype == before.dtype
+        if before.dtype == torch.float64:
+            expected = before.clone()
+            torch._amp_foreach_non_finite_check_and_unscale_([expected], torch.zeros(1, device=device),
+                                                            scalar(INV_SCALE, device))
+        else:
+            expected = expected_unscaled(before, INV_SCALE)
+        assert_bitwise(after, expected)
+    assert found_inf.item() == 0.0
+    assert norm.item() == pytest.approx(reference_norm(grads), rel=norm_rtol(device))
+
+
+def test_float64_norm_is_summed_in_double(device):
+    # Squares of 1e-30 are 1e-60: zero in float32, exact enough in double; and 1e25 squared is past
+    # float32's range. The norm of these doubles is still a float32 number, and must be right.
+    grad = torch.tensor([1e-30] * 64 + [3e25, 4e25], dtype=torch.float64, device=device)
+    found_inf, norm = torch.zeros(1, device=device), torch.zeros(1, device=device)
+    op([grad], found_inf, scalar(1.0, device), norm)
+    assert norm.item() == pytest.approx(5e25, rel=1e-7)
+    tiny = torch.full((1000,), 1e-30, dtype=torch.float64, device=device)
+    op([tiny], found_inf, scalar(1.0, device), norm)
+    assert norm.item() == pytest.approx(1e-30 * 1000 ** 0.5, rel=1e-6)
+    assert found_inf.item() == 0.0
+
+
+def test_float64_non_contiguous_grads(device):
+    base = make_float64([64 * 96], device, seed=22)[0].view(64, 96)
+    storage_before = base.clone()
+    sliced_transpose = base[:, :48].t()
+    dense_transpose = make_float64([33 * 17], device, seed=23)[0].view(33, 17).t()
+    channels_last = make_float64([2 * 3 * 5 * 7], device, seed=24)[0].view(2, 3, 5, 7).to(
+        memory_format=torch.channels_last)
+    every_other = make_float64([1000], device, seed=25)[0][::2]
+    grads = [sliced_transpose, dense_transpose, channels_last, every_other]
+    theirs = [g.clone() for g in grads]
+    found_inf, norm = torch.zeros(1, device=device), torch.zeros(1, device=device)
+    op(grads, found_inf, scalar(INV_SCALE, device), norm)
+    torch._amp_foreach_non_finite_check_and_unscale_(theirs, torch.zeros(1, device=device), scalar(INV_SCALE, device))
+    for a, b in zip(grads, theirs):
+        assert_bitwise(a, b)
+    assert_bitwise(base[:, 48:], storage_before[:, 48:])
+    assert norm.item() == pytest.approx(reference_norm(grads), rel=norm_rtol(device))
+
+
+def test_float64_inv_scale_one_checks_without_changing_values(device):
+    grads = make_float64([1000, 70001], device, seed=26, extremes=True)
+    grads[0][7] = float("nan")
+    originals = [g.clone() for g in grads]
+    found_inf = torch.zeros(1, device=device)
+    op(grads, found_inf, scalar(1.0, device))
+    for before, after in zip(originals, grads):
+        assert_bitwise(after, before)
+        assert torch.equal(after.view(torch.int64), before.view(torch.int64))  # NaN payloads too
+    assert found_inf.item() == 1.0
+
+
 def test_overflow_to_inf_in_fp16_by_the_multiply_is_not_flagged(device):
     # found_inf reports non-finite *inputs* (torch's semantics): a finite fp16 value that a scale
     # below 1 pushes past 65504 becomes inf in the output but is not an overflow of the grads.
@@ -236,10 +351,13 @@ BAD_INPUTS = [
     ("norm_out on another device", lambda: ([torch.ones(4)], torch.zeros(1), torch.ones(1),
                                             torch.zeros(1, device="meta")),
      RuntimeError, "norm_out must be on cpu (the device of grads[0]), got meta"),
+    # torch's scaler refuses these too (its op has no kernel for them); float64 is accepted (test_float64_*).
     ("integer grad", lambda: ([torch.ones(4), torch.ones(4, dtype=torch.int64)], torch.zeros(1), torch.ones(1), None),
-     TypeError, "grads[1] must have dtype float32, float16 or bfloat16, got int64"),
-    ("float64 grad", lambda: ([torch.ones(4, dtype=torch.float64)], torch.zeros(1), torch.ones(1), None),
-     TypeError, "grads[0] must have dtype float32, float16 or bfloat16, got float64"),
+     TypeError, "grads[1] must have dtype float32, float16, bfloat16 or float64, got int64"),
+    ("complex grad", lambda: ([torch.ones(4, dtype=torch.complex128)], torch.zeros(1), torch.ones(1), None),
+     TypeError, "grads[0] must have dtype float32, float16, bfloat16 or float64, got complex128"),
+    ("float8 grad", lambda: ([torch.ones(4).to(torch.float8_e4m3fn)], torch.zeros(1), torch.ones(1), None),
+     TypeError, "grads[0] must have dtype float32, float16, bfloat16 or float64, got "),
     ("grads on two devices", lambda: ([torch.ones(4), torch.ones(4, device="meta")], torch.zeros(1), torch.ones(1),
                                       None),
      RuntimeError, "grads[1] must be on cpu (the device of grads[0]), got meta"),
@@ -261,7 +379,8 @@ def test_bad_input_is_a_clear_error(case):
 
 @pytest.mark.parametrize("with_norm", [False, True])
 def test_opcheck(device, with_norm):
-    grads = make([5, 300], torch.float16, device) + make([17], torch.bfloat16, device)
+    grads = (make([5, 300], torch.float16, device) + make([17], torch.bfloat16, device)
+             + make([9], torch.float64, device))
     norm = torch.zeros(1, device=device) if with_norm else None
     args = (grads, torch.zeros(1, device=device), scalar(0.5, device), norm)
     torch.library.opcheck(op.default, args)
@@ -311,4 +430,5 @@ def test_cuda_scalars_on_the_cpu_are_clear_errors():
 def test_baseline_cpu_code_in_a_subprocess():
     # x86-64 builds choose AVX2/F16C loops at run time; AMPKIT_CPU_ISA=baseline forces the
     # portable ones, which CPUs without AVX2 run. The same bitwise tests must pass there.
-    run_with_baseline_cpu_isa(__file__, "(bitwise or non_finite or norm or mixed or contiguous) and not subprocess and not cuda")
+    run_with_baseline_cpu_isa(__file__, "(bitwise or non_finite or norm or mixed or contiguous or float64) and not subprocess "
+                                        "and not cuda")

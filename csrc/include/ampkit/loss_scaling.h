@@ -10,9 +10,10 @@
 namespace ampkit {
 
 // grads[i] *= inv_scale in place, in one pass; found_inf becomes 1 if any element is inf/NaN
-// (never cleared). grads may mix float32/float16/bfloat16 and be non-contiguous. norm_out, when
-// given, receives the global L2 norm of the unscaled grads. found_inf, inv_scale and norm_out:
-// one-element float32 tensors on the grads' device.
+// (never cleared). grads may mix float32/float16/bfloat16/float64 and be non-contiguous; float64
+// grads are unscaled and checked in double, as torch does (other dtypes: fp32 math, one rounding).
+// norm_out, when given, receives the global L2 norm of the unscaled grads (squares summed in
+// double). found_inf, inv_scale and norm_out: one-element float32 tensors on the grads' device.
 void unscale_and_check_(at::TensorList grads, const at::Tensor& found_inf, const at::Tensor& inv_scale,
                         const std::optional<at::Tensor>& norm_out = std::nullopt);
 
