@@ -178,7 +178,7 @@ CASES = [
      "found_inf must be on cpu (the device of grads[0]), got meta"),
     ("unscale/grad device", lambda: unscale(grads=[torch.ones(4), meta(4)]), RuntimeError, "grads[1] must be on cpu"),
     ("unscale/dtype", lambda: unscale(grads=[torch.ones(4, dtype=torch.int64)]), TypeError,
-     "grads[0] must have dtype float32, float16 or bfloat16, got int64"),
+     "grads[0] must have dtype float32, float16, bfloat16 or float64, got int64"),
     ("unscale/sparse", lambda: unscale(grads=[torch.ones(4).to_sparse()]), RuntimeError, "grads[0] must be a dense (strided) tensor"),
     ("unscale/expanded grad", lambda: unscale(grads=[torch.ones(1).expand(4)]), RuntimeError,
      "grads[0] must not have internally overlapping memory"),
