@@ -220,7 +220,7 @@ def test_op_takes_dense_layouts_and_refuses_mismatched_ones():
     grad = torch.ones_like(param)
     exp_avg, exp_avg_sq = torch.zeros_like(master), torch.zeros_like(master)
     one, step = torch.ones(1), torch.zeros(())
-    args = lambda g, ea: ([param], [master], [g], [ea], [exp_avg_sq], [step], one * 1e-2, one, one, None,
+    args = lambda g, ea: ([param], [master], [g], [ea], [exp_avg_sq], [], [step], one * 1e-2, one, one, None,
                           0.9, 0.999, 1e-8, 0.0, True, False)
     torch.ops.ampkit.master_adam_step_(*args(grad, exp_avg))
     assert step.item() == 1
