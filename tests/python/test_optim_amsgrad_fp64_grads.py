@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from ampkit import optim as aoptim
+from test_optim import CONFIGS as FP32_CONFIGS
 
 SHAPES = [(7,), (33, 17), (70000,), (1,)]
 
@@ -63,17 +64,8 @@ AMSGRAD_CONFIGS = {
     "adamw_amsgrad_maximize": (aoptim.AdamW, torch.optim.AdamW,
                                dict(lr=1e-3, weight_decay=0.1, amsgrad=True, maximize=True)),
 }
-FP64_CONFIGS = {
-    "sgd": (aoptim.SGD, torch.optim.SGD, dict(lr=0.05)),
-    "sgd_momentum_wd_dampening": (aoptim.SGD, torch.optim.SGD,
-                                  dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2)),
-    "sgd_nesterov_maximize": (aoptim.SGD, torch.optim.SGD,
-                              dict(lr=0.02, momentum=0.8, nesterov=True, weight_decay=1e-3, maximize=True)),
-    "adam": (aoptim.Adam, torch.optim.Adam, dict(lr=1e-3)),
-    "adam_l2_wd": (aoptim.Adam, torch.optim.Adam, dict(lr=2e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)),
-    "adamw": (aoptim.AdamW, torch.optim.AdamW, dict(lr=1e-3)),
-    **AMSGRAD_CONFIGS,
-}
+# Every fp32 configuration of test_optim.py, in float64, plus amsgrad.
+FP64_CONFIGS = {**FP32_CONFIGS, **AMSGRAD_CONFIGS}
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 
