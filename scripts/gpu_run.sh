@@ -73,8 +73,8 @@ declare -A BOX=(
   [build]=200 [ctest]=100 [pytest]=220                 # first:  520 s
   [build_warm]=30                                      # second: the build when build/gpu is complete
   [bench_fused_linear]=60 [bench_unscale]=40 [bench_optimizer]=40 [bench_end_to_end]=50
-  [bench_multi_tensor_scale]=30 [bench_autocast_overhead]=30   # 250 s of benchmarks
-  [memcheck]=120 [racecheck]=110                       # second: 30 + 250 + 230 = 510 s
+  [bench_multi_tensor_scale]=30 [bench_autocast_overhead]=30 [bench_optimizer_layouts]=20   # 270 s of benchmarks
+  [memcheck]=120 [racecheck]=110                       # second: 30 + 270 + 230 = 530 s
 )
 # AMPKIT_GPU_RUN_BOXES="stage=seconds ..." overrides boxes (e.g. to rerun one stage with more time).
 for override in ${AMPKIT_GPU_RUN_BOXES:-}; do
@@ -85,7 +85,7 @@ done
 declare -A BENCH_ARGS=(
   [bench_fused_linear]="--repeats 10" [bench_unscale]="--repeats 10" [bench_optimizer]="--repeats 10"
   [bench_multi_tensor_scale]="--repeats 10" [bench_autocast_overhead]="--repeats 1"
-  [bench_end_to_end]="--repeats 20"
+  [bench_end_to_end]="--repeats 20" [bench_optimizer_layouts]="--repeats 10"
 )
 # compute-sanitizer checks only these kernels (a regex searched in the mangled name): ampkit's own
 # (namespace ampkit_kernels, and the kernel names themselves should one move), not torch's or cuBLASLt's.
