@@ -195,6 +195,19 @@ class _MasterWeightOptimizer(Optimizer):
         self._state_strides: dict[torch.Tensor, tuple[int, ...]] = {}
         super().__init__(params, defaults)
 
+    # torch.optim.Optimizer pickles (and deep-copies) only defaults, state and param_groups; keep
+    # master_weights too, and rebuild the caches, so a copied optimizer steps like the original.
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["master_weights"] = self.master_weights
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.master_weights = state.get("master_weights", True)
+        self._device_constants = {}
+        self._state_strides = {}
+
     # ---- groups and state ----
 
     def _check_group(self, group: dict, where: str = "", label: str | None = None) -> None:

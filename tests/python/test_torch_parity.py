@@ -276,6 +276,27 @@ def test_differences_from_torch_are_deliberate():
         optimizer.step()
 
 
+@pytest.mark.parametrize("optimizer", list(CLASSES))
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_steps_like_the_original(optimizer, how):
+    """copy.deepcopy and pickle work on torch's optimizers; an ampkit copy must step like its source."""
+    import copy
+    import pickle
+    ours_cls, _ = CLASSES[optimizer]
+    params = [torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)).half())]
+    original = ours_cls(params, **OPTIONS[optimizer][1])
+    params[0].grad = torch.ones(4, 3, dtype=torch.half)
+    original.step()
+    copied = copy.deepcopy(original) if how == "deepcopy" else pickle.loads(pickle.dumps(original))
+    assert copied.master_weights == original.master_weights
+    copied_param = copied.param_groups[0]["params"][0]
+    copied_param.grad = params[0].grad.clone()
+    original.step()
+    copied.step()
+    assert torch.equal(copied_param.detach(), params[0].detach())
+    assert torch.equal(copied.state[copied_param]["master"], original.state[params[0]]["master"])
+
+
 def test_harness_size():
     """The harness covers what the issue asks for (a guard against cases silently dropping out)."""
     assert len(LOOPS) >= 150
