@@ -308,8 +308,12 @@ ampkit::optim::MasterParamState& state_of(ampkit::optim::MasterWeightOptimizer& 
 }
 
 // torch::optim's per-parameter Adam state (its max_exp_avg_sq with amsgrad).
-torch::optim::AdamParamState& torch_adam_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p) {
-  return static_cast<torch::optim::AdamParamState&>(*optimizer.state().at(p.unsafeGetTensorImpl()));
+// torch::optim's max_exp_avg_sq of p: AdamW keeps an AdamWParamState, Adam an AdamParamState (unrelated
+// classes, so each is cast to its own type).
+torch::Tensor torch_max_exp_avg_sq(torch::optim::Optimizer& optimizer, const torch::Tensor& p) {
+  auto& state = *optimizer.state().at(p.unsafeGetTensorImpl());
+  if (auto* adamw = dynamic_cast<torch::optim::AdamWParamState*>(&state)) return adamw->max_exp_avg_sq();
+  return dynamic_cast<torch::optim::AdamParamState&>(state).max_exp_avg_sq();
 }
 
 // float64: |ours - torch| <= 1e-12 * max|torch| over the list. Both compute in double; what remains
@@ -351,7 +355,7 @@ TEST_CASE("amsgrad: ampkit::optim::Adam/AdamW match torch::optim's on fp32 for 2
       std::vector<torch::Tensor> ours_max, ref_max;
       for (size_t i = 0; i < ours_params.size(); ++i) {
         ours_max.push_back(state_of(*ours, ours_params[i]).max_exp_avg_sq());
-        ref_max.push_back(torch_adam_state(*ref, ref_params[i]).max_exp_avg_sq());
+        ref_max.push_back(torch_max_exp_avg_sq(*ref, ref_params[i]));
         REQUIRE(ours_max.back().scalar_type() == torch::kFloat);
       }
       REQUIRE(close_to_scale(ours_max, ref_max));
@@ -399,7 +403,7 @@ TEST_CASE("float64 params: SGD/Adam/AdamW (amsgrad too) step in double with floa
       std::vector<torch::Tensor> ours_max, ref_max;
       for (size_t i = 0; i < ours_params.size(); ++i) {
         ours_max.push_back(state_of(ours, ours_params[i]).max_exp_avg_sq());
-        ref_max.push_back(torch_adam_state(ref, ref_params[i]).max_exp_avg_sq());
+        ref_max.push_back(torch_max_exp_avg_sq(ref, ref_params[i]));
       }
       REQUIRE(close_to_scale_fp64(ours_max, ref_max));
     }
