@@ -26,14 +26,15 @@ import sys
 import torch
 from torch.nn import functional as F
 
-from common import parser, report, time_fn
+import ampkit
+from common import load_example, parser, report, time_fn
 from targets import no_target, target
 
-sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "python"))
-
-import ampkit  # noqa: E402
-from tiny_gpt import CharDataset, TinyGPT, generate_corpus, language_model_loss  # noqa: E402
-from train_digits import build_model as build_digits_cnn, load_data as load_digits  # noqa: E402
+tiny_gpt = load_example("tiny_gpt")
+train_digits = load_example("train_digits")
+CharDataset, TinyGPT = tiny_gpt.CharDataset, tiny_gpt.TinyGPT
+generate_corpus, language_model_loss = tiny_gpt.generate_corpus, tiny_gpt.language_model_loss
+build_digits_cnn, load_digits = train_digits.build_model, train_digits.load_data
 
 MODES = ("ampkit", "torch", "fp32")
 # Issue 7's targets on the GPU machine, for the GPT-style model; the CNN is reported.

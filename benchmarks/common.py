@@ -4,6 +4,7 @@ something on the GPU machine."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -16,8 +17,18 @@ import torch
 
 from targets import evaluate, format_result
 
-# Appended, so a PYTHONPATH that points at a build (scripts/env.sh) takes precedence.
-sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "python")
+
+
+def load_example(name: str):
+    """An example's module (examples/python/<name>.py), loaded from its file, for its models and data."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@
 #
 # Input:  AMPKIT_TORCH_PREFIX (the torch package directory, holding include/ and lib/), or
 #         Python3_EXECUTABLE / the `python3` on PATH to ask `torch.utils.cmake_prefix_path`.
-# Output: ampkit_torch::cpu, ampkit_torch::cuda (if libtorch_cuda exists), ampkit_torch::python,
+# Output: ampkit_torch::cpu, ampkit_torch::cuda (if libtorch_cuda exists),
 #         AMPKIT_TORCH_VERSION, AMPKIT_TORCH_CUDA_VERSION ("" for a CPU-only torch).
 
 if(TARGET ampkit_torch::cpu)
@@ -58,7 +58,6 @@ endfunction()
 _ampkit_torch_library(ampkit_torch::c10 c10)
 _ampkit_torch_library(ampkit_torch::torch_cpu torch_cpu)
 _ampkit_torch_library(ampkit_torch::torch torch)
-_ampkit_torch_library(ampkit_torch::torch_python torch_python)
 _ampkit_torch_library(ampkit_torch::c10_cuda c10_cuda)
 _ampkit_torch_library(ampkit_torch::torch_cuda torch_cuda)
 if(_ampkit_missing_c10 OR _ampkit_missing_torch_cpu OR _ampkit_missing_torch)
@@ -78,12 +77,6 @@ if(TARGET ampkit_torch::torch_cuda AND TARGET ampkit_torch::c10_cuda)
   add_library(ampkit_torch::cuda INTERFACE IMPORTED)
   set_target_properties(ampkit_torch::cuda PROPERTIES
     INTERFACE_LINK_LIBRARIES "ampkit_torch::torch_cuda;ampkit_torch::c10_cuda;ampkit_torch::cpu")
-endif()
-
-if(TARGET ampkit_torch::torch_python)
-  add_library(ampkit_torch::python INTERFACE IMPORTED)
-  set_target_properties(ampkit_torch::python PROPERTIES
-    INTERFACE_LINK_LIBRARIES "ampkit_torch::torch_python;ampkit_torch::cpu")
 endif()
 
 message(STATUS "ampkit: LibTorch ${AMPKIT_TORCH_VERSION} at ${AMPKIT_TORCH_PREFIX} (CUDA libraries: ${AMPKIT_TORCH_HAS_CUDA})")

@@ -17,3 +17,12 @@ args=(
 [[ -n "${AMPKIT_CUDA_ARCHITECTURES:-}" ]] && args+=(-DCMAKE_CUDA_ARCHITECTURES="$AMPKIT_CUDA_ARCHITECTURES")
 cmake "${args[@]}" "$@"
 cmake --build "$BUILD_DIR" -j "$JOBS"
+
+# The default build leaves ampkit importable in .venv from any folder: an editable install of this
+# checkout that takes the compiled parts just built (AMPKIT_PREBUILT=1: no second CMake build).
+# Done once; later builds update python/ampkit in place, which the install already points at.
+if [[ -z "${AMPKIT_BUILD_DIR:-}" && "${AMPKIT_USE_SYSTEM_PYTHON:-0}" != 1 ]] &&
+   ! (cd / && env -u PYTHONPATH "$PYTHON" -c "import ampkit, os, sys; sys.exit(os.path.dirname(os.path.realpath(ampkit.__file__)) != os.path.realpath('$ROOT/python/ampkit'))" 2>/dev/null); then
+  echo "[build] editable install of $ROOT into $(dirname "$(dirname "$PYTHON")")"
+  AMPKIT_PREBUILT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "$PYTHON" -m pip install -q --no-build-isolation --no-deps -e "$ROOT"
+fi

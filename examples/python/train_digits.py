@@ -13,8 +13,6 @@ import os
 import sys
 import time
 
-sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "python"))
-
 ACCURACY_FLOOR = 0.95
 ACCURACY_GAP = 0.02
 

@@ -13,13 +13,11 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.append(os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"))
-sys.path.insert(0, HERE)
 
-import torch  # noqa: E402
+import torch
 
-import ampkit  # noqa: E402
-from tiny_gpt import CharDataset, TinyGPT, generate_corpus, language_model_loss, perplexity  # noqa: E402
+import ampkit
+from tiny_gpt import CharDataset, TinyGPT, generate_corpus, language_model_loss, perplexity
 
 LOSS_GAP = 0.05
 

@@ -13,16 +13,14 @@ import argparse
 import copy
 import math
 import os
-import sys
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.append(os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-import ampkit  # noqa: E402
+import ampkit
 
 
 class ModelEMA:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import torch as _torch
 
+from . import _native
 from ._loader import load_compiled as _load_compiled
 
-_C, _BUILD_INFO = _load_compiled()
+_BUILD_INFO = _load_compiled()
 
 __version__: str = _BUILD_INFO["version"]
 
@@ -25,7 +26,7 @@ from .trainer import Trainer, TrainHistory, plot_history  # noqa: E402
 
 def build_info() -> dict:
     """How this ampkit was built: version, torch it was compiled against, CUDA kernels and archs."""
-    info = dict(_C.build_info())
+    info = _native.build_info()
     info["cuda_architectures"] = [a for a in info["cuda_architectures"].replace(";", " ").split() if a]
     info["torch_runtime"] = _torch.__version__
     return info

@@ -30,7 +30,7 @@ def read_build_info() -> dict:
         ) from None
 
 
-def load_compiled() -> tuple[object, dict]:
+def load_compiled() -> dict:
     info = read_build_info()
     built_for = _release(info["torch_version"])
     running = _release(torch.__version__)
@@ -40,6 +40,7 @@ def load_compiled() -> tuple[object, dict]:
             f"{torch.__version__}; rebuild ampkit against this torch (`pip install --no-build-isolation .`) "
             f"or install torch=={built_for}"
         )
-    from . import _C  # noqa: PLC0415  (loads libampkit, which registers torch.ops.ampkit.*)
+    from . import _native  # noqa: PLC0415
 
-    return _C, info
+    _native.load_library()  # registers torch.ops.ampkit.* (libampkit) and torch.ops.ampkit_python.*
+    return info

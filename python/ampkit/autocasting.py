@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from . import _C
+from . import _native
 
 _LISTS = ("allow", "deny", "promote", "passthrough")
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64"}
@@ -100,7 +100,7 @@ class Policy:
     ) -> None:
         """Exactly these lists (start from :meth:`default` to get torch's). An op in two lists, an
         unknown op, or a dtype other than float16/bfloat16 raises ``ValueError``."""
-        self._impl = _C._AutocastPolicy(
+        self._impl = _native.new_policy(
             _device_name(device_type),
             _dtype_name(dtype),
             _names(allow, "Policy(allow=...)"),
@@ -121,7 +121,7 @@ class Policy:
         device = _device_name(device_type)
         if dtype is None:
             dtype = torch.bfloat16 if device == "cpu" else torch.float16
-        return cls._wrap(_C._AutocastPolicy.torch_default(device, _dtype_name(dtype)))
+        return cls._wrap(_native.torch_default_policy(device, _dtype_name(dtype)))
 
     def allow(self, *ops: str) -> "Policy":
         """A copy with ``ops`` moved to the allow list (run in the lower-precision dtype)."""
@@ -144,11 +144,11 @@ class Policy:
 
     @property
     def device_type(self) -> str:
-        return self._impl.device_type
+        return self._impl.device_type()
 
     @property
     def dtype(self) -> torch.dtype:
-        return _DTYPES[self._impl.dtype]
+        return _DTYPES[self._impl.dtype()]
 
     def list_of(self, op: str) -> str | None:
         """'allow', 'deny', 'promote', 'passthrough', or None when the op is in no list."""
@@ -162,14 +162,14 @@ class Policy:
 
     def install(self) -> "Policy":
         """Register this policy's kernels now rather than on first use."""
-        _C._autocast_install(self._impl)
+        _native.autocast_install(self._impl)
         return self
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Policy) and self._impl == other._impl
+        return isinstance(other, Policy) and self._impl.equals(other._impl)
 
     def __hash__(self) -> int:
-        return hash((self.device_type, self._impl.dtype, tuple(tuple(self.ops(name)) for name in _LISTS)))
+        return hash((self.device_type, self._impl.dtype(), tuple(tuple(self.ops(name)) for name in _LISTS)))
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{name}={len(self.ops(name))}" for name in _LISTS)
@@ -179,11 +179,11 @@ class Policy:
 def uninstall() -> None:
     """Remove every kernel ampkit registered on the autocast keys: aten's are back, and torch.autocast
     runs without ampkit in the path. Policies used later install again."""
-    _C._autocast_uninstall()
+    _native.autocast_uninstall()
 
 
 def is_installed(device_type: str = "cpu") -> bool:
-    return _C._autocast_is_installed(_device_name(device_type))
+    return _native.autocast_is_installed(_device_name(device_type))
 
 
 # ---- Keras-style global policy ----
@@ -193,11 +193,11 @@ def set_global_policy(policy: str | Policy | None) -> None:
     ``"float32"``: regions that name neither a policy nor a dtype do not autocast; a :class:`Policy`:
     used for its device type; ``None``: back to no global policy."""
     if policy is None:
-        _C._autocast_clear_global_policy()
+        _native.clear_global_policy()
     elif isinstance(policy, Policy):
-        _C._autocast_set_global_policy(policy._impl)
+        _native.set_global_policy(policy._impl)
     elif isinstance(policy, str):
-        _C._autocast_set_global_policy_name(policy)
+        _native.set_global_policy_name(policy)
     else:
         raise TypeError(
             f"set_global_policy expects 'mixed_float16', 'mixed_bfloat16', 'float32', a Policy or None, "
@@ -208,9 +208,9 @@ def set_global_policy(policy: str | Policy | None) -> None:
 def global_policy(device_type: str = "cuda") -> Policy | str | None:
     """The global policy for ``device_type``: a Policy, ``"float32"``, or None when none is set."""
     device = _device_name(device_type)
-    if _C._autocast_global_policy_is_float32(device):
+    if _native.global_policy_is_float32(device):
         return "float32"
-    impl = _C._autocast_global_policy(device)
+    impl = _native.global_policy(device)
     return None if impl is None else Policy._wrap(impl)
 
 
@@ -248,7 +248,7 @@ class autocast:  # noqa: N801  (named like torch.autocast, which it replaces)
         self._regions: list = []
 
     def __enter__(self) -> "autocast":
-        region = _C._AutocastRegion(
+        region = _native.new_region(
             self.device_type, self._dtype_name, None if self.policy is None else self.policy._impl, self.enabled
         )
         region.enter()
@@ -376,13 +376,13 @@ def explain(
         raise TypeError(f"explain expects a callable first, got {type(fn).__name__}")
     if policy is not None:
         device_type = policy.device_type
-    recording = _C._ExplainRecording()
+    recording = _native.new_recording()
     with autocast(device_type, dtype=dtype, policy=policy):
         recording.start()
         try:
             result = fn(*args, **kwargs)
         finally:
             records = recording.stop()
-    explanation = Explanation(OpRecord(r.op, r.list, tuple(r.inputs), tuple(r.outputs)) for r in records)
+    explanation = Explanation(OpRecord(op, route, tuple(inputs), tuple(outputs)) for op, route, inputs, outputs in records)
     explanation.result = result
     return explanation

@@ -45,7 +45,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 
 import torch
 
-from . import _C
+from . import _native
 
 __all__ = ["GradScaler", "OptState"]
 
@@ -93,7 +93,7 @@ def _check_config(init_scale, growth_factor, backoff_factor, growth_interval, hy
     for name, value in (("min_scale", min_scale), ("max_scale", max_scale)):
         if value is not None and not _is_real(value):
             raise TypeError(f"GradScaler: {name} must be a float or None, got {type(value).__name__}")
-    _C._check_grad_scaler_options(
+    _native.check_grad_scaler_options(
         "GradScaler", "init_scale", float(init_scale), float(growth_factor), float(backoff_factor),
         _int64("growth_interval", growth_interval), _int64("hysteresis", hysteresis),
         None if min_scale is None else float(min_scale), None if max_scale is None else float(max_scale))
@@ -382,7 +382,7 @@ class GradScaler:
                                      f"{new_scale.requires_grad}")
                 scale.copy_(new_scale.reshape(()))
             elif _is_real(new_scale):
-                _C._check_scale_value("update()", "new_scale", float(new_scale))
+                _native.check_scale_value("update()", "new_scale", float(new_scale))
                 scale.fill_(float(new_scale))
             else:
                 raise TypeError(f"update(): new_scale must be a float or a tensor, got {type(new_scale).__name__}")

@@ -12,17 +12,17 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import _C
+from . import _native
 
 # "none", "relu", "gelu" (tanh approximation): the names fused_linear's C++ check accepts.
-ACTIVATIONS = tuple(_C._fused_linear_activations())
+ACTIVATIONS = _native.fused_linear_activations()
 
 
 def _check_activation(activation: str) -> None:
     """The op's own check (same rule, same message), before any parameter is allocated."""
     if not isinstance(activation, str):
         raise TypeError(f"FusedLinear: activation must be a str, got {type(activation).__name__}")
-    _C._check_fused_linear_activation("FusedLinear", activation)
+    _native.check_fused_linear_activation("FusedLinear", activation)
 
 
 def fused_linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

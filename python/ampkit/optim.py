@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from . import _C
+from . import _native
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Parameters of these dtypes get an FP32 master (with master_weights=True); float32 and float64
@@ -150,7 +150,7 @@ def _host_number(name: str, value: Any, *, optimizer: str, where: str = "", tens
     return float(value)
 
 
-# _values_checked_by_the_op: the value checks are a C++ call (ampkit._C), which torch.compile cannot
+# _values_checked_by_the_op: the value checks are a C++ call (ampkit._native), which torch.compile cannot
 # put in a graph. While compiling, the step's op checks the same contract (the same C++ function)
 # when it runs; only lr, a tensor there, goes unchecked until the next eager check.
 
@@ -574,7 +574,7 @@ class SGD(_MasterWeightOptimizer):
         _check_flag("nesterov", group["nesterov"], optimizer=label, where=where)
         _check_flag("maximize", group["maximize"], optimizer=label, where=where)
         if not torch.compiler.is_compiling():  # see _values_checked_by_the_op
-            _C._check_sgd_hyperparameters(f"ampkit.optim.{label}", where, lr, momentum, dampening, weight_decay,
+            _native.check_sgd_hyperparameters(f"ampkit.optim.{label}", where, lr, momentum, dampening, weight_decay,
                                           bool(group["nesterov"]))
 
     def _state_keys_for(self, group: dict) -> tuple[str, ...]:
@@ -626,7 +626,7 @@ class Adam(_MasterWeightOptimizer):
         _check_flag("maximize", group["maximize"], optimizer=label, where=where)
         _check_flag("amsgrad", group["amsgrad"], optimizer=label, where=where)
         if not torch.compiler.is_compiling():  # see _values_checked_by_the_op
-            _C._check_adam_hyperparameters(f"ampkit.optim.{label}", where, lr, beta1, beta2, eps, weight_decay)
+            _native.check_adam_hyperparameters(f"ampkit.optim.{label}", where, lr, beta1, beta2, eps, weight_decay)
 
     def _state_keys_for(self, group: dict) -> tuple[str, ...]:
         return self._state_keys + (("max_exp_avg_sq",) if group["amsgrad"] else ())

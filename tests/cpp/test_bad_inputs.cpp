@@ -208,7 +208,7 @@ TEST_CASE("bad input: GradScaler options", "[bad_input]") {
 
 TEST_CASE("bad input: one contract, written for each audience", "[bad_input]") {
   // ampkit/contracts.h holds each rule once; the ops and the C++ API spell numbers the C++ way,
-  // the Python package the Python way (ampkit._C binds the same checks).
+  // the Python package the Python way (libampkit_python registers the same checks as ops).
   using ampkit::contracts::Audience;
   ampkit::contracts::LossScaleOptions options;
   options.growth_interval = 0;

@@ -249,8 +249,8 @@ def test_default_lists_are_torchs_own_registrations():
     import json
 
     registered = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
-    cpu = {name for name, _ in ampkit._C._autocast_torch_routes("cpu")}
-    cuda = {name for name, _ in ampkit._C._autocast_torch_routes("cuda")}
+    cpu = {name for name, _ in ampkit._native.torch_routes("cpu")}
+    cuda = {name for name, _ in ampkit._native.torch_routes("cuda")}
     assert cpu == set(registered["AutocastCPU"])
     assert cuda == set(registered["AutocastCUDA"]) - {"aten::_cudnn_rnn"}
     default = ampkit.Policy.default("cpu")

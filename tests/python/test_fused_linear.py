@@ -359,12 +359,12 @@ def test_cuda_large_k_and_misaligned_pointers(dtype, activation):
 
 
 def test_cpu_kernels_count_no_fused_epilogues():
-    """ampkit._C._fused_epilogue_counts() counts the CUDA kernels' epilogue GEMMs (fused in cuBLASLt
+    """ampkit._native.fused_epilogue_counts() counts the CUDA kernels' epilogue GEMMs (fused in cuBLASLt
     or not); the CPU kernels have none, so a CPU call leaves both counts at zero."""
-    ampkit._C._reset_fused_epilogue_counts()
+    ampkit._native.reset_fused_epilogue_counts()
     x, w, b = make_problem((4,), 8, 6, torch.float16, "cpu")
     ampkit.fused_linear(x, w, b, "gelu")
-    assert ampkit._C._fused_epilogue_counts() == {"fused": 0, "unfused": 0}
+    assert ampkit._native.fused_epilogue_counts() == {"fused": 0, "unfused": 0}
 
 
 @pytest.mark.cuda
@@ -376,18 +376,18 @@ def test_cuda_epilogue_runs_fused_at_a_standard_shape(activation):
     the same within the bounds). With a weight that needs a gradient, the forward's GELU_AUX_BIAS
     (saved input leading dimension 512, divisible by 8 as EPILOGUE_AUX_LD requires) is fused too."""
     x, w, b = make_problem((256,), 1024, 512, torch.float16, "cuda", seed=6)
-    ampkit._C._reset_fused_epilogue_counts()
+    ampkit._native.reset_fused_epilogue_counts()
     out = ampkit.fused_linear(x, w, b, activation)
-    assert ampkit._C._fused_epilogue_counts() == {"fused": 1, "unfused": 0}
+    assert ampkit._native.fused_epilogue_counts() == {"fused": 1, "unfused": 0}
     ref, _ = reference(x, w, b, activation)
     assert_within(out, ref, forward_bound(x, w, b, activation, ref, torch.float16), "output")
-    ampkit._C._reset_fused_epilogue_counts()
+    ampkit._native.reset_fused_epilogue_counts()
     w.requires_grad_()
     out = ampkit.fused_linear(x, w, b, activation)
-    assert ampkit._C._fused_epilogue_counts() == {"fused": 1, "unfused": 0}
+    assert ampkit._native.fused_epilogue_counts() == {"fused": 1, "unfused": 0}
     out.float().sum().backward()
     # The backward's BGRADB wgrad: counted, fused or not (cublasLt.h promises no fused algorithm).
-    counts = ampkit._C._fused_epilogue_counts()
+    counts = ampkit._native.fused_epilogue_counts()
     assert counts["fused"] + counts["unfused"] == 2
 
 

@@ -1,0 +1,236 @@
+// libampkit_python.so: what the Python package needs beyond the ops of libampkit, registered with
+// the dispatcher (TORCH_LIBRARY ampkit_python) instead of as a CPython extension module. Python
+// loads it with torch.ops.load_library, so it uses no Python C API at all: one build serves every
+// CPython that runs this torch (the wheel is tagged abi3). Stateful autocast objects are torch
+// custom classes (torch.classes.ampkit_python.*); the rest are ops (torch.ops.ampkit_python.*).
+// Devices and dtypes cross as strings ("cpu", "bfloat16"); python/ampkit/_native.py converts.
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "ampkit/autocast.h"
+#include "ampkit/build_info.h"
+#include "ampkit/contracts.h"
+#include "ampkit/fused_linear.h"
+
+namespace ampkit::python {
+namespace {
+
+c10::DeviceType device_from(const std::string& name) { return c10::Device(name).type(); }
+
+c10::ScalarType dtype_from(const std::string& name) {
+  static const std::pair<const char*, c10::ScalarType> names[] = {
+      {"float16", c10::kHalf}, {"bfloat16", c10::kBFloat16}, {"float32", c10::kFloat}, {"float64", c10::kDouble}};
+  for (const auto& [text, dtype] : names) {
+    if (name == text) return dtype;
+  }
+  TORCH_CHECK_VALUE(false, "ampkit autocast: dtype must be float16 or bfloat16, got ", name);
+}
+
+std::string dtype_name(c10::ScalarType dtype) {
+  return dtype == c10::kHalf ? "float16" : dtype == c10::kBFloat16 ? "bfloat16" : c10::toString(dtype);
+}
+
+autocast::OpList list_from(const std::string& name) {
+  for (auto list : {autocast::OpList::kAllow, autocast::OpList::kDeny, autocast::OpList::kPromote,
+                    autocast::OpList::kPassthrough}) {
+    if (autocast::list_name(list) == name) return list;
+  }
+  TORCH_CHECK_VALUE(false, "ampkit autocast: list must be allow, deny, promote or passthrough, got ", name);
+}
+
+// autocast::Policy as a custom class (immutable: every edit returns a new one, as in C++).
+struct PolicyObject : torch::CustomClassHolder {
+  explicit PolicyObject(autocast::Policy value) : policy(std::move(value)) {}
+  autocast::Policy policy;
+};
+using PolicyRef = c10::intrusive_ptr<PolicyObject>;
+
+PolicyRef wrap(autocast::Policy policy) { return c10::make_intrusive<PolicyObject>(std::move(policy)); }
+
+// A region entered and left from Python (the `with` statement drives it).
+struct AutocastRegion : torch::CustomClassHolder {
+  AutocastRegion(const std::string& device, std::optional<std::string> dtype, std::optional<PolicyRef> policy,
+                 bool enabled)
+      : device_(device_from(device)), enabled_(enabled) {
+    if (dtype) dtype_ = dtype_from(*dtype);
+    if (policy) policy_ = (*policy)->policy;
+  }
+  void enter() {
+    TORCH_CHECK(!guard_, "ampkit.autocast: this region was entered already");
+    if (policy_) {
+      guard_ = std::make_unique<AutocastGuard>(*policy_, enabled_);
+    } else if (dtype_) {
+      guard_ = std::make_unique<AutocastGuard>(device_, *dtype_, enabled_);
+    } else if (!enabled_) {
+      guard_ = std::make_unique<AutocastGuard>(device_, c10::kBFloat16, false);
+    } else {
+      guard_ = std::make_unique<AutocastGuard>(device_);
+    }
+  }
+  void exit() { guard_.reset(); }
+
+ private:
+  c10::DeviceType device_;
+  std::optional<c10::ScalarType> dtype_;
+  std::optional<autocast::Policy> policy_;
+  bool enabled_;
+  std::unique_ptr<AutocastGuard> guard_;
+};
+
+// explain(): (op, list, input dtypes, output dtypes) for every op routed while recording.
+using OpRecordTuple = std::tuple<std::string, std::string, std::vector<std::string>, std::vector<std::string>>;
+
+struct ExplainRecording : torch::CustomClassHolder {
+  void start() { recording_ = std::make_unique<autocast::Recording>(); }
+  std::vector<OpRecordTuple> stop() {
+    TORCH_CHECK(recording_, "ampkit.explain: recording was not started");
+    std::vector<OpRecordTuple> records;
+    for (const auto& record : recording_->records()) {
+      records.emplace_back(record.op, record.list, record.inputs, record.outputs);
+    }
+    recording_.reset();
+    return records;
+  }
+
+ private:
+  std::unique_ptr<autocast::Recording> recording_;
+};
+
+contracts::Context python_context(std::string prefix, std::string suffix = "") {
+  return {std::move(prefix), contracts::Audience::Python, std::move(suffix), contracts::Form::Options};
+}
+
+// min_scale / max_scale: None is no bound (C++ spells it 0 / inf).
+void check_grad_scaler_options(const std::string& prefix, const std::string& scale_name, double scale,
+                               double growth_factor, double backoff_factor, int64_t growth_interval,
+                               int64_t hysteresis, std::optional<double> min_scale, std::optional<double> max_scale) {
+  const contracts::Context context = python_context(prefix);
+  contracts::check_scale_value(scale_name.c_str(), scale, context);
+  contracts::check_loss_scale_options({growth_factor, backoff_factor, growth_interval, hysteresis,
+                                       min_scale.value_or(0.0),
+                                       max_scale.value_or(std::numeric_limits<double>::infinity())},
+                                      context);
+}
+
+void check_scale_value(const std::string& prefix, const std::string& name, double value) {
+  contracts::check_scale_value(name.c_str(), value, python_context(prefix));
+}
+
+// lr None: a device tensor, whose value is not read on the host.
+void check_sgd_hyperparameters(const std::string& prefix, const std::string& suffix, std::optional<double> lr,
+                               double momentum, double dampening, double weight_decay, bool nesterov) {
+  contracts::check_sgd_hyperparameters({lr, momentum, dampening, weight_decay, nesterov},
+                                       python_context(prefix, suffix));
+}
+
+void check_adam_hyperparameters(const std::string& prefix, const std::string& suffix, std::optional<double> lr,
+                                double beta1, double beta2, double eps, double weight_decay) {
+  contracts::check_adam_hyperparameters({lr, beta1, beta2, eps, weight_decay}, python_context(prefix, suffix));
+}
+
+std::vector<std::tuple<std::string, std::string>> torch_routes(const std::string& device) {
+  std::vector<std::tuple<std::string, std::string>> routes;
+  for (auto& [op, route] : autocast::torch_routes(device_from(device))) routes.emplace_back(op, route);
+  return routes;
+}
+
+std::optional<PolicyRef> global_policy(const std::string& device) {
+  auto policy = autocast::global_policy(device_from(device));
+  if (!policy) return std::nullopt;
+  return wrap(std::move(*policy));
+}
+
+// (version, torch version, CUDA kernels compiled, CUDA architectures)
+std::tuple<std::string, std::string, bool, std::string> build_info() {
+  const BuildInfo info = ampkit::build_info();
+  return {info.version, info.torch_version, info.cuda, info.cuda_architectures};
+}
+
+// (fused, unfused) epilogue GEMMs of the CUDA fused_linear / fused_mlp kernels.
+std::tuple<int64_t, int64_t> fused_epilogue_counts() {
+  const FusedEpilogueCounts counts = ampkit::fused_epilogue_counts();
+  return {counts.fused, counts.unfused};
+}
+
+void register_autocast_classes(torch::Library& m) {
+  m.class_<PolicyObject>("AutocastPolicy")
+      .def(torch::init([](const std::string& device, const std::string& dtype, const std::vector<std::string>& allow,
+                          const std::vector<std::string>& deny, const std::vector<std::string>& promote,
+                          const std::vector<std::string>& passthrough) {
+        return wrap(autocast::Policy(device_from(device), dtype_from(dtype), allow, deny, promote, passthrough));
+      }))
+      .def("allow", [](const PolicyRef& self, std::vector<std::string> ops) { return wrap(self->policy.allow(ops)); })
+      .def("deny", [](const PolicyRef& self, std::vector<std::string> ops) { return wrap(self->policy.deny(ops)); })
+      .def("promote",
+           [](const PolicyRef& self, std::vector<std::string> ops) { return wrap(self->policy.promote(ops)); })
+      .def("passthrough",
+           [](const PolicyRef& self, std::vector<std::string> ops) { return wrap(self->policy.passthrough(ops)); })
+      .def("with_dtype",
+           [](const PolicyRef& self, std::string dtype) { return wrap(self->policy.with_dtype(dtype_from(dtype))); })
+      .def("device_type",
+           [](const PolicyRef& self) { return c10::DeviceTypeName(self->policy.device_type(), /*lower_case=*/true); })
+      .def("dtype", [](const PolicyRef& self) { return dtype_name(self->policy.dtype()); })
+      .def("list_of",
+           [](const PolicyRef& self, std::string op) -> std::optional<std::string> {
+             const auto list = self->policy.list_of(op);
+             if (!list) return std::nullopt;
+             return autocast::list_name(*list);
+           })
+      .def("ops", [](const PolicyRef& self, std::string list) { return self->policy.ops(list_from(list)); })
+      .def("equals", [](const PolicyRef& self, PolicyRef other) { return self->policy == other->policy; });
+
+  m.class_<AutocastRegion>("AutocastRegion")
+      .def(torch::init<std::string, std::optional<std::string>, std::optional<PolicyRef>, bool>())
+      .def("enter", &AutocastRegion::enter)
+      .def("exit", &AutocastRegion::exit);
+
+  m.class_<ExplainRecording>("ExplainRecording")
+      .def(torch::init<>())
+      .def("start", &ExplainRecording::start)
+      .def("stop", &ExplainRecording::stop);
+}
+
+}  // namespace
+}  // namespace ampkit::python
+
+TORCH_LIBRARY(ampkit_python, m) {
+  using namespace ampkit::python;
+  namespace autocast = ampkit::autocast;
+  register_autocast_classes(m);
+
+  m.def("torch_default_policy", [](std::string device, std::string dtype) {
+    return wrap(autocast::Policy::torch_default(device_from(device), dtype_from(dtype)));
+  });
+  m.def("autocast_install", [](PolicyRef policy) { autocast::install(policy->policy); });
+  m.def("autocast_uninstall", [] { autocast::uninstall(); });
+  m.def("autocast_is_installed", [](std::string device) { return autocast::is_installed(device_from(device)); });
+  m.def("autocast_set_global_policy", [](PolicyRef policy) { autocast::set_global_policy(policy->policy); });
+  m.def("autocast_set_global_policy_name", [](std::string name) { autocast::set_global_policy(name); });
+  m.def("autocast_clear_global_policy", [] { autocast::clear_global_policy(); });
+  m.def("autocast_global_policy", &global_policy);
+  m.def("autocast_global_policy_is_float32",
+        [](std::string device) { return autocast::global_policy_is_float32(device_from(device)); });
+  m.def("autocast_torch_routes", &torch_routes);
+
+  m.def("build_info", &build_info);
+  m.def("fused_linear_activations", [] { return ampkit::fused_linear_activations(); });
+  m.def("check_fused_linear_activation",
+        [](std::string caller, std::string activation) { ampkit::check_fused_linear_activation(caller, activation); });
+  m.def("fused_epilogue_counts", &fused_epilogue_counts);
+  m.def("reset_fused_epilogue_counts", [] { ampkit::reset_fused_epilogue_counts(); });
+
+  // The argument contracts (ampkit/contracts.h): the Python GradScaler and optimizers check their
+  // options by the same rules and messages as the C++ API and the ops. Python checks types first.
+  m.def("check_grad_scaler_options", &check_grad_scaler_options);
+  m.def("check_scale_value", &check_scale_value);
+  m.def("check_sgd_hyperparameters", &check_sgd_hyperparameters);
+  m.def("check_adam_hyperparameters", &check_adam_hyperparameters);
+}

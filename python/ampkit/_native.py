@@ -1,0 +1,141 @@
+"""The compiled parts the package reaches beyond ``torch.ops.ampkit``: ``libampkit_python.so``.
+
+That library registers, with the dispatcher, the autocast policy objects as torch custom classes
+(``torch.classes.ampkit_python.*``) and the build information, activation names and argument
+contracts as ops (``torch.ops.ampkit_python.*``). It is loaded with ``torch.ops.load_library``
+and uses no Python C API, so one build serves every CPython that runs this torch. This module
+gives those registrations Python names; nothing else in the package touches them directly.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+LIBRARY = os.path.join(_HERE, "libampkit_python.so")
+
+
+def load_library() -> None:
+    """Loads libampkit_python.so (which loads libampkit.so beside it: torch.ops.ampkit.* appear)."""
+    if not os.path.exists(LIBRARY):
+        raise ImportError(f"ampkit's compiled library is missing ({LIBRARY} not found): build and install it with "
+                          "`pip install --no-build-isolation -e .` from the repository, or run scripts/build.sh")
+    torch.ops.load_library(LIBRARY)
+
+
+def _ops():
+    return torch.ops.ampkit_python
+
+
+def _classes():
+    return torch.classes.ampkit_python
+
+
+# ---- build information and diagnostics ----
+
+def build_info() -> dict:
+    version, torch_version, cuda, architectures = _ops().build_info()
+    return {"version": version, "torch_version": torch_version, "cuda": cuda, "cuda_architectures": architectures}
+
+
+def fused_linear_activations() -> tuple[str, ...]:
+    return tuple(_ops().fused_linear_activations())
+
+
+def check_fused_linear_activation(caller: str, activation: str) -> None:
+    _ops().check_fused_linear_activation(caller, activation)
+
+
+def fused_epilogue_counts() -> dict:
+    """Fused vs unfused epilogue GEMMs run by the CUDA fused_linear / fused_mlp kernels."""
+    fused, unfused = _ops().fused_epilogue_counts()
+    return {"fused": fused, "unfused": unfused}
+
+
+def reset_fused_epilogue_counts() -> None:
+    _ops().reset_fused_epilogue_counts()
+
+
+# ---- argument contracts (ampkit/contracts.h): the same rules and messages as the C++ API ----
+
+def check_grad_scaler_options(prefix: str, scale_name: str, scale: float, growth_factor: float,
+                              backoff_factor: float, growth_interval: int, hysteresis: int,
+                              min_scale: float | None, max_scale: float | None) -> None:
+    _ops().check_grad_scaler_options(prefix, scale_name, scale, growth_factor, backoff_factor, growth_interval,
+                                     hysteresis, min_scale, max_scale)
+
+
+def check_scale_value(prefix: str, name: str, value: float) -> None:
+    _ops().check_scale_value(prefix, name, value)
+
+
+def check_sgd_hyperparameters(prefix: str, suffix: str, lr: float | None, momentum: float, dampening: float,
+                              weight_decay: float, nesterov: bool) -> None:
+    _ops().check_sgd_hyperparameters(prefix, suffix, lr, momentum, dampening, weight_decay, nesterov)
+
+
+def check_adam_hyperparameters(prefix: str, suffix: str, lr: float | None, beta1: float, beta2: float, eps: float,
+                               weight_decay: float) -> None:
+    _ops().check_adam_hyperparameters(prefix, suffix, lr, beta1, beta2, eps, weight_decay)
+
+
+# ---- autocast policies (devices and dtypes as strings: "cpu", "bfloat16") ----
+
+def new_policy(device: str, dtype: str, allow: list[str], deny: list[str], promote: list[str],
+               passthrough: list[str]):
+    """An AutocastPolicy object: methods allow/deny/promote/passthrough/with_dtype (each returns a new
+    one), device_type(), dtype(), list_of(op), ops(list), equals(other)."""
+    return _classes().AutocastPolicy(device, dtype, allow, deny, promote, passthrough)
+
+
+def torch_default_policy(device: str, dtype: str):
+    return _ops().torch_default_policy(device, dtype)
+
+
+def new_region(device: str, dtype: str | None, policy, enabled: bool):
+    """An AutocastRegion object: enter(), exit()."""
+    return _classes().AutocastRegion(device, dtype, policy, enabled)
+
+
+def new_recording():
+    """An ExplainRecording object: start(), stop() -> [(op, list, input dtypes, output dtypes)]."""
+    return _classes().ExplainRecording()
+
+
+def autocast_install(policy) -> None:
+    _ops().autocast_install(policy)
+
+
+def autocast_uninstall() -> None:
+    _ops().autocast_uninstall()
+
+
+def autocast_is_installed(device: str) -> bool:
+    return _ops().autocast_is_installed(device)
+
+
+def set_global_policy(policy) -> None:
+    _ops().autocast_set_global_policy(policy)
+
+
+def set_global_policy_name(name: str) -> None:
+    _ops().autocast_set_global_policy_name(name)
+
+
+def clear_global_policy() -> None:
+    _ops().autocast_clear_global_policy()
+
+
+def global_policy(device: str):
+    """The global policy object for ``device``, or None."""
+    return _ops().autocast_global_policy(device)
+
+
+def global_policy_is_float32(device: str) -> bool:
+    return _ops().autocast_global_policy_is_float32(device)
+
+
+def torch_routes(device: str) -> list[tuple[str, str]]:
+    """torch's own autocast routing as ampkit mirrors it: [(op, route)] for ops torch routes on ``device``."""
+    return [tuple(route) for route in _ops().autocast_torch_routes(device)]
