@@ -291,15 +291,10 @@ void unscale_and_check_cpu(at::TensorList grads, const at::Tensor& found_inf, co
 void update_scale_cpu(const at::Tensor& scale, const at::Tensor& growth_tracker, const at::Tensor& hysteresis_tracker,
                       const at::Tensor& found_inf, double growth_factor, double backoff_factor, int64_t growth_interval,
                       int64_t hysteresis, double min_scale, double max_scale) {
-  detail::check_update_scale_args(scale, growth_tracker, hysteresis_tracker, found_inf,
-                                  {growth_factor, backoff_factor, growth_interval, hysteresis, min_scale, max_scale});
-  // The checks above bound growth_interval and hysteresis to int32.
-  const ampkit_kernels::ScaleUpdateConfig config{growth_factor,
-                                                 backoff_factor,
-                                                 static_cast<int>(growth_interval),
-                                                 static_cast<int>(hysteresis),
-                                                 min_scale,
-                                                 max_scale};
+  const detail::UpdateScaleConfig options{growth_factor, backoff_factor, growth_interval,
+                                          hysteresis, min_scale, max_scale};
+  detail::check_update_scale_args(scale, growth_tracker, hysteresis_tracker, found_inf, options);
+  const ampkit_kernels::ScaleUpdateConfig config = detail::scale_update_config(options);
   ampkit_kernels::scale_math::update_scale_state(
       *scale.mutable_data_ptr<float>(), *growth_tracker.mutable_data_ptr<int32_t>(),
       *hysteresis_tracker.mutable_data_ptr<int32_t>(), *found_inf.const_data_ptr<float>() != 0.0f, config);

@@ -94,17 +94,13 @@ void update_scale_cuda(const at::Tensor& scale, const at::Tensor& growth_tracker
                        const at::Tensor& found_inf, double growth_factor, double backoff_factor,
                        int64_t growth_interval, int64_t hysteresis, double min_scale, double max_scale) {
   const char* op = detail::kUpdateScaleOp;
+  const detail::UpdateScaleConfig options{growth_factor, backoff_factor, growth_interval,
+                                          hysteresis, min_scale, max_scale};
   const c10::Device device =
-      detail::check_update_scale_args(scale, growth_tracker, hysteresis_tracker, found_inf,
-                                      {growth_factor, backoff_factor, growth_interval, hysteresis, min_scale, max_scale});
+      detail::check_update_scale_args(scale, growth_tracker, hysteresis_tracker, found_inf, options);
   check_cuda_device(op, "scale", device);
   const c10::cuda::CUDAGuard guard(device);
-  const ampkit_kernels::ScaleUpdateConfig config{growth_factor,
-                                                 backoff_factor,
-                                                 static_cast<int>(growth_interval),
-                                                 static_cast<int>(hysteresis),
-                                                 min_scale,
-                                                 max_scale};
+  const ampkit_kernels::ScaleUpdateConfig config = detail::scale_update_config(options);
   check_result(op, ampkit_kernels::update_scale(scale.mutable_data_ptr<float>(), growth_tracker.mutable_data_ptr<int>(),
                                                 hysteresis_tracker.mutable_data_ptr<int>(),
                                                 found_inf.const_data_ptr<float>(), config, current_stream()));

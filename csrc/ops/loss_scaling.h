@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "ampkit/contracts.h"
+#include "ampkit_kernels/scale_math.h"
 #include "ops/validation.h"  // is_flat_in_memory, used by the kernels of these ops
 
 namespace ampkit::detail {
@@ -34,5 +35,16 @@ using UpdateScaleConfig = contracts::LossScaleOptions;
 c10::Device check_update_scale_args(const at::Tensor& scale, const at::Tensor& growth_tracker,
                                     const at::Tensor& hysteresis_tracker, const at::Tensor& found_inf,
                                     const UpdateScaleConfig& config);
+
+// The options as the CPU and CUDA kernels take them (scale_math.h). Only after
+// check_update_scale_args, which bounds growth_interval and hysteresis to int32.
+inline ampkit_kernels::ScaleUpdateConfig scale_update_config(const UpdateScaleConfig& options) {
+  return {options.growth_factor,
+          options.backoff_factor,
+          static_cast<int>(options.growth_interval),
+          static_cast<int>(options.hysteresis),
+          options.min_scale,
+          options.max_scale};
+}
 
 }  // namespace ampkit::detail

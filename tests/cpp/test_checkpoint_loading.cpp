@@ -2,6 +2,7 @@
 // every refusal is an exception, never a crash (ampkit's own checks throw c10::ValueError/TypeError
 // naming the entry; LibTorch's archive reader, which runs first, throws c10::Error or, for some
 // damaged zips, std::out_of_range), the object is unchanged after it, and what loads is usable.
+#include "optim_test_helpers.h"
 #include "test_helpers.h"
 
 #include <cmath>
@@ -36,15 +37,7 @@ void take_steps(ampkit::optim::MasterWeightOptimizer& optimizer, std::vector<tor
 // Every value the optimizer holds: parameters, masters, state tensors, options.
 std::vector<torch::Tensor> snapshot(ampkit::optim::MasterWeightOptimizer& optimizer,
                                     const std::vector<torch::Tensor>& params) {
-  std::vector<torch::Tensor> result;
-  for (const auto& p : params) result.push_back(p.detach().clone());
-  for (const auto& m : optimizer.master_params()) result.push_back(m.clone());
-  for (const auto& p : params) {
-    auto& state = static_cast<ampkit::optim::MasterParamState&>(*optimizer.state().at(p.unsafeGetTensorImpl()));
-    for (const auto& t : {state.step(), state.momentum_buffer(), state.exp_avg(), state.exp_avg_sq()}) {
-      if (t.defined()) result.push_back(t.clone());
-    }
-  }
+  std::vector<torch::Tensor> result = ampkit_test::optimizer_tensors(optimizer, params);
   result.push_back(torch::tensor(optimizer.param_groups()[0].options().get_lr(), torch::kDouble));
   return result;
 }

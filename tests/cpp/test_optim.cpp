@@ -3,6 +3,7 @@
 // figures): |ours - torch| <= 1e-6 * max|torch| after 200 steps; torch fuses some multiply-adds
 // into FMAs where ampkit rounds twice, so elements differ by a few float32 ulps, while a wrong
 // formula or step count would be off by orders of magnitude more.
+#include "optim_test_helpers.h"
 #include "test_helpers.h"
 
 #include <cmath>
@@ -58,16 +59,7 @@ bool close_to_scale(const std::vector<torch::Tensor>& ours, const std::vector<to
 
 std::vector<torch::Tensor> snapshot(ampkit::optim::MasterWeightOptimizer& optimizer,
                                     const std::vector<torch::Tensor>& params) {
-  std::vector<torch::Tensor> result;
-  for (const auto& p : params) result.push_back(p.detach().clone());
-  for (const auto& m : optimizer.master_params()) result.push_back(m.clone());
-  for (const auto& p : params) {
-    auto& state = static_cast<ampkit::optim::MasterParamState&>(*optimizer.state().at(p.unsafeGetTensorImpl()));
-    for (const auto& t : {state.step(), state.momentum_buffer(), state.exp_avg(), state.exp_avg_sq()}) {
-      if (t.defined()) result.push_back(t.clone());
-    }
-  }
-  return result;
+  return ampkit_test::optimizer_tensors(optimizer, params);
 }
 
 bool all_equal(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
