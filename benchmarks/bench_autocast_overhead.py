@@ -101,7 +101,7 @@ def main() -> None:
            targets=[target("autocast overhead vs torch.autocast, ops known at compile time", "overhead_ratio",
                            "<=", 1.10, where={"op": known}),
                     no_target("region time vs torch.autocast (kernel included)", "ratio", where={"op": known})],
-           target_devices=("cpu", "cuda"))  # issue 6: the overhead target holds on the CPU too
+           target_devices=("cpu", "cuda"))  # the overhead target holds on the CPU too
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ generate_corpus, language_model_loss = tiny_gpt.generate_corpus, tiny_gpt.langua
 build_digits_cnn, load_digits = train_digits.build_model, train_digits.load_data
 
 MODES = ("ampkit", "torch", "fp32")
-# Issue 7's targets on the GPU machine, for the GPT-style model; the CNN is reported.
+# The targets on the GPU machine, for the GPT-style model; the CNN is reported.
 GPT, CNN = "tiny_gpt", "digits_cnn"
 TARGETS = [
     target("GPT steps/s vs torch AMP", "vs_torch_amp", ">=", 1.15, where={"family": GPT}),

@@ -22,7 +22,7 @@ import ampkit  # noqa: F401,E402  (registers torch.ops.ampkit.*)
 # The smallest float32 above 1: every element is rewritten (an inv_scale of exactly 1 would let
 # ampkit skip the stores), yet repeated runs do not drift the values towards denormals.
 INV_SCALE = 1.0 + 2.0 ** -23
-# Issue 3's targets on the GPU machine: at least torch's throughput on every case (fp32, fp16;
+# The targets on the GPU machine: at least torch's throughput on every case (fp32, fp16;
 # torch has no CUDA bf16 kernel, so those rows have no ratio) and at least 85 % of the copy
 # bandwidth of case (a), here asked of every row, both variants.
 TARGETS = [

@@ -1,4 +1,4 @@
-"""A checkpoint cannot run code, and a damaged one changes nothing (issue 19).
+"""A checkpoint cannot run code, and a damaged one changes nothing.
 
 * Hostile files: pickles whose ``__reduce__`` calls os.system / eval / exec / subprocess, written
   where Trainer.resume or ``torch.load`` meets them. Each would create a sentinel file; the tests
