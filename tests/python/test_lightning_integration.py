@@ -26,7 +26,7 @@ from ampkit.integrations.lightning import AmpkitPrecision  # noqa: E402
 pytestmark = pytest.mark.filterwarnings(
     # Lightning's advice for real runs (DataLoader workers, small logging intervals) does not apply here.
     "ignore:.*does not have many workers.*", "ignore:.*number of training batches.*",
-    "ignore:.*GPU available but not used.*", "ignore:.*TPU available but not used.*",
+    "ignore:.*GPU available but not used.*", "ignore:.*but have no `val_dataloader`.*", "ignore:.*TPU available but not used.*",
 )
 
 EPOCHS = 8
@@ -212,6 +212,7 @@ class CountOps(TorchDispatchMode):
         super().__init__()
         self.ampkit_ops: dict[str, int] = {}
         self.matmul_dtypes: set[torch.dtype] = set()
+        self.aten_ops: set[str] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -219,7 +220,9 @@ class CountOps(TorchDispatchMode):
         if namespace == "ampkit":
             name = name.split(".")[0]
             self.ampkit_ops[name] = self.ampkit_ops.get(name, 0) + 1
-        elif name.split(".")[0] in ("addmm", "mm") and isinstance(out, torch.Tensor):
+        else:
+            self.aten_ops.add(name.split(".")[0])
+        if namespace != "ampkit" and name.split(".")[0] in ("addmm", "mm") and isinstance(out, torch.Tensor):
             self.matmul_dtypes.add(out.dtype)
         return out
 
@@ -250,9 +253,12 @@ def test_ampkit_ops_run_inside_a_lightning_step(tmp_path, dtype, expected_ops):
     assert expected_ops <= set(mode.ampkit_ops)
     if dtype == "bf16":
         assert "unscale_and_check_" not in mode.ampkit_ops and "update_scale_" not in mode.ampkit_ops
+        assert "linalg_vector_norm" in mode.aten_ops  # no unscale pass to take the norm from
     else:
-        # Clipping made the unscale pass the one that checks and computes the norm: once per step.
+        # Clipping made the unscale pass the one that checks and computes the norm: once per step,
+        # and no separate norm over the gradients.
         assert mode.ampkit_ops["unscale_and_check_"] == 1
+        assert "linalg_vector_norm" not in mode.aten_ops
     low = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     assert mode.matmul_dtypes == {low}  # forward and backward matmuls all ran in the low dtype
 
@@ -314,6 +320,33 @@ def test_clip_by_value_clips_the_unscaled_gradients(tmp_path):
     # and the step would then divide them by 2**16; clipping the unscaled ones leaves clip_value.
     assert records == [pytest.approx(clip_value, rel=1e-3)] * 3
     assert int(plugin.skipped_steps) == 0
+
+
+def test_manual_optimization_scales_clips_and_steps(tmp_path):
+    """manual_backward scales the loss; LightningModule.clip_gradients unscales (norm from that pass)
+    and hands the coefficient to the ampkit optimizer's step, which writes the clipped gradients back."""
+    norms_after_step = []
+
+    class Manual(DigitsMLP):
+        def __init__(self):
+            super().__init__(optimizer="ampkit_master")
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            inputs, targets = batch
+            self.manual_backward(nn.functional.cross_entropy(self(inputs), targets))
+            self.clip_gradients(optimizer, gradient_clip_val=CLIP, gradient_clip_algorithm="norm")
+            optimizer.step()
+            grads = [p.grad.float() for p in self.parameters()]
+            norms_after_step.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    plugin = AmpkitPrecision("fp16")
+    make_trainer(tmp_path, epochs=1, limit_train_batches=3, plugins=[plugin]).fit(Manual(), digits_loaders()[0])
+    # fp16 gradients written back: the clipped norm within 2e-3 relative (see the clipping test).
+    assert norms_after_step == [pytest.approx(CLIP, rel=2e-3)] * 3
+    assert plugin.stats() == {"dtype": "float16", "scale": 2.0**16, "skipped_steps": 0, "overflow_events": 0}
 
 
 # ---- checkpoints ----

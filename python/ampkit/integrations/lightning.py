@@ -44,6 +44,7 @@ from torch import Tensor
 
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.core.optimizer import LightningOptimizer
     from lightning.pytorch.plugins.precision import Precision
     from lightning.pytorch.utilities import GradClipAlgorithmType
 except ImportError as error:  # pragma: no cover - depends on the environment
@@ -288,6 +289,10 @@ class AmpkitPrecision(Precision):
         LightningModule.clip_gradients in manual optimization, before the optimizer's step)."""
         if clip_val is None or clip_val <= 0:
             return
+        if isinstance(optimizer, LightningOptimizer):
+            # In manual optimization the module hands over Lightning's wrapper; the scaler and the
+            # step that follows see the optimizer inside it.
+            optimizer = optimizer.optimizer
         algorithm = GradClipAlgorithmType(gradient_clip_algorithm)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
