@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -26,7 +25,8 @@ from ampkit.integrations.lightning import AmpkitPrecision  # noqa: E402
 pytestmark = pytest.mark.filterwarnings(
     # Lightning's advice for real runs (DataLoader workers, small logging intervals) does not apply here.
     "ignore:.*does not have many workers.*", "ignore:.*number of training batches.*",
-    "ignore:.*GPU available but not used.*", "ignore:.*but have no `val_dataloader`.*", "ignore:.*TPU available but not used.*",
+    "ignore:.*GPU available but not used.*", "ignore:.*TPU available but not used.*",
+    "ignore:.*but have no `val_dataloader`.*",
 )
 
 EPOCHS = 8
@@ -246,7 +246,8 @@ def test_ampkit_ops_run_inside_a_lightning_step(tmp_path, dtype, expected_ops):
             if batch_idx == 1:
                 mode.__exit__(None, None, None)
 
-    model = DigitsMLP(optimizer="ampkit_master", master_dtype=getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}[dtype]))
+    low = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    model = DigitsMLP(optimizer="ampkit_master", master_dtype=low)
     make_trainer(tmp_path, epochs=1, limit_train_batches=3, gradient_clip_val=1.0, callbacks=[Record()],
                  plugins=[AmpkitPrecision(dtype)]).fit(model, digits_loaders()[0])
     print(f"{dtype}: ampkit ops in one step {mode.ampkit_ops}, matmul output dtypes {mode.matmul_dtypes}")
@@ -259,7 +260,6 @@ def test_ampkit_ops_run_inside_a_lightning_step(tmp_path, dtype, expected_ops):
         # and no separate norm over the gradients.
         assert mode.ampkit_ops["unscale_and_check_"] == 1
         assert "linalg_vector_norm" not in mode.aten_ops
-    low = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     assert mode.matmul_dtypes == {low}  # forward and backward matmuls all ran in the low dtype
 
 
@@ -396,7 +396,8 @@ def test_bf16_ignores_a_scaler_state_with_a_warning():
     ({}, ValueError, r"dtype must be given .* got dtype=None and policy=None"),
     ({"dtype": "bf16", "scaler": "yes"}, TypeError, r"scaler must be an ampkit.GradScaler or None, got builtins.str"),
     ({"dtype": "bf16", "policy": "float32"}, ValueError, r"policy name must be one of .* got 'float32'"),
-    ({"dtype": "bf16", "policy": "mixed_float16"}, ValueError, r"dtype is torch.bfloat16 but the policy's dtype is torch.float16"),
+    ({"dtype": "bf16", "policy": "mixed_float16"}, ValueError,
+     r"dtype is torch.bfloat16 but the policy's dtype is torch.float16"),
     ({"dtype": "bf16", "policy": 3}, TypeError, r"policy must be an ampkit.Policy.* got int"),
     ({"dtype": "bf16", "device": "xla"}, ValueError, r"device must be 'cpu' or 'cuda' .* got 'xla'"),
 ])

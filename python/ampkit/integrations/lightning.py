@@ -280,7 +280,8 @@ class AmpkitPrecision(Precision):
         clipping = clip_val is not None and clip_val > 0
         if not clipping and getattr(optimizer, "_step_supports_amp_scaling", False):
             return
-        by_norm = clipping and (trainer.gradient_clip_algorithm or GradClipAlgorithmType.NORM) == GradClipAlgorithmType.NORM
+        algorithm = trainer.gradient_clip_algorithm or GradClipAlgorithmType.NORM
+        by_norm = clipping and algorithm == GradClipAlgorithmType.NORM
         self._unscaled[id(optimizer)] = self.scaler.unscale_(optimizer, compute_norm=by_norm)
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, clip_val: Union[int, float] = 0.0,
