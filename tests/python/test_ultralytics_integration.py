@@ -117,7 +117,7 @@ def ultralytics_log():
     logger.removeHandler(handler)
 
 
-def train(data_yaml, tmp_path, trainer, amp, epochs=1):
+def train(data_yaml, tmp_path, trainer, amp, epochs=1, device="cpu"):
     """Trains YOLOv8n from its yaml; returns the trainer, the initial weights and the conv output dtypes."""
     torch.manual_seed(0)
     model = YOLO("yolov8n.yaml")
@@ -142,7 +142,7 @@ def train(data_yaml, tmp_path, trainer, amp, epochs=1):
     try:
         model.train(
             data=str(data_yaml), trainer=trainer, amp=amp, epochs=epochs, imgsz=IMAGE_SIZE, batch=4, workers=0,
-            device="cpu", project=str(tmp_path / "runs"), name="train", exist_ok=True, plots=False, val=False,
+            device=device, project=str(tmp_path / "runs"), name="train", exist_ok=True, plots=False, val=False,
             seed=0, deterministic=True, verbose=False, mosaic=0.0, warmup_epochs=0.0,
         )
     finally:
@@ -168,7 +168,8 @@ def test_amp_true_trains_under_ampkit_autocast_with_ampkit_scaler_and_check(
         dataset, tmp_path, no_network, ultralytics_log):
     trainer, initial, conv_dtypes, _ = train(dataset, tmp_path, AmpkitDetectionTrainer, amp=True)
 
-    # Ultralytics alone would train in FP32 on the CPU (its check_amp says no for CPUs).
+    # Ultralytics alone would train in FP32 on the CPU (its check_amp says no for CPUs). bf16 here
+    # shows AMP is on; that ampkit's lists (not torch's) route the ops is the next test's job.
     assert conv_dtypes == {torch.bfloat16}
     assert trainer.amp is True and trainer.amp_dtype == torch.bfloat16
     assert isinstance(trainer.scaler, ampkit.GradScaler)
@@ -207,6 +208,14 @@ def test_amp_false_leaves_ampkit_out(dataset, tmp_path, no_network, ultralytics_
     assert_trained(trainer, initial)
 
 
+def test_amp_bf16_string_on_cpu(dataset, tmp_path, no_network):
+    # Ultralytics' own autocast refuses amp="bf16" on the CPU; with ampkit it trains in bf16.
+    trainer, initial, conv_dtypes, _ = train(dataset, tmp_path, AmpkitDetectionTrainer, amp="bf16")
+
+    assert conv_dtypes == {torch.bfloat16} and trainer.amp_dtype == torch.bfloat16
+    assert_trained(trainer, initial)
+
+
 def test_bad_configuration_is_named():
     with pytest.raises(TypeError, match="base must be an Ultralytics BaseTrainer subclass"):
         ampkit_trainer(base=dict)
@@ -218,8 +227,30 @@ def test_bad_configuration_is_named():
         ampkit_trainer(scaler_options={"growth_interval": 0})
 
 
+def test_compile_is_rejected_with_ampkit(dataset, tmp_path, no_network):
+    with pytest.raises(ValueError, match="compile=True cannot be combined with ampkit's amp=True"):
+        YOLO("yolov8n.yaml").train(data=str(dataset), trainer=AmpkitDetectionTrainer, amp=True, compile=True, epochs=1,
+                                   imgsz=IMAGE_SIZE, batch=4, workers=0, device="cpu", project=str(tmp_path / "runs"),
+                                   plots=False)
+
+
 def test_policy_for_another_device_is_rejected(dataset, tmp_path, no_network):
     trainer_class = ampkit_trainer(policy=ampkit.Policy.default("cuda", torch.float16))
     with pytest.raises(ValueError, match="ampkit_policy is for device type 'cuda', but training runs on 'cpu'"):
         YOLO("yolov8n.yaml").train(data=str(dataset), trainer=trainer_class, amp=True, epochs=1, imgsz=IMAGE_SIZE,
                                    batch=4, workers=0, device="cpu", project=str(tmp_path / "runs"), plots=False)
+
+
+@pytest.mark.cuda
+def test_amp_true_on_cuda_trains_in_fp16_with_ampkit_loss_scaling(dataset, tmp_path, no_network, ultralytics_log):
+    trainer, initial, conv_dtypes, _ = train(dataset, tmp_path, AmpkitDetectionTrainer, amp=True, device="0")
+
+    assert conv_dtypes == {torch.float16}
+    assert trainer.amp is True and trainer.amp_dtype == torch.float16
+    assert trainer.amp_check.ok and trainer.amp_check.dtype == torch.float16, trainer.amp_check
+    assert any("ampkit AMP check PASS on cuda" in line for line in ultralytics_log), ultralytics_log
+    assert isinstance(trainer.scaler, ampkit.GradScaler) and trainer.scaler.is_enabled()
+    # A few clean steps from 2^16: the scale stays a finite power of two (it halves on an overflow).
+    scale = trainer.scaler.get_scale()
+    assert math.isfinite(scale) and 0 < scale <= 2.0**16 and math.log2(scale).is_integer(), scale
+    assert_trained(trainer, initial)
