@@ -117,7 +117,7 @@ def ultralytics_log():
     logger.removeHandler(handler)
 
 
-def train(data_yaml, tmp_path, trainer, amp, epochs=1, device="cpu"):
+def train(data_yaml, tmp_path, trainer, amp, epochs=1, device="cpu", **overrides):
     """Trains YOLOv8n from its yaml; returns the trainer, the initial weights and the conv output dtypes."""
     torch.manual_seed(0)
     model = YOLO("yolov8n.yaml")
@@ -143,7 +143,7 @@ def train(data_yaml, tmp_path, trainer, amp, epochs=1, device="cpu"):
         model.train(
             data=str(data_yaml), trainer=trainer, amp=amp, epochs=epochs, imgsz=IMAGE_SIZE, batch=4, workers=0,
             device=device, project=str(tmp_path / "runs"), name="train", exist_ok=True, plots=False, val=False,
-            seed=0, deterministic=True, verbose=False, mosaic=0.0, warmup_epochs=0.0,
+            seed=0, deterministic=True, verbose=False, mosaic=0.0, warmup_epochs=0.0, **overrides,
         )
     finally:
         # Ultralytics' Conv blocks share one SiLU instance across all models: a hook left on it would
@@ -213,6 +213,21 @@ def test_amp_bf16_string_on_cpu(dataset, tmp_path, no_network):
     trainer, initial, conv_dtypes, _ = train(dataset, tmp_path, AmpkitDetectionTrainer, amp="bf16")
 
     assert conv_dtypes == {torch.bfloat16} and trainer.amp_dtype == torch.bfloat16
+    assert_trained(trainer, initial)
+
+
+def test_amp_fp16_on_cpu_scales_the_loss_with_ampkit_scaler(dataset, tmp_path, no_network):
+    # nbs=batch: an optimizer step every iteration (Ultralytics accumulates up to nbs=64 images).
+    trainer, initial, conv_dtypes, _ = train(dataset, tmp_path, AmpkitDetectionTrainer, amp="fp16", epochs=2, nbs=4)
+
+    assert conv_dtypes == {torch.float16} and trainer.amp_dtype == torch.float16
+    scaler = trainer.scaler
+    assert isinstance(scaler, ampkit.GradScaler) and scaler.is_enabled()
+    # Dynamic loss scaling from 2^16: steps whose fp16 gradients overflowed were skipped and halved
+    # the scale; the others stepped. The counters are the scaler's own device-side bookkeeping.
+    skipped, overflows = int(scaler.skipped_steps), int(scaler.overflow_events)
+    assert skipped == overflows and scaler.get_scale() == 2.0**16 / 2**overflows, (scaler.get_scale(), overflows)
+    assert skipped < 4, f"all {skipped} optimizer steps were skipped"
     assert_trained(trainer, initial)
 
 
