@@ -208,6 +208,36 @@ def test_amp_false_leaves_ampkit_out(dataset, tmp_path, no_network, ultralytics_
     assert_trained(trainer, initial)
 
 
+class StopAfterFirstEpoch(Exception):
+    pass
+
+
+def test_resume_restores_the_ampkit_scaler_state(dataset, tmp_path, no_network):
+    # An interrupted fp16 run leaves last.pt with the scaler's state; resuming must continue from it,
+    # not from a fresh 2^16 scale (Ultralytics loads it while its stand-in scaler is disabled).
+    saved = {}
+
+    def stop(trainer_):
+        saved["scale"] = trainer_.scaler.get_scale()
+        raise StopAfterFirstEpoch
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_fit_epoch_end", stop)
+    with pytest.raises(StopAfterFirstEpoch):
+        model.train(data=str(dataset), trainer=AmpkitDetectionTrainer, amp="fp16", epochs=2, nbs=4, imgsz=IMAGE_SIZE,
+                    batch=4, workers=0, device="cpu", project=str(tmp_path / "runs"), name="train", plots=False,
+                    val=False, seed=0, deterministic=True, mosaic=0.0, warmup_epochs=0.0)
+    last = tmp_path / "runs" / "train" / "weights" / "last.pt"
+    assert saved["scale"] < 2.0**16, "the first epoch had no overflow to back off from; the test needs one"
+
+    resumed = {}
+    model = YOLO(str(last))
+    model.add_callback("on_train_start", lambda trainer_: resumed.update(scale=trainer_.scaler.get_scale()))
+    model.train(resume=True, trainer=AmpkitDetectionTrainer)
+    assert resumed["scale"] == saved["scale"]
+    assert isinstance(model.trainer.scaler, ampkit.GradScaler) and model.trainer.start_epoch == 1
+
+
 def test_amp_bf16_string_on_cpu(dataset, tmp_path, no_network):
     # Ultralytics' own autocast refuses amp="bf16" on the CPU; with ampkit it trains in bf16.
     trainer, initial, conv_dtypes, _ = train(dataset, tmp_path, AmpkitDetectionTrainer, amp="bf16")
