@@ -261,6 +261,20 @@ def test_amp_fp16_on_cpu_scales_the_loss_with_ampkit_scaler(dataset, tmp_path, n
     assert_trained(trainer, initial)
 
 
+def test_failed_check_trains_in_fp32(dataset, tmp_path, no_network, ultralytics_log):
+    # No bf16 forward of YOLOv8n is within 1e-9 of FP32 (bf16 keeps 8 mantissa bits): the check fails,
+    # and amp="bf16" (which Ultralytics' own autocast would honour regardless) must not autocast.
+    trainer_class = ampkit_trainer(check_tolerance=1e-9)
+    trainer, initial, conv_dtypes, _ = train(dataset, tmp_path, trainer_class, amp="bf16")
+
+    assert not trainer.amp_check.ok and "differ from FP32" in trainer.amp_check.reason
+    assert any("ampkit AMP check FAIL on cpu with bfloat16" in line and "training in FP32" in line
+               for line in ultralytics_log), ultralytics_log
+    assert conv_dtypes == {torch.float32} and trainer.amp is False
+    assert isinstance(trainer.scaler, ampkit.GradScaler) and not trainer.scaler.is_enabled()
+    assert_trained(trainer, initial)
+
+
 def test_bad_configuration_is_named():
     with pytest.raises(TypeError, match="base must be an Ultralytics BaseTrainer subclass"):
         ampkit_trainer(base=dict)
@@ -268,6 +282,8 @@ def test_bad_configuration_is_named():
         ampkit_trainer(policy="mixed_bfloat16")
     with pytest.raises(ValueError, match="must not set enabled"):
         ampkit_trainer(scaler_options={"enabled": False})
+    with pytest.raises(ValueError, match="check_tolerance must be a finite number > 0"):
+        ampkit_trainer(check_tolerance=float("nan"))
     with pytest.raises(ValueError, match="growth_interval"):
         ampkit_trainer(scaler_options={"growth_interval": 0})
 

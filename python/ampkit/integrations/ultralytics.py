@@ -28,6 +28,7 @@ trainer class (segmentation, pose, ...) and takes an :class:`ampkit.Policy` or l
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import torch
@@ -87,7 +88,8 @@ class AmpkitTrainerMixin:
     Class attributes configure it (:func:`ampkit_trainer` sets them): ``ampkit_policy`` (an
     ``ampkit.Policy`` whose device type matches the training device, or None for torch's default
     lists in the dtype ``amp`` asks for) and ``ampkit_scaler_options`` (keyword arguments for
-    ``ampkit.GradScaler``, e.g. ``{"growth_interval": 200}``).
+    ``ampkit.GradScaler``, e.g. ``{"growth_interval": 200}``) and ``ampkit_check_tolerance`` (the
+    largest relative deviation ``ampkit.check_amp`` accepts; None: its default for the dtype).
 
     After setup: ``amp_dtype`` (the autocast dtype, None when ampkit is out), ``amp_check`` (the
     ``ampkit.AmpCheck`` verdict, None when no check ran), ``scaler`` (an ``ampkit.GradScaler``).
@@ -95,6 +97,7 @@ class AmpkitTrainerMixin:
 
     ampkit_policy: ampkit.Policy | None = None
     ampkit_scaler_options: Mapping[str, Any] = {}
+    ampkit_check_tolerance: float | None = None
 
     amp_dtype: torch.dtype | None = None
     amp_check: AmpCheck | None = None
@@ -155,7 +158,10 @@ class AmpkitTrainerMixin:
         self.amp_dtype = dtype
         self.amp_check = self._run_amp_check(dtype)
         self.amp = bool(self.amp_check)
-        if self.device.type == "cpu" and requested == "bf16":
+        if not self.amp:
+            # Ultralytics' own autocast reads args.amp too ("bf16" would turn it on whatever the check said).
+            self.args.amp = False
+        elif self.device.type == "cpu" and requested == "bf16":
             # Ultralytics' own autocast (still entered around ampkit's) refuses bf16 on the CPU; as a plain
             # flag it enables torch's CPU autocast, and ampkit's inner region sets the dtype and the lists.
             self.args.amp = True
@@ -189,6 +195,7 @@ class AmpkitTrainerMixin:
         images = torch.rand(2, 3, size, size, generator=generator)
         verdict = ampkit.check_amp(
             _HeadOutputs(model), device=self.device, dtype=dtype, example_input=images,
+            tolerance=self.ampkit_check_tolerance,
             autocast=lambda device_type, dtype: self._ampkit_region(device_type, dtype))
         prefix = colorstr("AMP: ")
         if verdict:
@@ -223,9 +230,10 @@ class AmpkitDetectionTrainer(AmpkitTrainerMixin, DetectionTrainer):
 
 
 def ampkit_trainer(base: type = DetectionTrainer, policy: ampkit.Policy | None = None,
-                   scaler_options: Mapping[str, Any] | None = None) -> type:
+                   scaler_options: Mapping[str, Any] | None = None, check_tolerance: float | None = None) -> type:
     """A trainer class for ``YOLO(...).train(trainer=...)``: ``base`` (an Ultralytics trainer class)
-    with ampkit behind ``amp``, autocasting with ``policy`` and scaling with ``GradScaler(**scaler_options)``."""
+    with ampkit behind ``amp``, autocasting with ``policy``, scaling with ``GradScaler(**scaler_options)``
+    and accepting AMP when ``check_amp`` finds the outputs within ``check_tolerance``."""
     from ultralytics.engine.trainer import BaseTrainer
 
     if not (isinstance(base, type) and issubclass(base, BaseTrainer)):
@@ -242,5 +250,9 @@ def ampkit_trainer(base: type = DetectionTrainer, policy: ampkit.Policy | None =
                          f"from the device and amp), got {options!r}")
     if options:
         ampkit.GradScaler("cpu", **options)  # bad options fail here, naming the argument, not mid-setup
+    if check_tolerance is not None and (isinstance(check_tolerance, bool) or not isinstance(check_tolerance, (int, float))
+                                        or not math.isfinite(check_tolerance) or check_tolerance <= 0):
+        raise ValueError(f"ampkit_trainer: check_tolerance must be a finite number > 0 or None, got {check_tolerance!r}")
     return type(f"Ampkit{base.__name__}", (AmpkitTrainerMixin, base),
-                {"ampkit_policy": policy, "ampkit_scaler_options": options, "__module__": __name__})
+                {"ampkit_policy": policy, "ampkit_scaler_options": options, "ampkit_check_tolerance": check_tolerance,
+                 "__module__": __name__})
