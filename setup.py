@@ -112,6 +112,11 @@ setup(
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
     python_requires=">=3.10",
     install_requires=["torch==2.11.*", "numpy"],
-    extras_require={"train": ["tqdm", "matplotlib", "scikit-learn"]},
+    # The core needs torch only; each integration's framework is an extra.
+    extras_require={
+        "train": ["tqdm", "matplotlib", "scikit-learn"],
+        "lightning": ["lightning>=2.6"],
+        "ultralytics": ["ultralytics>=8.4"],
+    },
     zip_safe=False,
 )

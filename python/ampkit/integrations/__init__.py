@@ -1,5 +1,6 @@
-"""Adapters that plug ampkit into other training frameworks.
+"""Adapters that make ampkit the mixed-precision engine of other training frameworks.
 
-Each framework gets its own submodule (``ampkit.integrations.lightning``), imported only on demand,
-so ``import ampkit`` never needs a framework installed.
+Each framework gets its own submodule (``ampkit.integrations.lightning``,
+``ampkit.integrations.ultralytics``), which imports its framework only when it is imported, so
+``import ampkit`` never needs a framework installed.
 """
