@@ -17,7 +17,8 @@ if [[ "${AMPKIT_USE_SYSTEM_PYTHON:-0}" == 1 ]]; then
 fi
 
 # ---- Debian packages ----
-packages=(build-essential cmake ninja-build ccache catch2 git python3-venv python3-dev)
+# libgl1, libglib2.0-0: OpenCV (pulled in by ultralytics, for its integration test) loads them.
+packages=(build-essential cmake ninja-build ccache catch2 git python3-venv python3-dev libgl1 libglib2.0-0)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
