@@ -128,7 +128,7 @@ def fresh_venv(path) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_wheel_is_abi3_installs_into_a_fresh_venv_and_trains_and_editable_install_works(tmp_path):
+def test_wheel_is_abi3_and_wheel_install_and_editable_install_each_train_in_a_fresh_venv(tmp_path):
     source = tracked_copy(tmp_path / "src")
     # One build folder for both: the editable install reuses the wheel's objects. The CUDA kernels
     # are covered by the main build; the CPU-only variant keeps this build short.
@@ -136,6 +136,9 @@ def test_wheel_is_abi3_installs_into_a_fresh_venv_and_trains_and_editable_instal
            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "CCACHE_BASEDIR": source}
     pip = [sys.executable, "-m", "pip"]
     quiet = ["--no-build-isolation", "--no-deps", "-q"]
+    # --ignore-installed: the fresh venv sees this environment's site-packages (for torch), where pip
+    # would find this checkout's own editable ampkit and call the requirement satisfied.
+    fresh_install = quiet + ["--ignore-installed"]
 
     result = subprocess.run(pip + ["wheel", *quiet, "-w", str(tmp_path / "wheels"), source], capture_output=True,
                             text=True, env=env, timeout=1800)
@@ -152,7 +155,7 @@ def test_wheel_is_abi3_installs_into_a_fresh_venv_and_trains_and_editable_instal
         assert python_symbols(str(tmp_path / "unpacked" / "ampkit" / library)) == [], library
 
     venv, site_dir = fresh_venv(tmp_path / "venv")
-    result = subprocess.run(pip + ["--python", str(venv), "install", "--no-deps", "-q", str(wheel)],
+    result = subprocess.run(pip + ["--python", str(venv), "install", *fresh_install, str(wheel)],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     check = subprocess.run([str(venv), "-c", TRAIN_ONE_STEP], capture_output=True, text=True,
@@ -160,8 +163,18 @@ def test_wheel_is_abi3_installs_into_a_fresh_venv_and_trains_and_editable_instal
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip() == f"{site_dir}/ampkit/__init__.py True True False", check.stdout
 
+    # pip install . (a wheel built and installed in one go) into another fresh venv.
+    venv, site_dir = fresh_venv(tmp_path / "venv-install")
+    result = subprocess.run(pip + ["--python", str(venv), "install", *fresh_install, source], capture_output=True,
+                            text=True, env=env, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    check = subprocess.run([str(venv), "-c", TRAIN_ONE_STEP], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": ""}, cwd="/", timeout=300)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip() == f"{site_dir}/ampkit/__init__.py True True False", check.stdout
+
     venv, _ = fresh_venv(tmp_path / "venv-editable")
-    result = subprocess.run(pip + ["--python", str(venv), "install", *quiet, "-e", source], capture_output=True,
+    result = subprocess.run(pip + ["--python", str(venv), "install", *fresh_install, "-e", source], capture_output=True,
                             text=True, env=env, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     check = subprocess.run([str(venv), "-c", TRAIN_ONE_STEP], capture_output=True, text=True,
