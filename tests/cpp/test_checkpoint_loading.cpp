@@ -2,10 +2,14 @@
 // every refusal is an exception, never a crash (ampkit's own checks throw c10::ValueError/TypeError
 // naming the entry; LibTorch's archive reader, which runs first, throws c10::Error or, for some
 // damaged zips, std::out_of_range), the object is unchanged after it, and what loads is usable.
+// ampkit::load refuses, before LibTorch compiles anything, an archive whose code defines a method.
 #include "optim_test_helpers.h"
 #include "test_helpers.h"
 
+#include <caffe2/serialize/inline_container.h>
+
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <sstream>
@@ -326,4 +330,112 @@ TEST_CASE("torch::load of an optimizer archive with bad entries names them and c
     }));
   }, "the archive has no entry 'group.0.size'"));
   CHECK(bitwise_equal(snapshot(target, params), before));
+}
+
+// ---- ampkit::load: archives that carry TorchScript code are refused before LibTorch compiles it ----
+
+namespace {
+
+// `bytes` (an archive) rewritten with `code` appended to its top-level code record.
+std::string with_code_appended(const std::string& bytes, const std::string& code) {
+  std::istringstream in(bytes);
+  caffe2::serialize::PyTorchStreamReader reader(&in);
+  std::string out;
+  {
+    caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t size) {
+      out.append(static_cast<const char*>(data), size);
+      return size;
+    });
+    writer.setMinVersion(reader.version());
+    for (const auto& record : reader.getAllRecords()) {
+      // The writer adds these itself.
+      if (record == "version" || record == ".data/version" || record == "byteorder" ||
+          record == ".data/serialization_id") {
+        continue;
+      }
+      auto [data, size] = reader.getRecord(record);
+      std::string content(static_cast<const char*>(data.get()), size);
+      if (record == "code/__torch__.py") content += code;
+      writer.writeRecord(record, content.data(), content.size());
+    }
+    writer.writeEndOfFile();
+  }
+  return out;
+}
+
+// A method LibTorch accepts (it compiles into the loaded module), and one it cannot compile.
+const std::string kCompilingMethod =
+    "  def forward(self) -> None:\n    ops.prim.RaiseException(\"payload\", \"builtins.RuntimeError\")\n";
+const std::string kFailingMethod = "  def __setstate__(self, state: Dict[str, float]) -> None:\n    undefined_name()\n";
+
+}  // namespace
+
+TEST_CASE("ampkit::load loads ampkit's own archives as torch::load does", "[checkpoint]") {
+  ampkit::GradScaler source(ampkit::GradScalerOptions().init_scale(4096).growth_interval(7).hysteresis(2));
+  source.scale(torch::ones({}));
+  std::istringstream stream(saved_bytes(source));
+  ampkit::GradScaler target;
+  ampkit::load(target, stream, "scaler.pt");
+  CHECK(target.state_dict() == source.state_dict());
+
+  auto params = make_params(1);
+  ampkit::optim::AdamW optimizer(params, ampkit::optim::AdamWOptions(1e-3));
+  take_steps(optimizer, params, 2);
+  const std::string path = (std::filesystem::temp_directory_path() / "ampkit_load_adamw.pt").string();
+  torch::save(optimizer, path);
+  auto other_params = make_params(1);
+  ampkit::optim::AdamW other(other_params, ampkit::optim::AdamWOptions(1e-3));
+  ampkit::load(other, path);
+  // Everything the optimizer holds (masters, state, lr); the model weights are not part of it.
+  const auto loaded = snapshot(other, other_params), saved = snapshot(optimizer, params);
+  CHECK(bitwise_equal({loaded.begin() + other_params.size(), loaded.end()},
+                      {saved.begin() + params.size(), saved.end()}));
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("ampkit::load refuses an archive that defines a method, before LibTorch compiles it", "[checkpoint]") {
+  ampkit::GradScaler source(ampkit::GradScalerOptions().init_scale(4096));
+  source.scale(torch::ones({}));
+  const std::string bytes = saved_bytes(source);
+  for (const auto& method : {kCompilingMethod, kFailingMethod}) {
+    const std::string hostile = with_code_appended(bytes, method);
+    ampkit::GradScaler target(ampkit::GradScalerOptions().init_scale(32));
+    const ampkit::GradScalerState before = target.state_dict();
+    std::istringstream stream(hostile);
+    CHECK(throws_with([&] { ampkit::load(target, stream, "hostile.pt"); },
+                      "checkpoint 'hostile.pt' refused: its record 'code/__torch__.py' defines code (def "));
+    CHECK(target.state_dict() == before);
+  }
+  // Without the check LibTorch compiles what the archive defines: the method that does not compile
+  // fails inside torch::load (so it was compiled), the other loads with the attacker's method in it.
+  std::istringstream failing(with_code_appended(bytes, kFailingMethod));
+  ampkit::GradScaler target;
+  try {
+    torch::load(target, failing);
+    FAIL("torch::load accepted a method that does not compile");
+  } catch (const std::exception& error) {  // TorchScript's compile error
+    CHECK(std::string(error.what()).find("undefined_name") != std::string::npos);
+  }
+  std::istringstream compiling(with_code_appended(bytes, kCompilingMethod));
+  CHECK_NOTHROW(torch::load(target, compiling));
+}
+
+TEST_CASE("ampkit::load of damaged archives refuses with an exception and changes nothing", "[checkpoint]") {
+  ampkit::GradScaler source(ampkit::GradScalerOptions().init_scale(4096));
+  source.scale(torch::ones({}));
+  ampkit::GradScaler target(ampkit::GradScalerOptions().init_scale(32));
+  const ampkit::GradScalerState before = target.state_dict();
+  int refused = 0;
+  for (const auto& damaged : damaged_copies(saved_bytes(source))) {
+    std::istringstream stream(damaged);
+    try {
+      ampkit::load(target, stream);
+      target.load_state_dict(before);
+    } catch (const std::exception&) {
+      ++refused;
+      REQUIRE(target.state_dict() == before);
+    }
+  }
+  CHECK(refused >= 50);
+  CHECK_THROWS(ampkit::check_archive_declares_no_code("/nonexistent/ampkit.pt"));
 }

@@ -3,6 +3,7 @@
 
 #include "ampkit/autocast.h"      // AutocastGuard, Policy, per-module policies
 #include "ampkit/build_info.h"
+#include "ampkit/checkpoint.h"     // load: torch::load after refusing archives that carry code
 #include "ampkit/fused_linear.h"  // fused_linear, fused_mlp ops
 #include "ampkit/grad_scaler.h"   // GradScaler
 #include "ampkit/loss_scaling.h"  // unscale_and_check_, update_scale_ ops
