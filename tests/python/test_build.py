@@ -154,31 +154,16 @@ def test_wheel_is_abi3_and_wheel_install_and_editable_install_each_train_in_a_fr
     for library in ("libampkit.so", "libampkit_python.so"):
         assert python_symbols(str(tmp_path / "unpacked" / "ampkit" / library)) == [], library
 
-    venv, site_dir = fresh_venv(tmp_path / "venv")
-    result = subprocess.run(pip + ["--python", str(venv), "install", *fresh_install, str(wheel)],
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    check = subprocess.run([str(venv), "-c", TRAIN_ONE_STEP], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": ""}, cwd="/", timeout=300)
-    assert check.returncode == 0, check.stderr
-    assert check.stdout.strip() == f"{site_dir}/ampkit/__init__.py True True False", check.stdout
-
-    # pip install . (a wheel built and installed in one go) into another fresh venv.
-    venv, site_dir = fresh_venv(tmp_path / "venv-install")
-    result = subprocess.run(pip + ["--python", str(venv), "install", *fresh_install, source], capture_output=True,
-                            text=True, env=env, timeout=1800)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    check = subprocess.run([str(venv), "-c", TRAIN_ONE_STEP], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": ""}, cwd="/", timeout=300)
-    assert check.returncode == 0, check.stderr
-    assert check.stdout.strip() == f"{site_dir}/ampkit/__init__.py True True False", check.stdout
-
-    venv, _ = fresh_venv(tmp_path / "venv-editable")
-    result = subprocess.run(pip + ["--python", str(venv), "install", *fresh_install, "-e", source], capture_output=True,
-                            text=True, env=env, timeout=1800)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    check = subprocess.run([str(venv), "-c", TRAIN_ONE_STEP], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": ""}, cwd="/", timeout=300)
-    assert check.returncode == 0, check.stderr
-    # Editable: the package is imported from the source tree, with the compiled parts built beside it.
-    assert check.stdout.strip() == f"{source}/python/ampkit/__init__.py True True False", check.stdout
+    # The wheel, `pip install .` and `pip install -e .`, each into its own fresh venv, each trains a step.
+    cases = [("venv-wheel", [str(wheel)], None), ("venv-install", [source], None),
+             ("venv-editable", ["-e", source], f"{source}/python/ampkit")]  # editable: the source tree
+    for name, target, package_dir in cases:
+        venv, site_dir = fresh_venv(tmp_path / name)
+        result = subprocess.run(pip + ["--python", venv, "install", *fresh_install, *target], capture_output=True,
+                                text=True, env=env, timeout=1800)
+        assert result.returncode == 0, name + result.stdout[-3000:] + result.stderr[-3000:]
+        check = subprocess.run([venv, "-c", TRAIN_ONE_STEP], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": ""}, cwd="/", timeout=300)
+        assert check.returncode == 0, name + check.stderr
+        expected_dir = package_dir or f"{site_dir}/ampkit"
+        assert check.stdout.strip() == f"{expected_dir}/__init__.py True True False", (name, check.stdout)

@@ -399,7 +399,7 @@ def test_bf16_ignores_a_scaler_state_with_a_warning():
     ({"dtype": "bf16", "policy": "mixed_float16"}, ValueError,
      r"dtype is torch.bfloat16 but the policy's dtype is torch.float16"),
     ({"dtype": "bf16", "policy": 3}, TypeError, r"policy must be an ampkit.Policy.* got int"),
-    ({"dtype": "bf16", "device": "xla"}, ValueError, r"device must be 'cpu' or 'cuda' .* got 'xla'"),
+    ({"dtype": "bf16", "device": "xla"}, ValueError, r"device: device_type must be cpu or cuda, got xla \(got 'xla'\)"),
 ])
 def test_bad_arguments_raise_naming_them(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -51,7 +51,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("ampkit.integrations.lightning needs the 'lightning' package: pip install lightning") from error
 
 from .. import optim as ampkit_optim
-from ..autocasting import Policy, autocast
+from ..autocasting import Policy, _device_name, autocast
 from ..grad_scaler import GradScaler
 
 __all__ = ["AmpkitPrecision"]
@@ -83,18 +83,13 @@ def _resolve_dtype(dtype: Any) -> Optional[torch.dtype]:
 
 
 def _resolve_device(device: Any) -> Optional[str]:
+    """'cpu' or 'cuda' (ampkit's autocast devices) by ampkit.autocast's own rule, None for None."""
     if device is None:
         return None
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"AmpkitPrecision: device must be 'cpu', 'cuda', a torch.device or None, "
-                        f"got {type(device).__name__}")
     try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        kind = None
-    if kind not in ("cpu", "cuda"):
-        raise ValueError(f"AmpkitPrecision: device must be 'cpu' or 'cuda' (ampkit's autocast devices), got {device!r}")
-    return kind
+        return _device_name(device)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"AmpkitPrecision: device: {error} (got {device!r})") from None
 
 
 class AmpkitPrecision(Precision):
