@@ -28,11 +28,10 @@ decisions once they have settled.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import math
 import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,6 +73,11 @@ class PrecisionChange:
         return (isinstance(value, dict) and set(value) == {f.name for f in dataclasses.fields(PrecisionChange)}
                 and isinstance(value["step"], int) and not isinstance(value["step"], bool)
                 and all(isinstance(value[k], str) for k in ("target", "from_dtype", "to_dtype", "reason")))
+
+
+# Elementwise modules that cannot produce a non-finite output from finite inputs.
+_CANNOT_OVERFLOW = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Identity,
+                    nn.Flatten, nn.Unflatten, nn.Softmax, nn.LogSoftmax, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
 
 def _check_count(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
@@ -118,6 +122,43 @@ class _OpBlame(TorchFunctionMode):
             self.controller._op_names.append(name)
             self.controller._op_sums.append(out.detach().sum(dtype=torch.float32))
         return out
+
+
+class _Region:
+    """``with controller.autocast():`` -- the autocast region for the current decisions; records
+    forward blame when the model trains, and runs the sampled op diagnostic when one is armed."""
+
+    __slots__ = ("controller", "region", "recording", "sampling", "mode")
+
+    def __init__(self, controller: "AdaptivePrecision") -> None:
+        self.controller = controller
+
+    def __enter__(self) -> "_Region":
+        controller = self.controller
+        self.region = controller._current_region()
+        self.recording = controller.model.training and torch.is_grad_enabled()
+        self.sampling = self.recording and controller._op_armed and controller._active is not None
+        self.region.__enter__()
+        self.mode = None
+        if self.sampling:
+            controller._op_armed = False
+            controller._op_names, controller._op_sums = [], []
+            self.mode = _OpBlame(controller)
+            self.mode.__enter__()
+        if self.recording:
+            controller._fwd_sums, controller._fwd_order = [], []
+        controller._recording = self.recording
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        controller = self.controller
+        controller._recording = False
+        try:
+            if self.mode is not None:
+                self.mode.__exit__(*exc_info)
+                controller._close_op_sample()
+        finally:
+            self.region.__exit__(*exc_info)
 
 
 class AdaptivePrecision:
@@ -165,7 +206,8 @@ class AdaptivePrecision:
                  ops: bool = False, warmup_steps: int = 0, warmup_epochs: int = 0,
                  warmup_loss_change: float | None = None, max_skip_rate: float | None = 0.25,
                  fallback_windows: int = 3, underflow_threshold: float | None = None, underflow_windows: int = 2,
-                 prefer_bf16: bool = True, scaler: Any = None, sample_every: int = 20) -> None:
+                 prefer_bf16: bool = True, scaler: Any = None, sample_every: int = 20,
+                 blame: str = "after_non_finite") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"AdaptivePrecision: model must be a torch.nn.Module, got {type(model).__name__}")
         if device_type not in ("cpu", "cuda"):
@@ -188,6 +230,9 @@ class AdaptivePrecision:
         _check_fraction("warmup_loss_change", warmup_loss_change)
         _check_fraction("max_skip_rate", max_skip_rate)
         _check_fraction("underflow_threshold", underflow_threshold)
+        if blame not in ("after_non_finite", "always"):
+            raise ValueError(f"AdaptivePrecision: blame must be 'after_non_finite' or 'always', got {blame!r}")
+        self.blame = blame
         self.model, self.device_type, self.amp_dtype = model, device_type, dtype
         self.modules, self.ops = modules, ops
         self.promote_after, self.window, self.demote_after = promote_after, window, demote_after
@@ -196,43 +241,45 @@ class AdaptivePrecision:
         self.underflow_threshold, self.underflow_windows = underflow_threshold, underflow_windows
         self.prefer_bf16, self.scaler, self.sample_every = prefer_bf16, scaler, sample_every
 
-        # The modules that can be blamed: the leaves (a container's output is its last child's).
-        self.module_names = [name for name, m in model.named_modules() if name and not any(m.children())]
-        if not self.module_names:  # a single-module model: blame the model itself
-            self.module_names = [""]
-        by_name = dict(model.named_modules())
-        self._modules = [by_name[name] for name in self.module_names]
-        # Each parameter's owning leaf module, for gradient blame.
+        # The modules that can be blamed: the leaves (a container's output is its last child's), less
+        # the elementwise ones that cannot turn finite inputs into a non-finite output (an overflow
+        # there is always inherited, so hooking them would only add cost).
+        leaves = [(name, m) for name, m in model.named_modules() if not any(m.children())]
+        blamable = [(name, m) for name, m in leaves if not isinstance(m, _CANNOT_OVERFLOW)]
+        if not blamable:  # a single-module model: blame the model itself
+            blamable = [("", model)]
+        self.module_names = [name for name, _ in blamable]
+        self._modules = [m for _, m in blamable]
+        # Each parameter's owning blamable module, for gradient blame.
         self._params: list[tuple[nn.Parameter, int]] = []
         for i, module in enumerate(self._modules):
             for param in module.parameters(recurse=module is model):
                 if param.requires_grad:
                     self._params.append((param, i))
         self._device = next((p.device for p in model.parameters()), torch.device(device_type))
-        self._hooks = [m.register_forward_hook(self._make_hook(i)) for i, m in enumerate(self._modules)]
+        self._hooks: list = []
+        self._blaming = False
+        self._last_overflow_events = self._overflow_events_now_known()
+        self._set_blaming(blame == "always")
 
-        # Device-side accumulators for the current logging window: blame counts per module, then
-        # [non-finite steps, loss sum, finite losses, underflow fraction sum].
-        count = len(self._modules)
-        self._blame = torch.zeros(count, device=self._device)
-        self._scalars = torch.zeros(4, device=self._device)
-        self._zero_flag = torch.zeros((), dtype=torch.bool, device=self._device)
-        self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
-        self._window_steps = 0
-        self._underflow_samples = 0
-        self._calls = 0
-        # Per step, filled by the region and consumed by after_backward.
+        # Per step, one device vector [forward output sums (execution order), gradient sums, loss],
+        # kept un-read until the logging point; the host keeps which module each entry belongs to.
         self._recording = False
         self._fwd_sums: list[torch.Tensor] = []
         self._fwd_order: list[int] = []
-        self._fwd_first: torch.Tensor | None = None
-        self._fwd_any: torch.Tensor | None = None
+        self._pending: list[torch.Tensor] = []
+        self._pending_layout: list[tuple[list[int], list[int], bool]] = []
+        self._underflow_pending: list[torch.Tensor] = []
+        self._calls = 0
+        self._window = self._empty_window()
+        self._no_loss = torch.zeros(0, device=self._device)
         # Sampled op diagnostics.
         self._op_armed = False
         self._op_names: list[str] = []
         self._op_sums: list[torch.Tensor] = []
         self._op_pending: list[tuple[list[str], torch.Tensor]] = []
         self._allowed_cache: dict[Any, str | None] = {}
+        self._region: autocast | None = None
 
         # Decisions (host state; all of it is in state_dict()).
         self._active: torch.dtype | None = None if self._in_warmup() else dtype
@@ -267,31 +314,46 @@ class AdaptivePrecision:
     def promoted_modules(self) -> list[str]:
         return sorted(self._promoted)
 
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
+    def autocast(self) -> "_Region":
         """The autocast region for the current decisions. In training mode it also records forward blame."""
-        recording = self.model.training and torch.is_grad_enabled()
-        if self._active is None:
-            region = autocast(self.device_type, enabled=False)
+        return _Region(self)
+
+    def _current_region(self) -> autocast:
+        if self._region is None:  # rebuilt only when a decision changes it
+            if self._active is None:
+                self._region = autocast(self.device_type, enabled=False)
+            else:
+                policy = self._policy if self._policy.dtype == self._active else self._policy.with_dtype(self._active)
+                self._region = autocast(self.device_type, policy=policy)
+        return self._region
+
+    def _set_blaming(self, on: bool) -> None:
+        """Blame costs a hook per module and a sum per output and gradient: it is gathered on every
+        step only with blame='always'; by default from the logging point after a non-finite step
+        until a window comes out clean (a clean run pays for neither hooks nor sums)."""
+        on = on or self.blame == "always"
+        if on == self._blaming:
+            return
+        if on:
+            self._hooks = [m.register_forward_hook(self._make_hook(i)) for i, m in enumerate(self._modules)]
         else:
-            region = autocast(self.device_type, policy=self._policy.with_dtype(self._active)
-                              if self._policy.dtype != self._active else self._policy)
-        sampling = recording and self._op_armed and self._active is not None
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(region)
-            if sampling:
-                self._op_armed = False
-                self._op_names, self._op_sums = [], []
-                stack.enter_context(_OpBlame(self))
-            self._recording = recording
-            try:
-                yield
-            finally:
-                self._recording = False
-        if recording:
-            self._close_forward()
-        if sampling:
-            self._close_op_sample()
+            for hook in self._hooks:
+                hook.remove()
+            self._hooks = []
+        self._blaming = on
+
+    def _overflow_events(self) -> torch.Tensor | None:
+        """The scaler's device counter of iterations with inf/NaN gradients, where it has one."""
+        if self.scaler is None or not self.scaler.is_enabled():
+            return None
+        return getattr(self.scaler, "overflow_events", None)
+
+    def _overflow_events_now_known(self) -> int:
+        # At construction (no step has run): the counter's starting value, from the host.
+        scaler = self.scaler
+        if scaler is None or getattr(scaler, "_overflow_events", None) is not None:
+            return 0 if scaler is None else int(scaler._overflow_events.item())
+        return int(getattr(scaler, "_init_overflow_events", 0))
 
     def _make_hook(self, index: int):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -306,29 +368,6 @@ class AdaptivePrecision:
             self._fwd_sums.append(tensor.detach().sum(dtype=torch.float32))
             self._fwd_order.append(index)
         return hook
-
-    def _index(self, order: list[int]) -> torch.Tensor:
-        key = tuple(order)
-        cached = self._index_cache.get(key)
-        if cached is None:
-            if len(self._index_cache) > 64:
-                self._index_cache.clear()
-            cached = self._index_cache[key] = torch.tensor(order, dtype=torch.long, device=self._device)
-        return cached
-
-    def _first_per_module(self, sums: list[torch.Tensor], order: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(one-hot over modules of the first non-finite entry, whether any entry is non-finite), on the device."""
-        non_finite = ~torch.isfinite(torch.stack(sums))
-        first = non_finite & (non_finite.cumsum(0) == 1)
-        per_module = torch.zeros_like(self._blame).index_add_(0, self._index(order), first.to(self._blame.dtype))
-        return per_module, non_finite.any()
-
-    def _close_forward(self) -> None:
-        if self._fwd_sums:
-            self._fwd_first, self._fwd_any = self._first_per_module(self._fwd_sums, self._fwd_order)
-        else:
-            self._fwd_first, self._fwd_any = None, None
-        self._fwd_sums, self._fwd_order = [], []
 
     def _allowed_op(self, func: Any) -> str | None:
         """The qualified aten name of `func` when the current policy runs it in low precision."""
@@ -358,38 +397,28 @@ class AdaptivePrecision:
         self._op_names, self._op_sums = [], []
 
     def after_backward(self, loss: torch.Tensor | None = None) -> None:
-        """After backward, before the optimizer step: launches the step's gradient blame (and, every
-        ``sample_every`` calls, the underflow measurement) on the device. Never waits for the device."""
-        grads, owners = [], []
-        for param, owner in self._params:
-            if param.grad is not None:
-                grads.append(param.grad.detach().sum(dtype=torch.float32))
-                owners.append(owner)
-        if grads:
-            grad_first, grad_any = self._first_per_module(grads, owners)
-        else:
-            grad_first, grad_any = torch.zeros_like(self._blame), self._zero_flag
-        if self._fwd_first is not None:
-            blame = torch.where(self._fwd_any, self._fwd_first, grad_first)
-            non_finite = self._fwd_any | grad_any
-        else:
-            blame, non_finite = grad_first, grad_any
-        self._blame.add_(blame)
-        increments = [non_finite.to(self._scalars.dtype)]
-        if loss is not None:
-            value = loss.detach().float().reshape(())
-            finite = torch.isfinite(value)
-            increments += [torch.where(finite, value, 0.0), finite.to(self._scalars.dtype)]
-        else:
-            increments += [self._scalars.new_zeros(()), self._scalars.new_zeros(())]
-        if self.underflow_threshold is not None and self._calls % self.sample_every == 0 and grads:
-            increments.append(self._underflow_fraction())
-            self._underflow_samples += 1
-        else:
-            increments.append(self._scalars.new_zeros(()))
-        self._scalars.add_(torch.stack(increments))
-        self._fwd_first = self._fwd_any = None
-        self._window_steps += 1
+        """After backward, before the optimizer step: launches the step's gradient blame (a float32
+        sum per gradient, stacked with the forward sums and the loss into one vector) and, every
+        ``sample_every`` calls, the underflow measurement. Never waits for the device."""
+        owners = []
+        if self._blaming:
+            sums = self._fwd_sums
+            for param, owner in self._params:
+                if param.grad is not None:
+                    sums.append(param.grad.detach().sum(dtype=torch.float32))
+                    owners.append(owner)
+            if loss is not None:
+                sums.append(loss.detach().reshape(()).float())
+            if sums:
+                self._pending.append(torch.stack(sums))
+                self._pending_layout.append((self._fwd_order, owners, loss is not None))
+        else:  # the loss alone; gradient overflows are counted by the scaler's device counter
+            self._pending.append(loss.detach().reshape(1) if loss is not None else self._no_loss)
+            self._pending_layout.append(([], [], loss is not None))
+        if (self.underflow_threshold is not None and self._calls % self.sample_every == 0
+                and any(p.grad is not None for p, _ in self._params)):
+            self._underflow_pending.append(self._underflow_fraction())
+        self._fwd_sums, self._fwd_order = [], []
         self._calls += 1
 
     def _underflow_fraction(self) -> torch.Tensor:
@@ -397,8 +426,8 @@ class AdaptivePrecision:
         if self.scaler is not None and self.scaler.is_enabled():
             inv_scale = self.scaler.get_scale_async().double().reciprocal().float().reshape(())
         else:
-            inv_scale = self._scalars.new_ones(())
-        tiny, total = self._scalars.new_zeros(()), 0
+            inv_scale = torch.ones((), device=self._device)
+        tiny, total = torch.zeros((), device=self._device), 0
         for param, _ in self._params:
             grad = param.grad
             if grad is None:
@@ -409,28 +438,78 @@ class AdaptivePrecision:
         return tiny / max(total, 1)
 
     # ---- logging points ----
+    @staticmethod
+    def _empty_window() -> dict:
+        return {"steps": 0, "non_finite": 0, "blame": {}, "loss_sum": 0.0, "loss_count": 0, "underflow_sum": 0.0,
+                "underflow_samples": 0, "op_flags": []}
+
+    def _digest(self) -> None:
+        """Reads the steps' device vectors (one transfer) into the host's window totals."""
+        events = self._overflow_events() if self._pending else None
+        if self._pending or self._underflow_pending or self._op_pending:
+            values = torch.cat([v.reshape(-1).float() for v in self._pending + self._underflow_pending]
+                               + [flags.reshape(-1).float() for _, flags in self._op_pending]
+                               + ([] if events is None else [events.reshape(1).float()])).cpu().tolist()
+        else:
+            values = []
+        window, offset = self._window, 0
+        flagged = 0
+        for forward, owners, has_loss in self._pending_layout:
+            entries = values[offset:offset + len(forward) + len(owners) + has_loss]
+            offset += len(entries)
+            bad = [not math.isfinite(v) for v in entries[:len(forward) + len(owners)]]
+            window["steps"] += 1
+            if has_loss and not math.isfinite(entries[-1]):
+                bad.append(True)
+            if any(bad):
+                flagged += 1
+                first = bad.index(True)
+                if first < len(forward) + len(owners):  # a non-finite loss alone blames no module
+                    culprit = forward[first] if first < len(forward) else owners[first - len(forward)]
+                    name = self.module_names[culprit]
+                    window["blame"][name] = window["blame"].get(name, 0) + 1
+            if has_loss and math.isfinite(entries[-1]):
+                window["loss_sum"] += entries[-1]
+                window["loss_count"] += 1
+        for fraction in values[offset:offset + len(self._underflow_pending)]:
+            window["underflow_sum"] += fraction
+            window["underflow_samples"] += 1
+        offset += len(self._underflow_pending)
+        for names, _ in self._op_pending:
+            flags = values[offset:offset + len(names)]
+            offset += len(names)
+            window["op_flags"].append([name for name, flag in zip(names, flags) if flag])
+        overflowed = 0
+        if events is not None:
+            total = int(values[-1])
+            overflowed, self._last_overflow_events = total - self._last_overflow_events, total
+        # A step is non-finite if the forward/gradient/loss records say so or the scaler counted it.
+        window["non_finite"] += max(flagged, overflowed)
+        self._pending, self._pending_layout, self._underflow_pending, self._op_pending = [], [], [], []
+
     def update(self, step: int, epoch: int | None = None) -> list[PrecisionChange]:
         """Reads the window's device records (one transfer), decides, and returns the new changes.
         ``step``: the optimizer steps done so far; ``epoch``: the epochs completed (for warm-up in epochs)."""
         _check_count("update(step)", step, 0)
         _check_count("update(epoch)", epoch, 0, allow_none=True)
-        values = torch.cat([self._blame, self._scalars]).cpu().tolist()
-        op_flags = [(names, flags.cpu().tolist()) for names, flags in self._op_pending]
-        self._blame.zero_(); self._scalars.zero_(); self._op_pending = []
-        count = len(self._modules)
-        blamed = {self.module_names[i] for i, v in enumerate(values[:count]) if v > 0}
-        non_finite, loss_sum, loss_count, underflow_sum = values[count:]
-        steps, samples = self._window_steps, self._underflow_samples
-        self._window_steps = self._underflow_samples = 0
-        blamed_ops = set()
-        for names, flags in op_flags:
-            blamed_ops.update(name for name, flag in zip(names, flags) if flag)
-        window = {"steps": steps, "non_finite": int(non_finite), "blamed": blamed, "blamed_ops": blamed_ops,
-                  "loss": loss_sum / loss_count if loss_count else None, "sampled_ops": bool(op_flags),
-                  "underflow": underflow_sum / samples if samples else None}
-        if steps == 0 or self.frozen:
+        self._digest()
+        totals, self._window = self._window, self._empty_window()
+        window = {"steps": totals["steps"], "non_finite": totals["non_finite"], "blamed": set(totals["blame"]),
+                  "blamed_ops": {name for names in totals["op_flags"] for name in names},
+                  "sampled_ops": bool(totals["op_flags"]),
+                  "loss": totals["loss_sum"] / totals["loss_count"] if totals["loss_count"] else None,
+                  "underflow": (totals["underflow_sum"] / totals["underflow_samples"]
+                                if totals["underflow_samples"] else None)}
+        if window["steps"] == 0:
             return []
-        return self._decide(step, epoch, window)
+        # Blame for the next window: on after a non-finite step, off after a clean window.
+        self._set_blaming(window["non_finite"] > 0)
+        if self.frozen:
+            return []
+        changes = self._decide(step, epoch, window)
+        if changes:
+            self._region = None
+        return changes
 
     def _change(self, step: int, target: str, old: torch.dtype | None, new: torch.dtype | None,
                 reason: str, new_changes: list) -> None:
@@ -514,6 +593,7 @@ class AdaptivePrecision:
                 self._denied_ops.append(name)
                 self._policy = self._policy.deny(name)
                 self._allowed_cache.clear()
+                self._region = None
                 self._op_windows = collections.deque((w - {name} for w in self._op_windows), maxlen=self.window)
                 self._change(step, OP_PREFIX + name, self._active, torch.float32,
                              f"first non-finite op output in {hits} of the last {len(self._op_windows) or hits} "
@@ -576,16 +656,18 @@ class AdaptivePrecision:
 
     def remove(self) -> None:
         """Takes the hooks off the model and removes the module policies the controller set."""
-        for hook in self._hooks:
-            hook.remove()
+        self.blame = "after_non_finite"
+        self._set_blaming(False)
         for name in list(self._promoted):
             self._demote(name)
 
     def state_dict(self) -> dict:
         """The decisions and the window in progress, as plain data (torch.load(weights_only=True) reads it).
-        Reads the device accumulators: call it at a logging point or a checkpoint, not every step."""
-        blame = self._blame.cpu().tolist()
-        scalars = self._scalars.cpu().tolist()
+        Reads the device records of the steps since the last logging point: call it at a logging
+        point or a checkpoint, not every step."""
+        self._digest()
+        window = dict(self._window, blame=dict(self._window["blame"]),
+                      op_flags=[list(names) for names in self._window["op_flags"]])
         return {
             "version": _STATE_VERSION, "modules": list(self.module_names), "amp_dtype": _DTYPE_NAMES[self.amp_dtype],
             "active": _DTYPE_NAMES[self._active], "warmup_done": self._warmup_done, "frozen": self.frozen,
@@ -594,9 +676,8 @@ class AdaptivePrecision:
             "backoff": dict(self._backoff), "windows": [sorted(w) for w in self._windows],
             "op_windows": [sorted(w) for w in self._op_windows], "skip_streak": self._skip_streak,
             "underflow_streak": self._underflow_streak, "previous_loss": self._previous_loss,
-            "op_armed": self._op_armed, "calls": self._calls, "window_steps": self._window_steps,
-            "underflow_samples": self._underflow_samples, "blame": blame, "scalars": scalars,
-            "op_pending": [[list(names), flags.cpu().tolist()] for names, flags in self._op_pending],
+            "op_armed": self._op_armed, "calls": self._calls, "window": window, "blaming": self._blaming,
+            "overflow_events": self._last_overflow_events,
             "min_scale": None if self.scaler is None else self.scaler._min_scale,
             "changes": [dataclasses.asdict(c) for c in self.changes],
         }
@@ -629,16 +710,14 @@ class AdaptivePrecision:
         for names in state["windows"]:
             if not set(names) <= set(self.module_names):
                 fail(ValueError, f"'windows' names modules not in this model: {sorted(set(names) - set(self.module_names))}")
-        if len(state["blame"]) != len(self.module_names) or len(state["scalars"]) != 4:
-            fail(ValueError, f"'blame' must hold {len(self.module_names)} numbers and 'scalars' 4")
+        for name in state["window"]["blame"]:
+            if name not in self.module_names:
+                fail(ValueError, f"'window' blames {name!r}, which is not a module of this model")
         for name in state["denied_ops"]:
             try:
                 Policy.default(self.device_type, self.amp_dtype).deny(name)
             except (ValueError, RuntimeError) as error:
                 fail(ValueError, f"'denied_ops' holds {name!r}: {error}")
-        for names, flags in state["op_pending"]:
-            if len(names) != len(flags):
-                fail(ValueError, "'op_pending' entries must pair each op name with one flag")
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a state_dict(): decisions, module policies, op lists and the window in progress.
@@ -661,13 +740,13 @@ class AdaptivePrecision:
         self._op_windows = collections.deque((frozenset(w) for w in state["op_windows"]), maxlen=self.window)
         self._skip_streak, self._underflow_streak = state["skip_streak"], state["underflow_streak"]
         self._previous_loss, self._op_armed = state["previous_loss"], state["op_armed"]
-        self._calls, self._window_steps = state["calls"], state["window_steps"]
-        self._underflow_samples = state["underflow_samples"]
-        with torch.no_grad():
-            self._blame.copy_(torch.tensor(state["blame"], dtype=self._blame.dtype))
-            self._scalars.copy_(torch.tensor(state["scalars"], dtype=self._scalars.dtype))
-        self._op_pending = [(list(names), torch.tensor(flags, dtype=torch.bool, device=self._device))
-                            for names, flags in state["op_pending"]]
+        self._calls = state["calls"]
+        self._set_blaming(state["blaming"])
+        self._last_overflow_events = state["overflow_events"]
+        window = state["window"]
+        self._window = dict(window, blame=dict(window["blame"]), op_flags=[list(n) for n in window["op_flags"]])
+        self._pending, self._pending_layout, self._underflow_pending, self._op_pending = [], [], [], []
+        self._region = None
         if self.scaler is not None and state["min_scale"] is not None:
             self.scaler._min_scale = float(state["min_scale"])
         self.changes = [PrecisionChange(**c) for c in state["changes"]]
@@ -684,6 +763,15 @@ def _is_str_list(value: Any) -> bool:
 def _is_number_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                            and math.isfinite(v) for v in value)
+
+
+def _is_window(value: Any) -> bool:
+    return (isinstance(value, dict) and set(value) == set(AdaptivePrecision._empty_window())
+            and all(_is_int(value[k]) for k in ("steps", "non_finite", "loss_count", "underflow_samples"))
+            and _is_number_list([value["loss_sum"], value["underflow_sum"]])
+            and isinstance(value["blame"], dict)
+            and all(isinstance(k, str) and _is_int(n, 1) for k, n in value["blame"].items())
+            and isinstance(value["op_flags"], list) and all(_is_str_list(n) for n in value["op_flags"]))
 
 
 def _is_promoted_entry(value: Any) -> bool:
@@ -712,13 +800,10 @@ _STATE_TYPES: dict[str, tuple[Any, str]] = {
     "previous_loss": (lambda v: v is None or (isinstance(v, float) and math.isfinite(v)), "a finite float or None"),
     "op_armed": (lambda v: isinstance(v, bool), "a bool"),
     "calls": (_is_int, "an int >= 0"),
-    "window_steps": (_is_int, "an int >= 0"),
-    "underflow_samples": (_is_int, "an int >= 0"),
-    "blame": (_is_number_list, "a list of finite numbers"),
-    "scalars": (_is_number_list, "a list of finite numbers"),
-    "op_pending": (lambda v: isinstance(v, list) and all(
-        isinstance(e, list) and len(e) == 2 and _is_str_list(e[0]) and isinstance(e[1], list)
-        and all(isinstance(f, bool) for f in e[1]) for e in v), "a list of [op names, flags] pairs"),
+    "blaming": (lambda v: isinstance(v, bool), "a bool"),
+    "overflow_events": (_is_int, "an int >= 0"),
+    "window": (lambda v: _is_window(v), "the window in progress: a dict of steps, non_finite, blame, loss_sum, "
+               "loss_count, underflow_sum, underflow_samples, op_flags"),
     "min_scale": (lambda v: v is None or (isinstance(v, float) and v > 0), "a positive float or None"),
     "changes": (lambda v: isinstance(v, list) and all(PrecisionChange.is_record(c) for c in v),
                 "a list of precision-change records"),
