@@ -17,10 +17,14 @@ It acts on what ampkit already measures, with the tools ampkit already has:
   after unscaling stays above ``underflow_threshold``, prefer bf16 (where supported) or raise the
   loss scaler's ``min_scale``. No gradient value is ever changed.
 
-Cost model: during a step the controller only *launches* device work (a float32 sum per hooked
-module output and per gradient, a few tiny vector ops); nothing is read back to the host until
-:meth:`AdaptivePrecision.update`, which the caller runs at its logging points and which reads
-everything with one transfer. Decisions therefore take effect at logging points.
+Cost model: during a step the controller only *launches* device work and never reads a value back;
+:meth:`AdaptivePrecision.update`, which the caller runs at its logging points, reads everything the
+window recorded with one transfer and attributes blame on the host. On a clean run a step records
+only its loss (the scaler's device counter of overflowed iterations covers the gradients). Blame
+(a forward hook per module that can overflow, one float32 sum per hooked output and per gradient,
+stacked into one vector per step) is gathered from the logging point after a non-finite step until
+a window comes out clean, or on every step with ``blame="always"``. Decisions take effect at
+logging points: with the default, a layer that overflows from the start is promoted at the third.
 
 A change of policy is a new trace for ``torch.compile`` and CUDA graphs: :meth:`freeze` fixes the
 decisions once they have settled.
@@ -180,7 +184,10 @@ class AdaptivePrecision:
     Arguments (all keyword-only after ``dtype``):
 
     * ``modules``: per-module promotion on (default). ``promote_after`` of the last ``window``
-      logging windows in which a module was blamed promote it (default 2 of 3).
+      logging windows in which a module was blamed promote it (default 2 of 3). Blamable modules
+      are the leaves, less elementwise ones that cannot turn finite inputs non-finite (ReLU, GELU...).
+    * ``blame``: ``"after_non_finite"`` (default: gather blame only while steps go non-finite, so a
+      clean run pays almost nothing) or ``"always"`` (every step; a module is blamed one window sooner).
     * ``demote_after``: clean steps (no non-finite step at all) after which a promoted module is
       tried in the AMP dtype again; doubled for a module each time it is promoted again. None: never.
     * ``ops``: per-op promotion. Blame reaches op level through a *sampled diagnostic step*: after a
@@ -400,6 +407,9 @@ class AdaptivePrecision:
         """After backward, before the optimizer step: launches the step's gradient blame (a float32
         sum per gradient, stacked with the forward sums and the loss into one vector) and, every
         ``sample_every`` calls, the underflow measurement. Never waits for the device."""
+        if loss is not None and (not isinstance(loss, torch.Tensor) or loss.numel() != 1):
+            raise ValueError(f"AdaptivePrecision.after_backward: loss must be a one-element tensor, got "
+                             f"{type(loss).__name__ if not isinstance(loss, torch.Tensor) else tuple(loss.shape)}")
         owners = []
         if self._blaming:
             sums = self._fwd_sums
@@ -413,7 +423,7 @@ class AdaptivePrecision:
                 self._pending.append(torch.stack(sums))
                 self._pending_layout.append((self._fwd_order, owners, loss is not None))
         else:  # the loss alone; gradient overflows are counted by the scaler's device counter
-            self._pending.append(loss.detach().reshape(1) if loss is not None else self._no_loss)
+            self._pending.append(loss.detach() if loss is not None else self._no_loss)
             self._pending_layout.append(([], [], loss is not None))
         if (self.underflow_threshold is not None and self._calls % self.sample_every == 0
                 and any(p.grad is not None for p, _ in self._params)):

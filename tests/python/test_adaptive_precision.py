@@ -319,12 +319,15 @@ def test_per_op_promotion_moves_the_overflowing_op_to_the_fp32_list(data):
 
 # ---- (6) no host read in the step path ----
 
-def test_the_controller_step_path_reads_nothing_back_to_the_host():
+@pytest.mark.parametrize("blame", ["always", "after_non_finite"])
+def test_the_controller_step_path_reads_nothing_back_to_the_host(blame):
     # FakeTensorMode tensors have no data: any read (.item(), bool(), .tolist(), nonzero) raises.
+    # Both step paths: with blame (hooks, sums) and the clean-run one (the loss alone).
     with FakeTensorMode():
         model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 4))
         controller = ampkit.AdaptivePrecision(model, "cpu", torch.float16, ops=True, underflow_threshold=0.1,
-                                              sample_every=1)
+                                              sample_every=1, blame=blame)
+        assert len(controller._hooks) == (3 if blame == "always" else 0)  # Linear, LayerNorm, Linear
         controller._op_armed = True  # the sampled diagnostic step's path too
         inputs, targets = torch.randn(8, 16), torch.randint(0, 4, (8,))
         for _ in range(3):
