@@ -137,7 +137,8 @@ class Trainer:
         put in low-precision weights and the optimizer holds the FP32 masters.
     self_check: run ampkit.check_amp first; on failure warn and train in FP32.
     max_consecutive_skips: raise when this many steps in a row overflowed (a loss that is NaN from
-        the start would otherwise loop forever doing nothing).
+        the start would otherwise loop forever doing nothing), unless the adaptive controller
+        changed the precision at the logging point that saw it (the count then starts again).
     adaptive: True (an ampkit.AdaptivePrecision with its defaults), an AdaptivePrecision built for
         this model, or a dict of its options: promotes what overflows to FP32 (and more) at logging
         points; its decisions go to history.precision_changes, the progress line and plot_history.
@@ -349,14 +350,15 @@ class Trainer:
         skip_values = [bool(v) for v in torch.stack(skipped).cpu().tolist()]
         scale_values = torch.stack(scales).cpu().tolist()
         first = self.global_step - len(losses)
+        too_many_skips = None
         for offset, (loss, skip, scale) in enumerate(zip(loss_values, skip_values, scale_values)):
             self.history.loss.append(loss)
             self.history.skipped.append(skip)
             self.history.scale.append(scale)
             non_finite_step = skip or not math.isfinite(loss)
             self._consecutive_skips = self._consecutive_skips + 1 if non_finite_step else 0
-            if self._consecutive_skips >= self.max_consecutive_skips:
-                raise RuntimeError(
+            if self._consecutive_skips >= self.max_consecutive_skips and too_many_skips is None:
+                too_many_skips = RuntimeError(
                     f"{self._consecutive_skips} consecutive steps had a non-finite loss or gradients (up to step "
                     f"{first + offset}); the loss is NaN/inf from the start or the model diverged: check the loss "
                     "function, the data and the learning rate")
@@ -368,10 +370,15 @@ class Trainer:
                     self.history.first_non_finite.append((step, names[hits[0]].rsplit(".", 1)[0]))
             self._pending_non_finite.clear()
         losses.clear(); skipped.clear(); scales.clear()
-        if self.adaptive is None:
-            return []
-        changes = self.adaptive.update(self.global_step, self.epoch if epochs_done is None else epochs_done)
-        self.history.precision_changes.extend(changes)
+        changes = []
+        if self.adaptive is not None:
+            changes = self.adaptive.update(self.global_step, self.epoch if epochs_done is None else epochs_done)
+            self.history.precision_changes.extend(changes)
+        if too_many_skips is not None:
+            if not changes:
+                raise too_many_skips
+            # A precision change at this logging point may be the cure: it gets a fresh count.
+            self._consecutive_skips = 0
         return changes
 
     # ---- public API ----

@@ -116,6 +116,23 @@ def test_adaptive_promotes_exactly_the_overflowing_layer_and_matches_fp32(data):
     assert ampkit.autocasting.module_policy(trainer.model.fc) is None
 
 
+def test_a_promotion_past_the_skip_limit_gets_its_chance_and_the_progress_line_says_so(data, capsys):
+    # Trainer defaults (log_every=20), 90 steps per epoch: window 1 (steps 1-20) sees the skips, windows
+    # 2 and 3 blame the layer, so the promotion comes at step 60, after the 50th consecutive skip.
+    # Without the controller's change at that logging point the trainer would stop there.
+    train, _ = data
+    trainer = ampkit.Trainer(overflowing_mlp(), amp="fp16", adaptive=True, **quiet(batch_size=16, progress=True))
+    trainer.fit(train, epochs=1)
+    (change,) = trainer.history.precision_changes
+    assert (change.step, change.target) == (60, "boom")
+    assert not any(trainer.history.skipped[60:])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "ampkit precision change at step 60: boom float16 -> float32" in text
+    assert "fp32 modules boom" in text  # the epoch summary line
+    assert "precision=boom fp16->fp32" in text  # the progress bar's postfix
+
+
 def test_demotion_after_clean_steps_and_backoff(data):
     # Overflow only while the gain is on: the module is promoted, demoted after 20 clean steps, and
     # (the overflow back) promoted again with a doubled wait.
