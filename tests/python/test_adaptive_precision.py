@@ -336,27 +336,35 @@ def test_per_op_promotion_moves_the_overflowing_op_to_the_fp32_list(data):
 
 # ---- (6) no host read in the step path ----
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("blame", ["always", "after_non_finite"])
-def test_the_controller_step_path_reads_nothing_back_to_the_host(blame):
+def test_the_controller_step_path_reads_nothing_back_to_the_host(blame, device):
     # FakeTensorMode tensors have no data: any read (.item(), bool(), .tolist(), nonzero) raises.
-    # Both step paths: with blame (hooks, sums) and the clean-run one (the loss alone).
-    with FakeTensorMode():
-        model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 4))
-        controller = ampkit.AdaptivePrecision(model, "cpu", torch.float16, ops=True, underflow_threshold=0.1,
-                                              sample_every=1, blame=blame)
-        assert len(controller._hooks) == (3 if blame == "always" else 0)  # Linear, LayerNorm, Linear
-        controller._op_armed = True  # the sampled diagnostic step's path too
-        inputs, targets = torch.randn(8, 16), torch.randint(0, 4, (8,))
-        for _ in range(3):
-            with controller.autocast():
-                loss = F.cross_entropy(model(inputs).float(), targets)
-            for param in model.parameters():
-                param.grad = torch.randn_like(param)
-            controller.after_backward(loss)
-        assert controller._op_pending, "the sampled diagnostic step did not run"
-        # The check has teeth: the logging point does read, and raises in this mode.
-        with pytest.raises(Exception, match="data-dependent|item|local_scalar_dense|tolist|cannot"):
-            controller.update(3)
+    # Both step paths: with blame (hooks, sums) and the clean-run one (the loss alone); fake CUDA
+    # tensors need no GPU (as in test_step_without_host_reads.py).
+    previous_device = torch.get_default_device()
+    try:
+        with FakeTensorMode():
+            torch.set_default_device(device)
+            model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 4))
+            controller = ampkit.AdaptivePrecision(model, device, torch.float16, ops=True, underflow_threshold=0.1,
+                                                  sample_every=1, blame=blame)
+            assert len(controller._hooks) == (3 if blame == "always" else 0)  # Linear, LayerNorm, Linear
+            controller._op_armed = True  # the sampled diagnostic step's path too
+            inputs, targets = torch.randn(8, 16), torch.randint(0, 4, (8,))
+            for _ in range(3):
+                with controller.autocast():
+                    loss = F.cross_entropy(model(inputs).float(), targets)
+                for param in model.parameters():
+                    param.grad = torch.randn_like(param)
+                controller.after_backward(loss)
+            assert controller._op_pending, "the sampled diagnostic step did not run"
+            assert loss.device.type == device
+            # The check has teeth: the logging point does read, and raises in this mode.
+            with pytest.raises(Exception, match="data-dependent|item|local_scalar_dense|tolist|cannot"):
+                controller.update(3)
+    finally:
+        torch.set_default_device(previous_device)
 
 
 # ---- construction and state ----
@@ -424,3 +432,34 @@ def test_the_adaptive_example_runs_quickly(tmp_path):
     # Logging every 10 steps: window 1 sees the skips, windows 2 and 3 (the epoch's last 3 steps) blame the layer.
     assert "adaptive decision: step 23: boom float16 -> float32" in result.stdout
     assert (tmp_path / "adaptive_history.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- on a GPU: the real step, backward included ----
+
+@pytest.mark.cuda
+def test_on_cuda_the_step_never_synchronises_and_the_layer_is_promoted():
+    # Under torch.cuda.set_sync_debug_mode("error") any synchronising call raises; only update(),
+    # outside the mode, reads. blame="always" and ops=True put the hooks, the sums and a sampled
+    # diagnostic step in the measured path.
+    (inputs, targets), _ = digits()
+    model = overflowing_mlp().cuda()
+    optimizer = ampkit.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = ampkit.GradScaler("cuda")
+    controller = ampkit.AdaptivePrecision(model, "cuda", torch.float16, scaler=scaler, blame="always", ops=True)
+    x, y = inputs[:64].cuda(), targets[:64].cuda()
+    changes = []
+    for window in range(3):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(5):
+                optimizer.zero_grad(set_to_none=True)
+                with controller.autocast():
+                    loss = F.cross_entropy(model(x), y)
+                scaler.scale(loss).backward()
+                controller.after_backward(loss)
+                scaler.step(optimizer)
+                scaler.update()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        changes += controller.update(5 * (window + 1))
+    assert [(c.step, c.target) for c in changes] == [(10, "boom")]
