@@ -349,6 +349,13 @@ class AdaptivePrecision:
             self._hooks = []
         self._blaming = on
 
+    def _scale_tensor(self) -> torch.Tensor | None:
+        """The scaler's scale as a device tensor (ampkit's or torch's GradScaler), None without scaling."""
+        if self.scaler is None or not self.scaler.is_enabled():
+            return None
+        read = getattr(self.scaler, "get_scale_async", None) or getattr(self.scaler, "_get_scale_async", None)
+        return None if read is None else read()
+
     def _overflow_events(self) -> torch.Tensor | None:
         """The scaler's device counter of iterations with inf/NaN gradients, where it has one."""
         if self.scaler is None or not self.scaler.is_enabled():
@@ -433,8 +440,9 @@ class AdaptivePrecision:
 
     def _underflow_fraction(self) -> torch.Tensor:
         """Share of the nonzero gradient values that fp16 would flush to zero once unscaled."""
-        if self.scaler is not None and self.scaler.is_enabled():
-            inv_scale = self.scaler.get_scale_async().double().reciprocal().float().reshape(())
+        scale = self._scale_tensor()
+        if scale is not None:
+            inv_scale = scale.double().reciprocal().float().reshape(())
         else:
             inv_scale = torch.ones((), device=self._device)
         tiny, total = torch.zeros((), device=self._device), 0
@@ -646,7 +654,8 @@ class AdaptivePrecision:
         if self.prefer_bf16 and bf16_supported(self.device_type):
             self._change(step, MODEL_TARGET, self._active, torch.bfloat16, reason, changes)
             self._active = torch.bfloat16
-        elif self.scaler is not None and self.scaler.is_enabled():
+        elif self.scaler is not None and self.scaler.is_enabled() and hasattr(self.scaler, "_min_scale"):
+            # ampkit's GradScaler has a floor (min_scale); torch's has none to raise.
             floor = self.scaler.get_scale()
             if self.scaler._min_scale is None or floor > self.scaler._min_scale:
                 self.scaler._min_scale = floor
@@ -688,7 +697,7 @@ class AdaptivePrecision:
             "underflow_streak": self._underflow_streak, "previous_loss": self._previous_loss,
             "op_armed": self._op_armed, "calls": self._calls, "window": window, "blaming": self._blaming,
             "overflow_events": self._last_overflow_events,
-            "min_scale": None if self.scaler is None else self.scaler._min_scale,
+            "min_scale": getattr(self.scaler, "_min_scale", None),
             "changes": [dataclasses.asdict(c) for c in self.changes],
         }
 
@@ -757,7 +766,7 @@ class AdaptivePrecision:
         self._window = dict(window, blame=dict(window["blame"]), op_flags=[list(n) for n in window["op_flags"]])
         self._pending, self._pending_layout, self._underflow_pending, self._op_pending = [], [], [], []
         self._region = None
-        if self.scaler is not None and state["min_scale"] is not None:
+        if self.scaler is not None and hasattr(self.scaler, "_min_scale") and state["min_scale"] is not None:
             self.scaler._min_scale = float(state["min_scale"])
         self.changes = [PrecisionChange(**c) for c in state["changes"]]
 

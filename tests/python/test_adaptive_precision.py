@@ -421,6 +421,30 @@ def test_custom_loop_freeze_and_state_round_trip(data):
         ampkit.AdaptivePrecision(small_mlp(), "cpu", torch.float16).load_state_dict(state)
 
 
+def test_a_custom_loop_with_torch_grad_scaler(data):
+    # torch's GradScaler has no device overflow counter: the clean-run signal is the loss alone,
+    # which a forward overflow makes NaN; blame follows from the next window as with ampkit's.
+    (inputs, targets), _ = data
+    model = overflowing_mlp()
+    optimizer = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu")
+    controller = ampkit.AdaptivePrecision(model, "cpu", torch.float16, scaler=scaler, underflow_threshold=0.5,
+                                          sample_every=1)
+    changes = []
+    for step in range(1, 31):
+        optimizer.zero_grad()
+        with controller.autocast():
+            loss = F.cross_entropy(model(inputs[:64]), targets[:64])
+        scaler.scale(loss).backward()
+        controller.after_backward(loss)
+        scaler.step(optimizer)
+        scaler.update()
+        if step % 10 == 0:
+            changes += controller.update(step)
+    assert [(c.step, c.target) for c in changes] == [(30, "boom")]
+    assert controller.state_dict()["min_scale"] is None
+
+
 # ---- (8) the example ----
 
 @pytest.mark.slow
