@@ -48,7 +48,8 @@ def main() -> None:
             model = example.build_model(gain=1.0).to(device)
             optimizer = ampkit.optim.AdamW(model.parameters(), lr=1e-3)
             scaler = ampkit.GradScaler(device)
-            controller = ampkit.AdaptivePrecision(model, device, dtype, scaler=scaler, blame=blame) if adaptive else None
+            controller = (ampkit.AdaptivePrecision(model, device, dtype, scaler=scaler, blame=blame)
+                          if adaptive else None)
             state = {"step": 0}
 
             def steps():
@@ -81,7 +82,8 @@ def main() -> None:
                      "always_ms": round(best["always"] * 1e3, 4),
                      "always_ratio": round(best["always"] / best["plain"], 4)})
     report(f"adaptive precision step overhead (fp16, best of {repeats} samples of {chunk} steps, a logging point "
-           "per sample)", rows, ["model", "plain_ms", "adaptive_ms", "overhead_us", "ratio", "always_ms", "always_ratio"], args,
+           "per sample)", rows,
+           ["model", "plain_ms", "adaptive_ms", "overhead_us", "ratio", "always_ms", "always_ratio"], args,
            extra={"log_every": chunk, "samples": repeats},
            targets=[target("adaptive step time vs plain AMP", "ratio", "<=", 1.03),
                     no_target("step time with blame on every step vs plain AMP", "always_ratio")],

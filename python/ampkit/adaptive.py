@@ -721,14 +721,16 @@ class AdaptivePrecision:
         if state["modules"] != self.module_names:
             fail(ValueError, f"'modules' are another model's: {state['modules'][:4]} vs {self.module_names[:4]}")
         if state["amp_dtype"] != _DTYPE_NAMES[self.amp_dtype]:
-            fail(ValueError, f"'amp_dtype' is {state['amp_dtype']}, this controller's is {_DTYPE_NAMES[self.amp_dtype]}")
+            fail(ValueError, f"'amp_dtype' is {state['amp_dtype']}, this controller's is "
+                             f"{_DTYPE_NAMES[self.amp_dtype]}")
         for key in ("promoted", "backoff"):
             for name in state[key]:
                 if name not in self.module_names:
                     fail(ValueError, f"{key!r} names {name!r}, which is not a module of this model")
         for names in state["windows"]:
             if not set(names) <= set(self.module_names):
-                fail(ValueError, f"'windows' names modules not in this model: {sorted(set(names) - set(self.module_names))}")
+                unknown = sorted(set(names) - set(self.module_names))
+                fail(ValueError, f"'windows' names modules not in this model: {unknown}")
         for name in state["window"]["blame"]:
             if name not in self.module_names:
                 fail(ValueError, f"'window' blames {name!r}, which is not a module of this model")

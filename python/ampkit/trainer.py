@@ -795,7 +795,8 @@ def _optimizer_restorer(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
 
 def _describe_change(change: PrecisionChange) -> str:
     short = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-    return f"{change.target} {short.get(change.from_dtype, change.from_dtype)}->{short.get(change.to_dtype, change.to_dtype)}"
+    old, new = short.get(change.from_dtype, change.from_dtype), short.get(change.to_dtype, change.to_dtype)
+    return f"{change.target} {old}->{new}"
 
 
 def plot_history(path: str | os.PathLike, history: TrainHistory | Trainer | None = None) -> str:

@@ -7,7 +7,6 @@ import collections
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -71,7 +70,7 @@ def flush_denormals():
     # The overflowing layer's huge weights make the FP32 backward produce subnormals, which are
     # 5-10x slower on x86 CPUs; flushing them keeps the tests fast and changes no comparison (every
     # run in a test, FP32 and AMP alike, flushes).
-    previous = torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)
     yield
     torch.set_flush_denormal(False)
 
