@@ -21,6 +21,7 @@ from .grad_scaler import GradScaler  # noqa: E402
 from .nn import FusedLinear, FusedMLP, fuse_linear_activations, fused_linear, fused_mlp  # noqa: E402
 from .multi_tensor import multi_tensor_scale_  # noqa: E402
 from .self_check import AmpCheck, check_amp  # noqa: E402
+from .adaptive import AdaptivePrecision, PrecisionChange  # noqa: E402
 from .trainer import Trainer, TrainHistory, plot_history  # noqa: E402
 
 
@@ -44,4 +45,6 @@ __all__ = [
     "Policy", "autocast", "explain", "global_policy", "set_global_policy", "set_module_policy",
     # amp=True: trainer, self-check, diagnostics
     "AmpCheck", "check_amp", "Trainer", "TrainHistory", "plot_history",
+    # adaptive precision: promotes what overflows to FP32 while training
+    "AdaptivePrecision", "PrecisionChange",
 ]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from . import optim as ampkit_optim
+from .adaptive import AdaptivePrecision, PrecisionChange
 from .autocasting import autocast
 from .grad_scaler import GradScaler
 from .self_check import AmpCheck, check_amp
@@ -63,6 +64,8 @@ class TrainHistory:
     # was non-finite, and at logging points the fraction of gradient values that fp16 would flush to 0.
     first_non_finite: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     fp16_underflow_fraction: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    # adaptive=True: each precision decision (step, target, from_dtype, to_dtype, reason).
+    precision_changes: list[PrecisionChange] = dataclasses.field(default_factory=list)
 
     @property
     def overflow_steps(self) -> list[int]:
@@ -98,6 +101,8 @@ class TrainHistory:
         history = cls(**{name: list(values) for name, values in state.items()})
         history.first_non_finite = [tuple(x) for x in history.first_non_finite]
         history.fp16_underflow_fraction = [tuple(x) for x in history.fp16_underflow_fraction]
+        history.precision_changes = [x if isinstance(x, PrecisionChange) else PrecisionChange(**x)
+                                     for x in history.precision_changes]
         return history
 
 
@@ -119,6 +124,7 @@ _HISTORY_ENTRIES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                                      for k, x in v.items()), "a dict of str -> number"),
     "first_non_finite": (lambda v: _is_step_pair(v, lambda x: isinstance(x, str)), "a (step, module name) pair"),
     "fp16_underflow_fraction": (lambda v: _is_step_pair(v, _is_number), "a (step, fraction) pair"),
+    "precision_changes": (PrecisionChange.is_record, "a dict with step, target, from_dtype, to_dtype, reason"),
 }
 
 
@@ -131,7 +137,11 @@ class Trainer:
         put in low-precision weights and the optimizer holds the FP32 masters.
     self_check: run ampkit.check_amp first; on failure warn and train in FP32.
     max_consecutive_skips: raise when this many steps in a row overflowed (a loss that is NaN from
-        the start would otherwise loop forever doing nothing).
+        the start would otherwise loop forever doing nothing), unless the adaptive controller
+        changed the precision at the logging point that saw it (the count then starts again).
+    adaptive: True (an ampkit.AdaptivePrecision with its defaults), an AdaptivePrecision built for
+        this model, or a dict of its options: promotes what overflows to FP32 (and more) at logging
+        points; its decisions go to history.precision_changes, the progress line and plot_history.
     """
 
     def __init__(self, model: nn.Module, optimizer: Any = None,
@@ -140,7 +150,8 @@ class Trainer:
                  lr: float = 1e-3, weight_decay: float = 0.01, batch_size: int = 64, grad_clip: float | None = None,
                  seed: int = 0, self_check: bool = True, check_input: torch.Tensor | None = None,
                  progress: bool = True, log_every: int = 20, diagnose: bool = False,
-                 max_consecutive_skips: int = 50, scaler_options: dict | None = None) -> None:
+                 max_consecutive_skips: int = 50, scaler_options: dict | None = None,
+                 adaptive: bool | dict | AdaptivePrecision = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         for name, value in (("batch_size", batch_size), ("max_consecutive_skips", max_consecutive_skips)):
@@ -194,6 +205,7 @@ class Trainer:
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, a factory or None, got {type(optimizer).__name__}")
         # Loss scaling is for fp16's narrow exponent range; bf16 and fp32 share fp32's range.
         self.scaler = GradScaler(self.device.type, enabled=self.dtype == torch.float16, **(scaler_options or {}))
+        self.adaptive = self._make_adaptive(adaptive)
         self.history = TrainHistory()
         self.epoch = 0
         self.global_step = 0
@@ -206,7 +218,30 @@ class Trainer:
     def amp_mode(self) -> str:
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
+    def _make_adaptive(self, adaptive: Any) -> AdaptivePrecision | None:
+        if adaptive is False or adaptive is None:
+            return None
+        if not isinstance(adaptive, (bool, dict, AdaptivePrecision)):
+            raise TypeError(f"adaptive must be a bool, a dict of AdaptivePrecision options or an "
+                            f"ampkit.AdaptivePrecision, got {type(adaptive).__name__}")
+        if self.dtype is None:
+            raise ValueError(f"adaptive needs a low-precision amp mode ('bf16' or 'fp16'), got amp={self.amp_mode}")
+        if isinstance(adaptive, AdaptivePrecision):
+            if adaptive.model is not self.model:
+                raise ValueError("adaptive: the AdaptivePrecision was built for another model")
+            if (adaptive.device_type, adaptive.amp_dtype) != (self.device.type, self.dtype):
+                raise ValueError(f"adaptive: the AdaptivePrecision is for {adaptive.device_type}/{adaptive.amp_dtype}, "
+                                 f"the trainer runs {self.device.type}/{self.dtype}")
+            if adaptive.scaler is None:
+                adaptive.scaler = self.scaler
+            return adaptive
+        options = {} if adaptive is True else dict(adaptive)
+        options.setdefault("sample_every", self.log_every)
+        return AdaptivePrecision(self.model, self.device.type, self.dtype, scaler=self.scaler, **options)
+
     def _region(self):
+        if self.adaptive is not None:
+            return self.adaptive.autocast()
         return autocast(device_type=self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
 
     # ---- data ----
@@ -272,6 +307,8 @@ class Trainer:
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.diagnose:
             self._record_diagnostics(params)
+        if self.adaptive is not None:
+            self.adaptive.after_backward(loss)
         step_options = {} if self.grad_clip is None else self._clip(params)
         self.scaler.step(self.optimizer, **step_options)
         self.scaler.update()
@@ -303,22 +340,25 @@ class Trainer:
             tiny = sum(((p.grad.float().abs() / scale < FP16_SMALLEST_SUBNORMAL) & (p.grad != 0)).sum() for p in params)
             self.history.fp16_underflow_fraction.append((self.global_step, float(tiny) / max(total, 1)))
 
-    def _flush(self, losses: list[torch.Tensor], skipped: list[torch.Tensor], scales: list[torch.Tensor]) -> None:
-        """Moves the steps' device-side records to the history (one host sync for many steps)."""
+    def _flush(self, losses: list[torch.Tensor], skipped: list[torch.Tensor], scales: list[torch.Tensor],
+               epochs_done: int | None = None) -> list[PrecisionChange]:
+        """Moves the steps' device-side records to the history (one host sync for many steps), and
+        lets the adaptive controller decide. Returns its new decisions."""
         if not losses:
-            return
+            return []
         loss_values = torch.stack(losses).cpu().tolist()
         skip_values = [bool(v) for v in torch.stack(skipped).cpu().tolist()]
         scale_values = torch.stack(scales).cpu().tolist()
         first = self.global_step - len(losses)
+        too_many_skips = None
         for offset, (loss, skip, scale) in enumerate(zip(loss_values, skip_values, scale_values)):
             self.history.loss.append(loss)
             self.history.skipped.append(skip)
             self.history.scale.append(scale)
             non_finite_step = skip or not math.isfinite(loss)
             self._consecutive_skips = self._consecutive_skips + 1 if non_finite_step else 0
-            if self._consecutive_skips >= self.max_consecutive_skips:
-                raise RuntimeError(
+            if self._consecutive_skips >= self.max_consecutive_skips and too_many_skips is None:
+                too_many_skips = RuntimeError(
                     f"{self._consecutive_skips} consecutive steps had a non-finite loss or gradients (up to step "
                     f"{first + offset}); the loss is NaN/inf from the start or the model diverged: check the loss "
                     "function, the data and the learning rate")
@@ -330,6 +370,16 @@ class Trainer:
                     self.history.first_non_finite.append((step, names[hits[0]].rsplit(".", 1)[0]))
             self._pending_non_finite.clear()
         losses.clear(); skipped.clear(); scales.clear()
+        changes = []
+        if self.adaptive is not None:
+            changes = self.adaptive.update(self.global_step, self.epoch if epochs_done is None else epochs_done)
+            self.history.precision_changes.extend(changes)
+        if too_many_skips is not None:
+            if not changes:
+                raise too_many_skips
+            # A precision change at this logging point may be the cure: it gets a fresh count.
+            self._consecutive_skips = 0
+        return changes
 
     # ---- public API ----
     def fit(self, train_data: Any, epochs: int, val_data: Any = None) -> TrainHistory:
@@ -378,12 +428,16 @@ class Trainer:
                     scales.append(torch.ones((), device=self.device))
                 self.global_step += 1
                 if self.global_step % self.log_every == 0:
-                    self._flush(losses, skipped, scales)
+                    changes = self._flush(losses, skipped, scales)
                     elapsed = time.perf_counter() - start
-                    bar.set_postfix(loss=f"{self.history.loss[-1]:.4f}", scale=f"{self.history.scale[-1]:.0f}",
-                                    skipped=sum(self.history.skipped) - skipped_before,
-                                    samples_per_s=f"{samples / max(elapsed, 1e-9):.0f}")
-            self._flush(losses, skipped, scales)
+                    postfix = {"loss": f"{self.history.loss[-1]:.4f}", "scale": f"{self.history.scale[-1]:.0f}",
+                               "skipped": sum(self.history.skipped) - skipped_before,
+                               "samples_per_s": f"{samples / max(elapsed, 1e-9):.0f}"}
+                    if self.history.precision_changes:
+                        postfix["precision"] = _describe_change(self.history.precision_changes[-1])
+                    bar.set_postfix(postfix)
+                    self._announce(changes, bar)
+            self._announce(self._flush(losses, skipped, scales, epochs_done=self.epoch + 1), bar)
             bar.close()
             seconds = time.perf_counter() - start
             steps = self.global_step - steps_before
@@ -405,6 +459,12 @@ class Trainer:
                 print(self.format_summary(summary, epochs), flush=True)
         return self.history
 
+    def _announce(self, changes: list[PrecisionChange], bar: Any) -> None:
+        """A precision decision gets a line of its own above the progress bar."""
+        if self.progress:
+            for change in changes:
+                bar.write(f"ampkit precision change at {change}")
+
     def format_summary(self, summary: dict, epochs: int) -> str:
         parts = [f"epoch {summary['epoch']}/{epochs} [{self.amp_mode}]", f"loss {summary['loss']:.4f}"]
         if "val_loss" in summary:
@@ -413,6 +473,8 @@ class Trainer:
             parts.append(f"val_acc {summary['val_accuracy']:.4f}")
         parts += [f"{summary['samples_per_s']:.0f} samples/s", f"scale {summary['scale']:.0f}",
                   f"skipped {summary['skipped_steps']}"]
+        if self.adaptive is not None and self.adaptive.promoted_modules:
+            parts.append(f"fp32 modules {','.join(self.adaptive.promoted_modules)}")
         return "  ".join(parts)
 
     def evaluate(self, data: Any) -> dict[str, float]:
@@ -457,6 +519,7 @@ class Trainer:
             "history": self.history.state_dict(), "epoch": self.epoch, "global_step": self.global_step,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "adaptive": None if self.adaptive is None else self.adaptive.state_dict(),
         }
         temporary = f"{os.fspath(path)}.tmp"
         torch.save(state, temporary)
@@ -478,14 +541,19 @@ class Trainer:
         model_backup = {k: v.clone() for k, v in self.model.state_dict().items()}
         restore_optimizer = _optimizer_restorer(self.optimizer)
         scaler_backup = self.scaler.state_dict()
+        adaptive_backup = None if self.adaptive is None else self.adaptive.state_dict()
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
+            if self.adaptive is not None:
+                self.adaptive.load_state_dict(state["adaptive"])
         except Exception as error:
             self.model.load_state_dict(model_backup)
             restore_optimizer()
             self.scaler.load_state_dict(scaler_backup)
+            if self.adaptive is not None:
+                self.adaptive.load_state_dict(adaptive_backup)
             kind = TypeError if isinstance(error, TypeError) else ValueError
             raise kind(f"checkpoint {name!r} does not fit this trainer: {error}") from error
         self.history, self.epoch, self.global_step = history, state["epoch"], state["global_step"]
@@ -525,14 +593,14 @@ class Trainer:
         Returns the checkpoint's history."""
         if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint {name!r} is not an ampkit.Trainer checkpoint")
-        missing = [key for key in _CHECKPOINT_ENTRIES if key not in state]
+        missing = [key for key in _CHECKPOINT_ENTRIES if key not in state and key not in _OPTIONAL_ENTRIES]
         if missing:
             raise ValueError(f"checkpoint {name!r} is missing {missing}")
         unexpected = sorted(repr(key) for key in state if key not in _CHECKPOINT_ENTRIES)
         if unexpected:
             raise ValueError(f"checkpoint {name!r} has unexpected entries {', '.join(unexpected)}")
         for key, (expected, description) in _CHECKPOINT_ENTRIES.items():
-            value = state[key]
+            value = state.get(key)
             if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
                 raise TypeError(f"checkpoint {name!r}: wrong type for {key!r}: expected {description}, "
                                 f"got {type(value).__name__}")
@@ -566,6 +634,15 @@ class Trainer:
                                  f"{tuple(value.shape)} on {value.device}, the model needs a {current[key].dtype} "
                                  f"tensor of shape {tuple(current[key].shape)} with data")
         self._check_rng_states(name, state["rng_cpu"], state["rng_cuda"])
+        theirs_adaptive = state.get("adaptive")
+        if (theirs_adaptive is None) != (self.adaptive is None):
+            raise ValueError(f"checkpoint {name!r} was saved {'without' if theirs_adaptive is None else 'with'} "
+                             f"adaptive precision; this trainer has adaptive={self.adaptive is not None}")
+        if self.adaptive is not None:
+            try:
+                self.adaptive.check_state_dict(theirs_adaptive)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"checkpoint {name!r}: 'adaptive': {error}") from None
         try:
             return TrainHistory.from_state_dict(state["history"])
         except (TypeError, ValueError) as error:
@@ -678,7 +755,10 @@ _CHECKPOINT_ENTRIES: dict[str, tuple[tuple[type, ...], str]] = {
     "history": ((dict,), "a TrainHistory state_dict"), "epoch": ((int,), "an int"),
     "global_step": ((int,), "an int"), "rng_cpu": ((torch.Tensor,), "a uint8 tensor"),
     "rng_cuda": ((list, tuple, type(None)), "a list of uint8 tensors or None"),
+    "adaptive": ((dict, type(None)), "an AdaptivePrecision state_dict or None"),
 }
+# Entries a checkpoint from before they existed may lack (read as None).
+_OPTIONAL_ENTRIES = frozenset({"adaptive"})
 
 
 def _is_signature_entry(value: Any) -> bool:
@@ -713,6 +793,12 @@ def _optimizer_restorer(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     return restore
 
 
+def _describe_change(change: PrecisionChange) -> str:
+    short = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+    old, new = short.get(change.from_dtype, change.from_dtype), short.get(change.to_dtype, change.to_dtype)
+    return f"{change.target} {old}->{new}"
+
+
 def plot_history(path: str | os.PathLike, history: TrainHistory | Trainer | None = None) -> str:
     """Writes a PNG of loss, loss scale and skipped steps over steps (default: the latest trainer's)."""
     if isinstance(history, Trainer):
@@ -745,6 +831,15 @@ def plot_history(path: str | os.PathLike, history: TrainHistory | Trainer | None
     if history.scale and not skipped and min(history.scale) == max(history.scale) == 1.0:
         scale_axis.text(0.5, 0.5, "no loss scaling (bf16 or fp32: fp32's exponent range)", transform=scale_axis.transAxes,
                         ha="center", va="center", color="gray")
+    for index, change in enumerate(history.precision_changes):
+        for axis in (loss_axis, scale_axis):
+            axis.axvline(change.step, color="tab:purple", linestyle="--", linewidth=1,
+                         label="precision change" if axis is loss_axis and index == 0 else None)
+        loss_axis.annotate(_describe_change(change), xy=(change.step, 1.0), xycoords=("data", "axes fraction"),
+                           xytext=(3, -12 - 11 * (index % 4)), textcoords="offset points", fontsize=7,
+                           color="tab:purple")
+    if history.precision_changes:
+        loss_axis.legend(loc="upper right")
     scale_axis.set_ylabel("loss scale")
     scale_axis.set_xlabel("optimizer step")
     scale_axis.grid(alpha=0.3)
