@@ -92,22 +92,9 @@ def test_examples_and_benchmarks_never_edit_sys_path():
     assert not offenders, offenders
 
 
-# One step of bf16 autocast + GradScaler + FP32-master AdamW, printing where ampkit came from.
-TRAIN_ONE_STEP = """
-import ampkit, torch
-torch.manual_seed(0)
-model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-before = [p.detach().clone() for p in model.parameters()]
-optimizer = ampkit.optim.AdamW(model.parameters(), lr=1e-2)
-scaler = ampkit.GradScaler("cpu")
-with ampkit.autocast("cpu", dtype=torch.bfloat16):
-    loss = torch.nn.functional.cross_entropy(model(torch.randn(32, 8)), torch.randint(0, 2, (32,)))
-scaler.scale(loss).backward()
-scaler.step(optimizer)
-scaler.update()
-changed = all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-print(ampkit.__file__, bool(torch.isfinite(loss)), changed, ampkit.build_info()["cuda"])
-"""
+# One bf16 autocast + GradScaler + FP32-master AdamW step, printing where ampkit came from.
+with open(os.path.join(REPO, "scripts", "train_one_step.py"), encoding="utf-8") as _handle:
+    TRAIN_ONE_STEP = _handle.read()
 
 
 def python_symbols(library: str) -> list[str]:
