@@ -435,7 +435,7 @@ class Trainer:
                                "samples_per_s": f"{samples / max(elapsed, 1e-9):.0f}"}
                     if self.history.precision_changes:
                         postfix["precision"] = _describe_change(self.history.precision_changes[-1])
-                    bar.set_postfix(postfix)
+                    bar.set_postfix(**postfix)
                     self._announce(changes, bar)
             self._announce(self._flush(losses, skipped, scales, epochs_done=self.epoch + 1), bar)
             bar.close()
