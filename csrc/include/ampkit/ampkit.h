@@ -1,6 +1,7 @@
 // Everything a torch:: C++ frontend training loop needs from ampkit.
 #pragma once
 
+#include "ampkit/adaptive.h"      // AdaptivePrecision: what overflows moves to FP32 by itself
 #include "ampkit/autocast.h"      // AutocastGuard, Policy, per-module policies
 #include "ampkit/build_info.h"
 #include "ampkit/checkpoint.h"     // load: torch::load after refusing archives that carry code
