@@ -73,6 +73,9 @@ class AdaptiveLayer;
 class AdaptivePrecision {
  public:
   explicit AdaptivePrecision(autocast::Policy policy, AdaptivePrecisionOptions options = {});
+  // Wrapped layers point back at their controller: it stays where it was made.
+  AdaptivePrecision(const AdaptivePrecision&) = delete;
+  AdaptivePrecision& operator=(const AdaptivePrecision&) = delete;
 
   // `inner` (any torch::nn module holder with forward(Tensor) -> Tensor) wrapped under `name`: its
   // forward runs in the policy's region, or in FP32 once promoted, and its output and its parameters'
