@@ -51,10 +51,11 @@ def shard_run(rank: int, world: int, init_file: str, use_group: bool, out_dir: s
             dist.broadcast(p.data, src=i % world)
     torch.save({"scales": scales, "skipped": skipped, "weights": [p.detach().clone() for p in params]},
                os.path.join(out_dir, f"rank{rank}.pt"))
-    # Both ranks finish their collectives before either tears gloo down: a rank that exits while
-    # its peer is still closing the connection can abort in gloo's destructor.
+    # Every collective has completed once both ranks pass the barrier, and the results are saved;
+    # the process then leaves without running gloo's teardown, whose destructors can still abort
+    # (std::terminate, SIGABRT) when the peer closes its connection first on a loaded machine.
     dist.barrier()
-    dist.destroy_process_group()
+    os._exit(0)
 
 
 def run_world(world: int, use_group: bool, tmp_path) -> list[dict]:
