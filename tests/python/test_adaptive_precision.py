@@ -4,6 +4,7 @@ host read in the step path, state validation, and the example."""
 from __future__ import annotations
 
 import collections
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,29 +18,32 @@ from torch.nn import functional as F
 import ampkit
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-OVERFLOW_GAIN = 5e5  # the boom layer's outputs reach ~1e5 > 65,504; its weights (<= 44,000) fit fp16
 
 
-def digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    inputs = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    labels = torch.tensor(data.target, dtype=torch.long)
-    train, test = train_test_split(range(len(labels)), test_size=0.2, random_state=0, stratify=data.target)
-    return (inputs[train], labels[train]), (inputs[test], labels[test])
+def _load_example():
+    """examples/python/train_adaptive.py: its data and its overflowing model are the ones tested here."""
+    spec = importlib.util.spec_from_file_location("train_adaptive", os.path.join(REPO, "examples", "python",
+                                                                                   "train_adaptive.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def overflowing_mlp(seed=0, gain=OVERFLOW_GAIN):
-    torch.manual_seed(seed)
-    model = nn.Sequential(collections.OrderedDict(
-        fc=nn.Linear(64, 128), act=nn.ReLU(), boom=nn.Linear(128, 128), norm=nn.LayerNorm(128),
-        act2=nn.ReLU(), head=nn.Linear(128, 10)))
-    with torch.no_grad():
-        model.boom.weight.mul_(gain)
-        model.boom.bias.zero_()
-    return model
+_EXAMPLE = _load_example()
+OVERFLOW_GAIN = _EXAMPLE.OVERFLOW_GAIN  # the boom layer's outputs reach ~1e5 > 65,504; its weights fit fp16
+digits = _EXAMPLE.load_data
+overflowing_mlp = _EXAMPLE.build_model  # (seed=0, gain=OVERFLOW_GAIN)
+
+
+def custom_step(controller, model, optimizer, scaler, inputs, targets):
+    """One step of a custom loop under the controller (autocast, scaled backward, step, update)."""
+    optimizer.zero_grad()
+    with controller.autocast():
+        loss = F.cross_entropy(model(inputs), targets)
+    scaler.scale(loss).backward()
+    controller.after_backward(loss)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def quiet(**kwargs):
@@ -396,13 +400,7 @@ def test_custom_loop_freeze_and_state_round_trip(data):
     controller = ampkit.AdaptivePrecision(model, "cpu", torch.float16, scaler=scaler, promote_after=1, window=1)
     controller.freeze()
     for step in range(1, 9):
-        optimizer.zero_grad()
-        with controller.autocast():
-            loss = F.cross_entropy(model(inputs[:64]), targets[:64])
-        scaler.scale(loss).backward()
-        controller.after_backward(loss)
-        scaler.step(optimizer)
-        scaler.update()
+        custom_step(controller, model, optimizer, scaler, inputs[:64], targets[:64])
         if step % 4 == 0:
             assert controller.update(step) == []  # frozen: no decision however much it overflows
     assert controller.changes == [] and controller.promoted_modules == []
@@ -431,13 +429,7 @@ def test_a_custom_loop_with_torch_grad_scaler(data):
                                           sample_every=1)
     changes = []
     for step in range(1, 31):
-        optimizer.zero_grad()
-        with controller.autocast():
-            loss = F.cross_entropy(model(inputs[:64]), targets[:64])
-        scaler.scale(loss).backward()
-        controller.after_backward(loss)
-        scaler.step(optimizer)
-        scaler.update()
+        custom_step(controller, model, optimizer, scaler, inputs[:64], targets[:64])
         if step % 10 == 0:
             changes += controller.update(step)
     assert [(c.step, c.target) for c in changes] == [(30, "boom")]
@@ -475,13 +467,7 @@ def test_on_cuda_the_step_never_synchronises_and_the_layer_is_promoted():
         torch.cuda.set_sync_debug_mode("error")
         try:
             for _ in range(5):
-                optimizer.zero_grad(set_to_none=True)
-                with controller.autocast():
-                    loss = F.cross_entropy(model(x), y)
-                scaler.scale(loss).backward()
-                controller.after_backward(loss)
-                scaler.step(optimizer)
-                scaler.update()
+                custom_step(controller, model, optimizer, scaler, x, y)
         finally:
             torch.cuda.set_sync_debug_mode("default")
         changes += controller.update(5 * (window + 1))
