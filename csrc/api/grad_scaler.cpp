@@ -47,6 +47,13 @@ GradScaler::GradScaler(GradScalerOptions options) : options_(std::move(options))
                options_.max_scale());
 }
 
+void GradScaler::set_min_scale(double min_scale) {
+  check_config("ampkit::GradScaler::set_min_scale", "init_scale", options_.init_scale(), options_.growth_factor(),
+               options_.backoff_factor(), options_.growth_interval(), options_.hysteresis(), min_scale,
+               options_.max_scale());
+  options_.min_scale(min_scale);
+}
+
 void GradScaler::lazy_init(const c10::Device& device) {
   scale_ = scalar_tensor(options_.init_scale(), at::kFloat, device);
   growth_tracker_ = scalar_tensor(static_cast<double>(init_growth_tracker_), at::kInt, device);

@@ -106,6 +106,9 @@ bool global_policy_is_float32(c10::DeviceType device_type) {
 Recording::Recording() : previous_(detail::tls_state.recorder) { detail::tls_state.recorder = &records_; }
 Recording::~Recording() { detail::tls_state.recorder = previous_; }
 
+OutputWatch::OutputWatch() : previous_(detail::tls_state.output_watch) { detail::tls_state.output_watch = &outputs_; }
+OutputWatch::~OutputWatch() { detail::tls_state.output_watch = previous_; }
+
 }  // namespace ampkit::autocast
 
 namespace ampkit {

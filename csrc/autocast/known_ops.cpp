@@ -40,6 +40,20 @@ void note(std::vector<std::string>& out, const std::tuple<Ts...>& values) {
   std::apply([&](const auto&... value) { (note(out, value), ...); }, values);
 }
 
+// Lower-precision outputs for an OutputWatch.
+template <class T>
+void watch(std::vector<OutputFlag>&, uint32_t, int, const T&) {}
+inline void watch(std::vector<OutputFlag>& out, uint32_t slot, int device, const at::Tensor& tensor) {
+  watch_output(out, slot, device, tensor);
+}
+inline void watch(std::vector<OutputFlag>& out, uint32_t slot, int device, const std::vector<at::Tensor>& tensors) {
+  for (const auto& tensor : tensors) watch_output(out, slot, device, tensor);
+}
+template <class... Ts>
+void watch(std::vector<OutputFlag>& out, uint32_t slot, int device, const std::tuple<Ts...>& values) {
+  std::apply([&](const auto&... value) { (watch(out, slot, device, value), ...); }, values);
+}
+
 // torch's fp32_set_opt_dtype rule: set the dtype only when the first argument is an eligible tensor.
 template <class First, class... Rest>
 bool first_arg_eligible(c10::DeviceType device_type, const First& first, const Rest&...) {
@@ -84,12 +98,18 @@ struct Wrap<Slot, Ret(Args...), F> {
     ThreadState& state = tls_state;
     const Route route = route_for(state, device, Slot);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key(device));
-    if (C10_UNLIKELY(state.recorder != nullptr)) {
-      Record record{slot_name(Slot), routed_by(state, device, Slot), {}, {}};
-      (note(record.inputs, args), ...);
+    if (C10_UNLIKELY(state.recorder != nullptr || state.output_watch != nullptr)) {
+      Record record;
+      if (state.recorder != nullptr) {
+        record = Record{slot_name(Slot), routed_by(state, device, Slot), {}, {}};
+        (note(record.inputs, args), ...);
+      }
       Ret result = run(route, device, args...);
-      note(record.outputs, result);
-      state.recorder->push_back(std::move(record));
+      if (state.recorder != nullptr) {
+        note(record.outputs, result);
+        state.recorder->push_back(std::move(record));
+      }
+      if (state.output_watch != nullptr && route == Route::kLower) watch(*state.output_watch, Slot, device, result);
       return result;
     }
     return run(route, device, args...);

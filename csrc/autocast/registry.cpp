@@ -4,6 +4,7 @@
 // not know at compile time.
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/isfinite.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -126,10 +127,19 @@ class BoxedRouteKernel final : public c10::OperatorKernel {
       }
     }
     op.callBoxed(stack);
+    const size_t returns = op.schema().returns().size();
     if (recording) {
-      const size_t returns = op.schema().returns().size();
       for (size_t i = stack->size() - returns; i < stack->size(); ++i) append_dtypes(record.outputs, (*stack)[i]);
       state.recorder->push_back(std::move(record));
+    }
+    if (C10_UNLIKELY(state.output_watch != nullptr) && route == Route::kLower) {
+      for (size_t i = stack->size() - returns; i < stack->size(); ++i) {
+        const c10::IValue& value = (*stack)[i];
+        if (value.isTensor()) watch_output(*state.output_watch, slot_, device, value.toTensor());
+        if (value.isTensorList()) {
+          for (const at::Tensor& tensor : value.toTensorVector()) watch_output(*state.output_watch, slot_, device, tensor);
+        }
+      }
     }
   }
 
@@ -201,6 +211,13 @@ std::string slot_name(uint32_t slot) {
   Registry& reg = registry();
   std::lock_guard<std::mutex> lock(reg.mutex);
   return reg.dynamic_names.at(slot - known_op_count());
+}
+
+void watch_output(std::vector<OutputFlag>& watch, uint32_t slot, int device, const at::Tensor& output) {
+  if (!output.defined() || output.scalar_type() != at::autocast::get_autocast_dtype(device_type_of(device))) return;
+  std::string op = slot_name(slot);
+  op = op.substr(0, op.find('.'));  // the op kind: a policy moves all its overloads together
+  watch.push_back({std::move(op), at::isfinite(output).all().logical_not()});
 }
 
 std::string routed_by(const ThreadState& state, int device, uint32_t slot) {

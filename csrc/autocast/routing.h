@@ -57,7 +57,13 @@ using Record = ::ampkit::autocast::OpRecord;
 struct ThreadState {
   const CompiledPolicy* current[kNumDevices] = {nullptr, nullptr};
   std::vector<Record>* recorder = nullptr;
+  std::vector<OutputFlag>* output_watch = nullptr;
 };
+
+// For an OutputWatch: a device flag for `output` of the op in `slot` when it is a floating tensor in
+// the region's lower-precision dtype. Callers pass the outputs of ops routed kLower only (those a
+// policy can move to its fp32 list).
+void watch_output(std::vector<OutputFlag>& watch, uint32_t slot, int device, const at::Tensor& output);
 
 inline thread_local ThreadState tls_state;
 

@@ -137,6 +137,23 @@ class Recording {
   std::vector<OpRecord>* previous_;
 };
 
+// While an OutputWatch lives, every op that ampkit's autocast kernels run in the lower-precision
+// dtype on this thread (routed there by the policy's allow list) launches one device flag: whether
+// its output holds an inf or a NaN. Nothing is read back; the caller reads the flags when it chooses
+// (AdaptivePrecision does so on a sampled diagnostic step, at its next logging point).
+class OutputWatch {
+ public:
+  OutputWatch();
+  ~OutputWatch();
+  OutputWatch(const OutputWatch&) = delete;
+  OutputWatch& operator=(const OutputWatch&) = delete;
+  const std::vector<OutputFlag>& outputs() const { return outputs_; }
+
+ private:
+  std::vector<OutputFlag> outputs_;
+  std::vector<OutputFlag>* previous_;
+};
+
 }  // namespace autocast
 
 // An autocast region for the current thread, RAII. Nestable; an inner disabled guard runs its

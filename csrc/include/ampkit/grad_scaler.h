@@ -88,6 +88,11 @@ class GradScaler {
 
   // The current scale (syncs); 1 when disabled.
   double get_scale() const;
+  // The scale as a float32 device tensor, without a sync; undefined before the first scale() or
+  // when disabled.
+  const at::Tensor& scale_tensor() const { return scale_; }
+  // A new floor for the scale (from the next update() on), checked as the options are.
+  void set_min_scale(double min_scale);
   bool is_enabled() const { return options_.enabled(); }
   const GradScalerOptions& options() const { return options_; }
 
