@@ -251,16 +251,21 @@ class AdaptivePrecision:
         # The modules that can be blamed: the leaves (a container's output is its last child's), less
         # the elementwise ones that cannot turn finite inputs into a non-finite output (an overflow
         # there is always inherited, so hooking them would only add cost).
-        leaves = [(name, m) for name, m in model.named_modules() if not any(m.children())]
+        # A container with parameters of its own (a block's gain, a model's head weight) is
+        # blamable too: its own computation can overflow, and its gradients are its own.
+        leaves = [(name, m) for name, m in model.named_modules()
+                  if not any(m.children()) or next(m.parameters(recurse=False), None) is not None]
         blamable = [(name, m) for name, m in leaves if not isinstance(m, _CANNOT_OVERFLOW)]
-        if not blamable:  # a single-module model: blame the model itself
+        whole_model = not blamable
+        if whole_model:  # nothing else can be blamed: the model as one
             blamable = [("", model)]
         self.module_names = [name for name, _ in blamable]
         self._modules = [m for _, m in blamable]
-        # Each parameter's owning blamable module, for gradient blame.
+        # Each parameter's owning blamable module (its own parameters only, or everything for a
+        # model blamed as one), for gradient blame.
         self._params: list[tuple[nn.Parameter, int]] = []
         for i, module in enumerate(self._modules):
-            for param in module.parameters(recurse=module is model):
+            for param in module.parameters(recurse=whole_model):
                 if param.requires_grad:
                     self._params.append((param, i))
         self._device = next((p.device for p in model.parameters()), torch.device(device_type))

@@ -472,3 +472,30 @@ def test_on_cuda_the_step_never_synchronises_and_the_layer_is_promoted():
             torch.cuda.set_sync_debug_mode("default")
         changes += controller.update(5 * (window + 1))
     assert [(c.step, c.target) for c in changes] == [(10, "boom")]
+
+
+class _Block(nn.Module):
+    """A container with a parameter of its own next to a child layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(8, 8)
+        self.gain = nn.Parameter(torch.ones(8))
+
+    def forward(self, x):
+        return self.inner(x) * self.gain
+
+
+@pytest.mark.parametrize("poisoned", ["block", "block.inner"])
+def test_a_containers_own_parameters_are_blamed_on_it_and_a_childs_on_the_child(poisoned):
+    torch.manual_seed(0)
+    model = nn.Sequential(collections.OrderedDict(block=_Block(), head=nn.Linear(8, 2)))
+    controller = ampkit.AdaptivePrecision(model, "cpu", torch.float16, blame="always", promote_after=1, window=1)
+    assert controller.module_names == ["block", "block.inner", "head"]
+    with controller.autocast():
+        F.cross_entropy(model(torch.randn(4, 8)).float(), torch.tensor([0, 1, 0, 1])).backward()
+    param = model.block.gain if poisoned == "block" else model.block.inner.weight
+    param.grad[0] = float("inf")
+    controller.after_backward()
+    (change,) = controller.update(1)
+    assert change.target == poisoned and change.to_dtype == "float32"
