@@ -641,3 +641,75 @@ def test_fuse_linear_activations_makes_mlp_blocks():
     assert set(model[0].state_dict()) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
     with pytest.raises(ValueError, match="fc2.in_features"):
         ampkit.nn.FusedMLP.from_linears(torch.nn.Linear(3, 4), torch.nn.Linear(5, 2))
+
+
+# ---- the CPU's low-precision route ----
+def _cpu_multiplies_bf16() -> bool:
+    capabilities = torch._C._cpu._get_cpu_capability()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16")) and torch.backends.mkldnn.is_available()
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_cpu_bf16_products_accumulate_in_fp32(activation):
+    """One 1 and 4095 values of 2^-9 along each summed dimension: accumulated in fp32 they sum to
+    8.998 (9 in bf16); a bf16 accumulator stays at 1, since 1 + 2^-9 rounds back to 1 in bf16. The
+    forward sums over K, grad_input over N, grad_weight and grad_bias over the rows."""
+    n = 4096
+    column = torch.full((n,), 2.0 ** -9)
+    column[0] = 1
+    # Forward: K = 4096 (a positive sum: the same through every activation).
+    x, w = column.reshape(1, n).bfloat16(), torch.ones(1, n, dtype=torch.bfloat16)
+    assert ampkit.fused_linear(x, w, activation=activation).item() == pytest.approx(activate(torch.tensor(9.0), activation).item(), rel=2 ** -8)
+    # Backward (activation "none": the gradient at the output is the gradient at the pre-activation).
+    x_rows = column.reshape(n, 1).bfloat16()
+    w_row = torch.ones(1, 1, dtype=torch.bfloat16)
+    out, saved = torch.ops.ampkit.fused_linear_forward(x_rows, w_row, None, "none")
+    grad_input, grad_weight, grad_bias = torch.ops.ampkit.fused_linear_backward(
+        column.reshape(n, 1).bfloat16(), x_rows, w_row, saved, "none")
+    assert grad_bias.item() == 9.0  # sum of the gradient over 4096 rows
+    assert grad_weight.item() == pytest.approx(1 + 4095 * 2.0 ** -18, rel=2 ** -8)  # sum of grad * x over rows
+    # grad_input sums over N = 4096 output features.
+    grad, w_wide = torch.ones(1, n, dtype=torch.bfloat16), column.reshape(n, 1).bfloat16()
+    out, saved = torch.ops.ampkit.fused_linear_forward(torch.ones(1, 1, dtype=torch.bfloat16), w_wide, None, "none")
+    grad_input, _, _ = torch.ops.ampkit.fused_linear_backward(grad, torch.ones(1, 1, dtype=torch.bfloat16), w_wide,
+                                                              saved, "none")
+    assert grad_input.item() == 9.0
+
+
+@pytest.mark.skipif(not _cpu_multiplies_bf16(), reason="this CPU has neither AVX512-BF16 nor AMX-BF16")
+def test_cpu_bf16_runs_low_precision_gemms_without_widening_copies():
+    """Where the CPU multiplies bf16 in hardware, fused_linear's forward and backward are bf16 GEMMs
+    (oneDNN, fp32 accumulation) with the GELU as oneDNN's post-op: no operand is widened to fp32."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 128, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(256, 128, dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(256, dtype=torch.bfloat16, requires_grad=True)
+    x2 = torch.randn(64, 128, dtype=torch.bfloat16, requires_grad=True)
+    model = ampkit.nn.FusedMLP(128, 256, 128, dtype=torch.bfloat16)
+    with profile() as run:
+        ampkit.fused_linear(x, w, b, activation="gelu").sum().backward()
+        model(x2).sum().backward()
+    # What ampkit's ops ran (aten::to of a tensor already in its dtype copies nothing).
+    names = [event.name for event in run.events()
+             if event.cpu_parent is not None and event.cpu_parent.name.startswith("ampkit::")]
+    assert "aten::_to_copy" not in names, names
+    assert names.count("aten::copy_") == 2, names  # the GELU input into the saved buffer, per GELU forward
+    assert names.count("mkldnn::_linear_pointwise") == 2  # the GELU forwards
+    assert names.count("aten::mm") + names.count("aten::addmm") == 2 + 4 + 1 + 2, names
+
+
+def test_both_cpu_routes_meet_the_same_bounds():
+    """AMPKIT_CPU_LINEAR=fp32 forces the widened fp32 route (what CPUs without bf16 units run): the
+    bound tests pass there too, run in a child process (the route is chosen once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, AMPKIT_CPU_LINEAR="fp32")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                             "-k", "match_fp32_reference or matches_fp32_reference or accumulate_in_fp32"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
