@@ -15,13 +15,16 @@ CUDA uses float16 with loss scaling; the CPU uses bfloat16 without a scaler (bf1
 range). Reported: steps/s, ratios vs torch AMP and vs FP32, and memory: on CUDA the allocator's
 peak during the timed steps; on the CPU (where one process cannot isolate each mode's peak RSS)
 the bytes of the persistent training state (weights, grads, masters, optimizer state).
+Timing: on CUDA one mode after another (each allocator peak is its own), the median of `repeats`
+steps; on the CPU the three modes take turns step by step and each reports its median, so a load
+that comes and goes falls on every mode alike (``--threads`` sets the intra-op threads).
 """
 from __future__ import annotations
 
 import contextlib
 import gc
-import os
-import sys
+import statistics
+import time
 
 import torch
 from torch.nn import functional as F
@@ -116,33 +119,60 @@ def make_step(mode: str, workload: dict, device: str, dtype: torch.dtype, use_sc
 
 
 def measure(mode: str, workload: dict, args, dtype: torch.dtype, use_scaler: bool, repeats: int) -> dict:
-    on_cuda = args.device.startswith("cuda")
+    """CUDA: one mode at a time (its allocator peak is its own)."""
     model, optimizer, step = make_step(mode, workload, args.device, dtype, use_scaler)
     step()  # creates grads and optimizer state before memory is counted
-    if on_cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
     seconds = time_fn(step, args.device, repeats, warmup=2)
     result = {"steps_per_s": 1.0 / seconds, "ms": seconds * 1e3,
-              "state_mb": training_state_bytes(model, optimizer) / 2**20}
-    if on_cuda:
-        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+              "state_mb": training_state_bytes(model, optimizer) / 2**20,
+              "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
     del model, optimizer, step
     gc.collect()
-    if on_cuda:
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache()
     return result
 
 
+def measure_interleaved(workload: dict, args, dtype: torch.dtype, use_scaler: bool, repeats: int) -> dict:
+    """CPU: the modes take turns, one step each, and each reports its median step time, so a load
+    that comes and goes (another process on the cores) falls on every mode alike."""
+    runs = {mode: make_step(mode, workload, args.device, dtype, use_scaler) for mode in MODES}
+    for _, _, step in runs.values():
+        step()
+        step()  # grads, optimizer state, caches
+    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(repeats):
+        for mode, (_, _, step) in runs.items():
+            start = time.perf_counter()
+            step()
+            samples[mode].append(time.perf_counter() - start)
+    results = {}
+    for mode, (model, optimizer, _) in runs.items():
+        seconds = statistics.median(samples[mode])
+        results[mode] = {"steps_per_s": 1.0 / seconds, "ms": seconds * 1e3,
+                         "state_mb": training_state_bytes(model, optimizer) / 2**20}
+    del runs
+    gc.collect()
+    return results
+
+
 def main() -> None:
-    args = parser(__doc__.split("\n")[0]).parse_args()
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads on the CPU (default: torch's)")
+    args = p.parse_args()
     on_cuda = args.device.startswith("cuda")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     dtype = torch.float16 if on_cuda else torch.bfloat16
     use_scaler = on_cuda  # fp16 needs loss scaling; bf16 has fp32's exponent range
-    repeats = args.repeats or (3 if args.quick else (50 if on_cuda else 10))
+    repeats = args.repeats or (3 if args.quick else (50 if on_cuda else 15))
     rows = []
     for workload in (gpt_workload(args.device, args.quick, on_cuda), digits_workload(args.device, args.quick, on_cuda)):
-        results = {mode: measure(mode, workload, args, dtype, use_scaler, repeats) for mode in MODES}
+        if on_cuda:
+            results = {mode: measure(mode, workload, args, dtype, use_scaler, repeats) for mode in MODES}
+        else:
+            results = measure_interleaved(workload, args, dtype, use_scaler, repeats)
         ours, native, fp32 = results["ampkit"], results["torch"], results["fp32"]
         row = {"model": workload["name"], "family": workload["name"].split()[0],
                "dtype": str(dtype).replace("torch.", "")}
