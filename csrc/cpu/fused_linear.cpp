@@ -97,8 +97,17 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_low_precision(const at::Tensor
     // The GELU input for the backward, rounded to the input dtype as the CUDA path's GELU_AUX
     // epilogue stores it, and the output from the post-op on the unrounded accumulator: two GEMMs,
     // because oneDNN returns one result per GEMM and the output must be rounded only once.
-    saved.narrow(1, shape.out_features, saved.size(1) - shape.out_features).zero_();
-    saved.narrow(1, 0, shape.out_features).copy_(linear_low_precision(x, weight, bias));
+    if (saved.size(1) == shape.out_features) {
+      // No padding: the GEMM writes the buffer itself.
+      if (bias.has_value() && bias->defined()) {
+        at::addmm_out(saved, *bias, x, weight.t());
+      } else {
+        at::mm_out(saved, x, weight.t());
+      }
+    } else {
+      saved.narrow(1, shape.out_features, saved.size(1) - shape.out_features).zero_();
+      saved.narrow(1, 0, shape.out_features).copy_(linear_low_precision(x, weight, bias));
+    }
     output = linear_activation_low_precision(x, weight, bias, activation);
   } else {
     output = linear_activation_low_precision(x, weight, bias, activation);

@@ -695,7 +695,7 @@ def test_cpu_bf16_runs_low_precision_gemms_without_widening_copies():
     names = [event.name for event in run.events()
              if event.cpu_parent is not None and event.cpu_parent.name.startswith("ampkit::")]
     assert "aten::_to_copy" not in names, names
-    assert names.count("aten::copy_") == 2, names  # the GELU input into the saved buffer, per GELU forward
+    assert "aten::copy_" not in names, names  # widths of 256: the GEMM writes the saved GELU input itself
     assert names.count("mkldnn::_linear_pointwise") == 2  # the GELU forwards
     assert names.count("aten::mm") + names.count("aten::addmm") == 2 + 4 + 1 + 2, names
 
