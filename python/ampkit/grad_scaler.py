@@ -46,6 +46,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 import torch
 
 from . import _native
+from .multi_tensor import enable_dtensor_ops_for
 
 __all__ = ["GradScaler", "OptState"]
 
@@ -242,6 +243,10 @@ class GradScaler:
 
             found_inf_per_device: dict[torch.device, torch.Tensor] = {}
             norms = []
+            for grads in per_device_grads.values():
+                # DTensor gradients (FSDP2, tensor parallelism): the op reduces found_inf (MAX) and
+                # the norm's squares (SUM) over their mesh, so no process group is needed.
+                enable_dtensor_ops_for(grads)
             for device, grads in per_device_grads.items():
                 device_found_inf = torch.zeros_like(found_inf, device=device)
                 device_inv_scale = inv_scale.to(device=device, non_blocking=True)

@@ -1,9 +1,19 @@
 """Thin Python entry points over torch.ops.ampkit.*: argument conveniences only, no numerics."""
 from __future__ import annotations
 
-from typing import Sequence
+import sys
+from typing import Iterable, Sequence
 
 import torch
+
+
+def enable_dtensor_ops_for(tensors: Iterable[torch.Tensor]) -> None:
+    """Registers ampkit's DTensor op handlers (ampkit.distributed) when any of `tensors` is a DTensor.
+    A DTensor can only exist once torch.distributed.tensor is imported, so until then this costs one
+    dict lookup and imports nothing (``import ampkit`` stays free of torch.distributed)."""
+    if "torch.distributed.tensor" in sys.modules:
+        from . import distributed
+        distributed.ensure_registered_for(tensors)
 
 
 def device_scalar(value: float | torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
@@ -40,6 +50,7 @@ def multi_tensor_scale_(
     device = _first_device(inputs, "inputs")
     if outputs is None:
         outputs = inputs
+    enable_dtensor_ops_for(inputs)
     scale_tensor = device_scalar(scale, device, "scale")
     if found_inf is None:
         found_inf = torch.zeros(1, dtype=torch.float32, device=device)

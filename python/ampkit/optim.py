@@ -32,6 +32,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from . import _native
+from .multi_tensor import enable_dtensor_ops_for
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Parameters of these dtypes get an FP32 master (with master_weights=True); float32 and float64
@@ -366,6 +367,7 @@ class _MasterWeightOptimizer(Optimizer):
                 buckets.setdefault(key, []).append(param)
             if not buckets:
                 continue
+            enable_dtensor_ops_for(p for params in buckets.values() for p in params)
             # The grads are left unscaled (and clipped) in the step's own pass wherever it applies a
             # scale or a clip, as torch leaves them; plain steps skip that write.
             write_back_grads = getattr(self, "grad_scale", None) is not None or clip_coef is not None
