@@ -19,8 +19,9 @@ naming both, rather than silently redistributed.
 What crosses shards is reduced over the mesh with collectives on the tensors' device (no value is
 read back to the host):
 
-* ``found_inf`` with MAX over every mesh dimension on which some gradient is sharded, so every rank
-  of the mesh skips the same steps (an overflow in one shard is an overflow of the model);
+* ``found_inf`` with MAX over every dimension of the gradients' mesh, so every rank of the mesh
+  skips the same steps (an overflow in one shard is an overflow of the model; under HSDP an
+  overflow in one replica stops all of them);
 * the gradient norm of ``unscale_and_check_`` as a SUM of squares over the dimensions on which each
   gradient is sharded (replicated dimensions hold copies and are counted once), so
   ``GradScaler.unscale_(optimizer, compute_norm=True)`` returns the norm of the whole model.
@@ -153,19 +154,22 @@ def _all_reduce_over(tensor: torch.Tensor, mesh: DeviceMesh, dims: tuple[int, ..
             dist.all_reduce(tensor, op=op, group=mesh.get_group(dim))
 
 
-def _meshes_in_order(rows: list[_Row]) -> list[tuple[DeviceMesh, tuple[int, ...]]]:
+def _meshes_in_order(rows: list[_Row]) -> list[DeviceMesh]:
     """Each mesh of the rows, in order of first appearance (the same on every rank, so collectives
-    line up), with the dimensions on which any of its rows is sharded."""
-    found: dict[DeviceMesh, set[int]] = {}
+    line up)."""
+    found: dict[DeviceMesh, None] = {}
     for row in rows:
         if row.reference is not None:
-            found.setdefault(row.reference.device_mesh, set()).update(_sharded_dims(row.reference))
-    return [(mesh, tuple(sorted(dims))) for mesh, dims in found.items()]
+            found.setdefault(row.reference.device_mesh, None)
+    return list(found)
 
 
 def _reduce_found_inf(found_inf: torch.Tensor, rows: list[_Row]) -> None:
-    for mesh, dims in _meshes_in_order(rows):
-        _all_reduce_over(found_inf, mesh, dims, dist.ReduceOp.MAX)
+    # Over every dimension of the mesh, replicated ones included: a replica whose gradient went bad
+    # after the all-reduce (or a Replicate placement that does not hold) still makes every rank of
+    # the mesh skip. One scalar per dimension; torch's handler reduces over sharded dimensions only.
+    for mesh in _meshes_in_order(rows):
+        _all_reduce_over(found_inf, mesh, tuple(range(mesh.ndim)), dist.ReduceOp.MAX)
 
 
 def _list_op_handler(op: torch._ops.OpOverload, args: tuple, kwargs: dict) -> None:

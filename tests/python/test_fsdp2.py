@@ -1,0 +1,230 @@
+"""ampkit under FSDP2 (torch.distributed.fsdp.fully_shard): real gloo processes on the CPU.
+
+One spawned world per world size runs several trainings one after the other, each twice: with
+torch's classes (torch.autocast, torch.amp.GradScaler, torch.optim) and with ampkit's. Gradients
+and parameters are DTensors sharded over the ranks (uneven shards on 4 ranks: a 10-row layer
+splits 3/3/3/1), so ampkit's list ops run through ampkit.distributed's DTensor handlers.
+
+Checked, per world size (2 and 4) and for HSDP (a 2x2 mesh, replicate + shard):
+* the scale history is torch's, step for step, and an inf put into one rank's gradient shard at
+  INJECT_STEP makes every rank skip that step (torch's scaler reduces found_inf over the mesh too);
+* the full parameters after STEPS steps are torch's within rtol 1e-4;
+* ``unscale_(compute_norm=True)`` returns the norm of the unsharded gradients (``full_tensor()``)
+  and the one torch's ``get_total_norm`` computes on the sharded ones;
+* masters and optimizer state are DTensors with each parameter's mesh and placements.
+
+DCP: a run checkpointed with torch.distributed.checkpoint on 4 ranks and resumed on 2 ends bitwise
+equal to the 4-rank run that never stopped (every rank trains on the same batch and gradients are
+bfloat16 values, whose sums over 2 or 4 ranks are exact in float32 and divided by a power of two,
+so the trajectory does not depend on the number of ranks).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+STEPS = 8
+INJECT_STEP = 3  # an inf in the last rank's gradient shard only, at this step
+BATCH = 32
+# Parameters are compared within rtol 1e-4 (the acceptance bar); atol 1e-6 covers weights that
+# pass near zero, where a relative bound means nothing. Both runs do the same float32 arithmetic
+# on bfloat16 gradients; what differs is the summation order inside the fused kernels.
+RTOL, ATOL = 1e-4, 1e-6
+
+
+def digits_batches(rank: int, steps: int, same_on_every_rank: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    inputs = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    targets = torch.tensor(digits.target, dtype=torch.int64)
+    offset = 0 if same_on_every_rank else rank * steps * BATCH
+    return [(inputs[offset + s * BATCH: offset + (s + 1) * BATCH], targets[offset + s * BATCH: offset + (s + 1) * BATCH])
+            for s in range(steps)]
+
+
+def build_model(round_to_bf16: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    if round_to_bf16:  # the starting point of a bfloat16 model, held in float32
+        with torch.no_grad():
+            for param in model.parameters():
+                param.copy_(param.to(torch.bfloat16).float())
+    return model
+
+
+def shard(model: torch.nn.Module, mesh, mp_policy) -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    kwargs = {"mesh": mesh}
+    if mp_policy is not None:
+        kwargs["mp_policy"] = mp_policy
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, **kwargs)
+    return fully_shard(model, **kwargs)
+
+
+def make_run(impl: str, variant: str, mesh):
+    """(model, optimizer, scaler, autocast) for one training. `variant`:
+    "fp32": float32 parameters, FSDP2 casts to bfloat16 for compute (reduce in float32); ampkit's
+            optimizer keeps no master (FSDP2's sharded float32 parameters are the masters);
+    "masters": ampkit: a bfloat16 model sharded as it is, FP32 masters in the optimizer; torch:
+            the same starting values in float32, FSDP2 casting to bfloat16 (reduce in bfloat16);
+    "sgd": as "fp32" with SGD and momentum."""
+    import ampkit
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    bf16 = torch.bfloat16
+    if variant == "masters" and impl == "ampkit":
+        model = shard(ampkit.optim.to_low_precision(build_model(), bf16), mesh, None)
+    elif variant == "masters":
+        model = shard(build_model(round_to_bf16=True), mesh, MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=bf16))
+    else:
+        model = shard(build_model(), mesh, MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=torch.float32))
+    optim = ampkit.optim if impl == "ampkit" else torch.optim
+    if variant == "sgd":
+        optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    else:
+        optimizer = optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
+    scaler_class = ampkit.GradScaler if impl == "ampkit" else torch.amp.GradScaler
+    scaler = scaler_class("cpu", init_scale=2.0**12, growth_interval=2)
+    autocast = ampkit.autocast if impl == "ampkit" else torch.autocast
+    return model, optimizer, scaler, lambda: autocast("cpu", dtype=bf16)
+
+
+def train(impl: str, variant: str, mesh, batches, inject_rank: int, inject: str = "grad") -> dict:
+    """`inject`: "grad" puts the inf into `inject_rank`'s gradient shard after FSDP2's reduction (only
+    the found_inf reduction can tell the other ranks); "input" into its batch, so the overflow
+    happens in its backward and reaches the others through the gradient reduction."""
+    from torch.distributed.tensor import DTensor
+
+    model, optimizer, scaler, autocast = make_run(impl, variant, mesh)
+    params = list(model.parameters())
+    scales, skipped, norms, unsharded_norms = [], [], [], []
+    for step, (inputs, targets) in enumerate(batches):
+        if inject == "input" and step == INJECT_STEP and dist.get_rank() == inject_rank:
+            inputs = inputs.clone()
+            inputs[0, 0] = float("inf")
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        scaler.scale(loss).backward()
+        if inject == "grad" and step == INJECT_STEP and dist.get_rank() == inject_rank:
+            params[0].grad.to_local().view(-1)[0] = float("inf")
+        if impl == "ampkit":
+            norm = scaler.unscale_(optimizer, compute_norm=True)
+        else:
+            scaler.unscale_(optimizer)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params]).full_tensor()
+        full_grads = [p.grad.full_tensor() for p in params]
+        unsharded_norms.append(torch.linalg.vector_norm(torch.cat([g.double().reshape(-1) for g in full_grads])).float())
+        norms.append(norm.clone())
+        scaler.step(optimizer)
+        # What this rank's scaler decided (both classes keep it per optimizer until update()).
+        skipped.append(any(bool(flag.item()) for flag in scaler._found_inf_per_device(optimizer).values()))
+        scaler.update()
+        scales.append(scaler.get_scale())
+    result = {"scales": scales, "skipped": skipped, "norms": torch.stack(norms), "unsharded_norms": torch.stack(unsharded_norms),
+              "params": [p.full_tensor() for p in params],
+              # The float32 weights: ampkit's masters where it keeps them, else the parameters.
+              "weights": [(optimizer.state[p]["master"] if "master" in optimizer.state[p] else p).full_tensor()
+                          for p in params]}
+    if impl == "ampkit":
+        layouts = []
+        for param in params:
+            state = optimizer.state[param]
+            for key, value in state.items():
+                if key == "step":
+                    continue
+                layouts.append((key, isinstance(value, DTensor) and value.device_mesh == param.device_mesh
+                                and value.placements == param.placements and value.shape == param.shape))
+        result["state_layouts"] = layouts
+        result["state_keys"] = sorted({key for state in optimizer.state.values() for key in state})
+        from ampkit.distributed import fp32_copies
+        result["fp32_copies"] = fp32_copies(model, optimizer)
+    return result
+
+
+def parity_world(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    layouts = {"flat": init_device_mesh("cpu", (world,))}
+    if world == 4:
+        layouts["hsdp"] = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    variants = ("fp32", "masters", "sgd") if world == 2 else ("fp32", "masters")
+    results = {}
+    batches = digits_batches(rank, STEPS)
+    for layout, mesh in layouts.items():
+        for variant in (variants if layout == "flat" else ("fp32",)):
+            for impl in ("torch", "ampkit"):
+                # Under HSDP torch's scaler reduces found_inf over the shard dimension only, so the
+                # inf is injected where a real overflow happens (in the backward, before the
+                # replicas' all-reduce) for the comparison; ampkit alone is also run with it in
+                # one replica's reduced gradient, which it must still skip on every rank.
+                results[(layout, variant, impl)] = train(impl, variant, mesh, batches, inject_rank=world - 1,
+                                                         inject="grad" if layout == "flat" else "input")
+    if "hsdp" in layouts:
+        results[("hsdp", "late-inf", "ampkit")] = train("ampkit", "fp32", layouts["hsdp"], batches,
+                                                        inject_rank=world - 1)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    # Every collective has completed once all ranks pass the barrier; leave without gloo's
+    # teardown, which can abort a rank whose peer closed first (see test_distributed.py).
+    dist.barrier()
+    os._exit(0)
+
+
+def spawn(target, world: int, tmp_path, name: str, *extra) -> list:
+    out_dir = tmp_path / name
+    out_dir.mkdir()
+    mp.start_processes(target, args=(world, str(tmp_path / f"init-{name}"), str(out_dir), *extra), nprocs=world,
+                       join=True, start_method="spawn")
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 4])
+def test_fsdp2_matches_torch_and_skips_together(world, tmp_path):
+    ranks = spawn(parity_world, world, tmp_path, f"parity{world}")
+    keys = [key for key in ranks[0] if key[2] == "ampkit" and key[1] != "late-inf"]
+    assert len(keys) == 3
+    if world == 4:  # HSDP, an inf in one replica's reduced gradient: every rank skips it all the same
+        for results in ranks:
+            late = results[("hsdp", "late-inf", "ampkit")]
+            assert [s for s, flag in enumerate(late["skipped"]) if flag] == [INJECT_STEP]
+            assert late["scales"] == ranks[0][("hsdp", "fp32", "ampkit")]["scales"]
+            for mine, reference in zip(late["params"], ranks[0][("hsdp", "late-inf", "ampkit")]["params"]):
+                assert torch.equal(mine, reference)
+    for layout, variant, _ in keys:
+        label = f"{layout}/{variant}"
+        for rank, results in enumerate(ranks):
+            ours, theirs = results[(layout, variant, "ampkit")], results[(layout, variant, "torch")]
+            # Every rank skipped exactly the injected step, as torch's scaler did.
+            assert [s for s, flag in enumerate(ours["skipped"]) if flag] == [INJECT_STEP], (label, rank)
+            assert theirs["skipped"] == ours["skipped"], (label, rank)
+            assert ours["scales"] == theirs["scales"], (label, rank)
+            assert ours["scales"] == ranks[0][(layout, variant, "ampkit")]["scales"]
+            for index, (mine, reference) in enumerate(zip(ours["weights"], theirs["weights"])):
+                assert mine.dtype == reference.dtype == torch.float32
+                torch.testing.assert_close(mine, reference, rtol=RTOL, atol=ATOL, msg=f"{label} rank {rank} param {index}")
+            for index, (mine, reference) in enumerate(zip(ours["params"], theirs["params"])):
+                # The model copy is the float32 weight rounded once: bfloat16's half-ulp (2**-9).
+                torch.testing.assert_close(mine.float(), reference.to(mine.dtype).float(), rtol=2**-8, atol=ATOL)
+            # The norm of the sharded gradients is the norm of the whole model's: float32 sums of
+            # squares in another order, so within a few ulps (rtol 1e-5).
+            finite = [s for s in range(STEPS) if s != INJECT_STEP]
+            torch.testing.assert_close(ours["norms"][finite], ours["unsharded_norms"][finite], rtol=1e-5, atol=0)
+            # torch's get_total_norm works in the gradients' dtype: bfloat16 ones ("masters") give
+            # a bfloat16 norm, good to bfloat16's half-ulp.
+            theirs_rtol = 2**-8 if theirs["norms"].dtype == torch.bfloat16 else RTOL
+            torch.testing.assert_close(ours["norms"][finite], theirs["norms"][finite].float(), rtol=theirs_rtol, atol=0)
+            assert not torch.isfinite(ours["norms"][INJECT_STEP])
+            # Masters and state: DTensors with the parameter's mesh and placements.
+            assert ours["state_layouts"] and all(ok for _, ok in ours["state_layouts"]), ours["state_layouts"]
+            assert ("master" in ours["state_keys"]) == (variant == "masters"), ours["state_keys"]
+            assert ours["fp32_copies"] == 1, label
