@@ -55,6 +55,9 @@ DEFAULT_KEEP_FP32: tuple[type[nn.Module], ...] = (
     nn.RMSNorm,
 )
 
+# A param group's copy of a state_dict's "ampkit" entry (see _MasterWeightOptimizer.state_dict).
+_GROUP_ORIGIN_KEY = "ampkit_origin"
+
 # Where to_low_precision() leaves a parameter's original fp32 values for the optimizer's master.
 _PENDING_MASTER_ATTR = "_ampkit_fp32_master"
 
@@ -399,7 +402,13 @@ class _MasterWeightOptimizer(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         result = super().state_dict()
-        result["ampkit"] = {"optimizer": type(self).__name__, "master_weights": self.master_weights}
+        origin = {"optimizer": type(self).__name__, "master_weights": self.master_weights}
+        result["ampkit"] = origin
+        # Also in every group: torch.distributed.checkpoint's get/set_optimizer_state_dict keep only
+        # "state" and "param_groups" (with the groups' extra keys), so this copy is what says where
+        # a state_dict that went through them comes from. load_state_dict takes it out again.
+        for group in result["param_groups"]:
+            group[_GROUP_ORIGIN_KEY] = dict(origin)
         return result
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -411,6 +420,7 @@ class _MasterWeightOptimizer(Optimizer):
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
             raise ValueError(f"{where}: expected an optimizer state_dict with 'state' "
                              f"and 'param_groups', got {type(state_dict).__name__}")
+        state_dict = self._with_origin_from_groups(state_dict)
         origin = state_dict.get("ampkit")
         saved_name = origin.get("optimizer") if isinstance(origin, dict) else None
         if saved_name != name:
@@ -476,8 +486,27 @@ class _MasterWeightOptimizer(Optimizer):
             group.update(merged)
 
     @staticmethod
+    def _with_origin_from_groups(state_dict: dict[str, Any]) -> dict[str, Any]:
+        """The state_dict with the groups' copies of the origin taken out (into a new dict and new
+        groups: the caller's stays as it was) and, where the top-level entry is missing (a dict that
+        went through torch.distributed.checkpoint), the top-level entry rebuilt from them."""
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, (list, tuple)) or not any(
+                isinstance(g, dict) and _GROUP_ORIGIN_KEY in g for g in groups):
+            return state_dict
+        origins = [g.get(_GROUP_ORIGIN_KEY) if isinstance(g, dict) else None for g in groups]
+        result = dict(state_dict)
+        result["param_groups"] = [{k: v for k, v in g.items() if k != _GROUP_ORIGIN_KEY} if isinstance(g, dict) else g
+                                  for g in groups]
+        if "ampkit" not in result:
+            # Every group must carry the same origin; anything else is left for the checks to refuse.
+            result["ampkit"] = origins[0] if all(o == origins[0] for o in origins) else None
+        return result
+
+    @staticmethod
     def _is_param_id(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
+        """An int (Optimizer.state_dict) or a parameter's name (torch.distributed.checkpoint's dicts)."""
+        return isinstance(value, (int, str)) and not isinstance(value, bool)
 
     @staticmethod
     def _is_plain_data(value: Any, depth: int = 0) -> bool:
@@ -517,7 +546,7 @@ class _MasterWeightOptimizer(Optimizer):
         ids = saved["params"]
         if not isinstance(ids, (list, tuple)) or not all(_MasterWeightOptimizer._is_param_id(i) for i in ids):
             raise TypeError(f"{where}: 'params' of group {group_index} of the state_dict must be a list of int "
-                            f"param ids, got {ids!r:.200}")
+                            f"param ids (or parameter names), got {ids!r:.200}")
         if len(group["params"]) != len(ids):
             raise ValueError(f"{where}: group {group_index} of the state_dict has "
                              f"{len(ids)} params, this optimizer's has {len(group['params'])}")

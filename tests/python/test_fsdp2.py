@@ -228,3 +228,117 @@ def test_fsdp2_matches_torch_and_skips_together(world, tmp_path):
             assert ours["state_layouts"] and all(ok for _, ok in ours["state_layouts"]), ours["state_layouts"]
             assert ("master" in ours["state_keys"]) == (variant == "masters"), ours["state_keys"]
             assert ours["fp32_copies"] == 1, label
+
+
+# ---- DCP: save on 4 ranks, load on 2 ----
+
+CHECKPOINT_STEP = 4  # steps 0..3 before the checkpoint, 4..7 after it
+RESUMED_INJECT_STEP = 6  # a skipped step after the resume: the restored step counters must hold
+
+
+def dcp_run(mesh):
+    """A bfloat16 model sharded by FSDP2, gradients reduced in float32; ampkit's AdamW with masters."""
+    import ampkit
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    model = shard(ampkit.optim.to_low_precision(build_model(), torch.bfloat16), mesh,
+                  MixedPrecisionPolicy(reduce_dtype=torch.float32))
+    optimizer = ampkit.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
+    scaler = ampkit.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
+    return model, optimizer, scaler
+
+
+def dcp_steps(model, optimizer, scaler, steps: range, batches) -> list[float]:
+    import ampkit
+
+    scales = []
+    for step in steps:
+        inputs, targets = batches[step]
+        optimizer.zero_grad(set_to_none=True)
+        with ampkit.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        scaler.scale(loss).backward()
+        if step == RESUMED_INJECT_STEP and dist.get_rank() == dist.get_world_size() - 1:
+            next(model.parameters()).grad.to_local().view(-1)[0] = float("inf")
+        scaler.step(optimizer)
+        scaler.update()
+        scales.append(scaler.get_scale())
+    return scales
+
+
+def full_state(model, optimizer) -> dict:
+    """Every parameter and every optimizer state tensor, gathered whole (a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    def whole(value):
+        return value.full_tensor() if isinstance(value, DTensor) else value.clone()
+
+    params = list(model.parameters())
+    return {"params": [whole(p) for p in params],
+            "state": [{key: whole(value) for key, value in optimizer.state[p].items()} for p in params]}
+
+
+def dcp_save_world(rank: int, world: int, init_file: str, out_dir: str, checkpoint_dir: str) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    batches = digits_batches(rank, STEPS, same_on_every_rank=True)
+    model, optimizer, scaler = dcp_run(init_device_mesh("cpu", (world,)))
+    scales = dcp_steps(model, optimizer, scaler, range(CHECKPOINT_STEP), batches)
+    dcp.save({"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)},
+             checkpoint_id=checkpoint_dir)
+    if rank == 0:
+        torch.save(scaler.state_dict(), os.path.join(checkpoint_dir, "scaler.pt"))
+    # The run that never stopped.
+    scales += dcp_steps(model, optimizer, scaler, range(CHECKPOINT_STEP, STEPS), batches)
+    result = full_state(model, optimizer)
+    result["scales"] = scales
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    os._exit(0)
+
+
+def dcp_load_world(rank: int, world: int, init_file: str, out_dir: str, checkpoint_dir: str) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    batches = digits_batches(rank, STEPS, same_on_every_rank=True)
+    torch.manual_seed(1234)  # a fresh model: everything it ends with must come from the checkpoint
+    model, optimizer, scaler = dcp_run(init_device_mesh("cpu", (world,)))
+    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    dcp.load(state, checkpoint_id=checkpoint_dir)
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    scaler.load_state_dict(torch.load(os.path.join(checkpoint_dir, "scaler.pt")))
+    restored = full_state(model, optimizer)
+    scales = dcp_steps(model, optimizer, scaler, range(CHECKPOINT_STEP, STEPS), batches)
+    result = full_state(model, optimizer)
+    result["scales"] = scales
+    result["restored"] = restored
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    os._exit(0)
+
+
+@pytest.mark.slow
+def test_dcp_save_on_4_ranks_resume_on_2_is_bitwise_the_uninterrupted_run(tmp_path):
+    checkpoint_dir = tmp_path / "checkpoint"
+    never_stopped = spawn(dcp_save_world, 4, tmp_path, "save", str(checkpoint_dir))
+    resumed = spawn(dcp_load_world, 2, tmp_path, "load", str(checkpoint_dir))
+    reference = never_stopped[0]
+    assert reference["scales"][RESUMED_INJECT_STEP] == reference["scales"][RESUMED_INJECT_STEP - 1] / 2
+    for result in never_stopped + resumed:
+        assert result["scales"][-(STEPS - CHECKPOINT_STEP):] == reference["scales"][CHECKPOINT_STEP:]
+        for mine, theirs in zip(result["params"], reference["params"]):
+            assert mine.dtype == torch.bfloat16 and torch.equal(mine, theirs)
+        for mine, theirs in zip(result["state"], reference["state"]):
+            assert mine.keys() == theirs.keys() == {"step", "master", "exp_avg", "exp_avg_sq"}
+            for key in mine:
+                assert torch.equal(mine[key], theirs[key]), key
+    # The checkpoint did restore (the resumed ranks started from another random model).
+    assert int(resumed[0]["restored"]["state"][0]["step"]) == CHECKPOINT_STEP
