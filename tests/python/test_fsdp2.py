@@ -150,6 +150,39 @@ def train(impl: str, variant: str, mesh, batches, inject_rank: int, inject: str 
     return result
 
 
+def direct_op_calls(mesh) -> dict:
+    """torch.ops.ampkit.* called on DTensors by hand: results and refusals."""
+    import ampkit
+    import ampkit.distributed  # noqa: F401  (registers the DTensor handlers)
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+
+    out = {}
+    full = torch.arange(12, dtype=torch.float32).reshape(6, 2)
+    sharded = distribute_tensor(full.clone(), mesh, [Shard(0)])
+    if dist.get_rank() == 1:
+        sharded.to_local()[0, 0] = float("nan")  # in rank 1's rows only
+    found_inf = ampkit.multi_tensor_scale_([sharded], scale=0.5)
+    out["scaled"] = sharded.full_tensor()
+    out["scale_found_inf"] = found_inf.clone()
+    errors = {}
+    replicated = distribute_tensor(full.clone(), mesh, [Replicate()])
+    grads = distribute_tensor(full.clone(), mesh, [Shard(0)])
+    one = torch.ones(1)
+    for label, call in (
+        ("mismatch", lambda: torch.ops.ampkit.master_sgd_step_(
+            [replicated], [], [grads], [], [torch.zeros(())], one, one, one, None, 0.0, 0.0, 0.0, False, False)),
+        ("partial", lambda: torch.ops.ampkit.unscale_and_check_(
+            [DTensor.from_local(torch.ones(2), mesh, [Partial()])], torch.zeros(1), one)),
+    ):
+        try:
+            call()
+            errors[label] = None
+        except ValueError as error:
+            errors[label] = str(error)
+    out["errors"] = errors
+    return out
+
+
 def parity_world(rank: int, world: int, init_file: str, out_dir: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -172,6 +205,8 @@ def parity_world(rank: int, world: int, init_file: str, out_dir: str) -> None:
     if "hsdp" in layouts:
         results[("hsdp", "late-inf", "ampkit")] = train("ampkit", "fp32", layouts["hsdp"], batches,
                                                         inject_rank=world - 1)
+    if world == 2:
+        results["direct"] = direct_op_calls(layouts["flat"])
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     # Every collective has completed once all ranks pass the barrier; leave without gloo's
     # teardown, which can abort a rank whose peer closed first (see test_distributed.py).
@@ -200,6 +235,16 @@ def test_fsdp2_matches_torch_and_skips_together(world, tmp_path):
             assert late["scales"] == ranks[0][("hsdp", "fp32", "ampkit")]["scales"]
             for mine, reference in zip(late["params"], ranks[0][("hsdp", "late-inf", "ampkit")]["params"]):
                 assert torch.equal(mine, reference)
+    if world == 2:
+        for results in ranks:
+            direct = results["direct"]
+            expected = torch.arange(12, dtype=torch.float32).reshape(6, 2) * 0.5
+            expected[3, 0] = float("nan")  # rank 1 holds rows 3..5
+            torch.testing.assert_close(direct["scaled"], expected, equal_nan=True)
+            assert direct["scale_found_inf"].item() == 1.0  # on both ranks: MAX over the mesh
+            assert "grads[0] has placements (Shard(dim=0),)" in direct["errors"]["mismatch"]
+            assert "params[0] has placements (Replicate(),)" in direct["errors"]["mismatch"]
+            assert "Partial" in direct["errors"]["partial"] and "grads[0]" in direct["errors"]["partial"]
     for layout, variant, _ in keys:
         label = f"{layout}/{variant}"
         for rank, results in enumerate(ranks):
