@@ -50,6 +50,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._dtensor_spec import DTensorSpec, TensorMeta
 from torch.distributed.tensor.placement_types import Partial, Replicate, Shard
 
 __all__ = ["register_dtensor_ops", "fp32_copies"]
@@ -120,7 +121,7 @@ def _localise(op_name: str, bound: dict[str, Any]) -> tuple[dict[str, Any], list
                             f"ampkit.{op_name}: {label} has {_describe(tensor)}, but {row.label} has "
                             f"{_describe(row.reference)}; one parameter's tensors must share mesh and placements "
                             "(make state with torch.zeros_like(param) or redistribute the gradient)")
-                    converted.append(tensor.to_local())
+                    converted.append(tensor._local_tensor)
                 else:
                     converted.append(tensor)
             local[name] = converted
@@ -140,7 +141,7 @@ def _local_scalar(op_name: str, label: str, value: Any) -> Any:
     if not all(isinstance(p, Replicate) for p in value.placements):
         raise ValueError(f"ampkit.{op_name}: {label} has {_describe(value)}; expected a plain tensor or a DTensor "
                          "with Replicate() on every mesh dimension")
-    return value.to_local()
+    return value._local_tensor
 
 
 def _sharded_dims(tensor: DTensor) -> tuple[int, ...]:
@@ -207,6 +208,53 @@ def _unscale_with_global_norm(op, local: dict[str, Any], rows: list[_Row]) -> No
     target.copy_(total.sqrt().reshape(target.shape))
 
 
+# ---- fused_linear / fused_mlp ----
+
+_FUSED_OPS = ("fused_linear", "fused_linear_forward", "fused_linear_backward", "fused_mlp", "fused_mlp_forward",
+              "fused_mlp_backward")
+
+
+def _fused_op_handler(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
+    """The fused GEMM ops run on DTensors whose every placement is Replicate (DTensor-based data
+    parallelism, a replicated layer inside a tensor-parallel model): locally, outputs replicated on
+    the same mesh. Sharded operands are refused: under RowwiseParallel the fused epilogue would add
+    the bias and apply the activation to each rank's partial sum (a wrong result, not a slow one),
+    and the GELU backward's saved pre-activations are laid out per GEMM, not per output column, so
+    they cannot follow a ColwiseParallel sharding either."""
+    op_name = op._schema.name.split("::", 1)[1]
+    bound = _bind(op, args, kwargs)
+    mesh = None
+    supported = True
+    local: dict[str, Any] = {}
+    for name, value in bound.items():
+        if isinstance(value, DTensor):
+            mesh = mesh or value.device_mesh
+            supported &= value.device_mesh == mesh and all(isinstance(p, Replicate) for p in value.placements)
+            local[name] = value._local_tensor
+        else:
+            local[name] = value
+    if not supported:
+        placements = ", ".join(f"{name} {tuple(value.placements)}" for name, value in bound.items()
+                               if isinstance(value, DTensor))
+        raise ValueError(
+            f"ampkit.{op_name} does not support sharded DTensor operands (tensor parallelism): got {placements}. "
+            "Supported: plain tensors, or DTensors with Replicate() on every mesh dimension of one mesh (as FSDP2's "
+            "all-gathered parameters are plain tensors, FSDP2 needs nothing). For ColwiseParallel/RowwiseParallel "
+            "keep those layers nn.Linear (torch's styles shard nn.Linear and nn.Embedding only) and use "
+            "ampkit.nn.FusedLinear in the layers that stay replicated")
+    result = op(**local)
+    replicated = (Replicate(),) * mesh.ndim
+
+    def wrap(tensor):
+        if not isinstance(tensor, torch.Tensor):
+            return tensor
+        # Built directly (as DTensor's own dispatcher does): this runs below autograd.
+        spec = DTensorSpec(mesh, replicated, tensor_meta=TensorMeta(tensor.shape, tensor.stride(), tensor.dtype))
+        return DTensor(tensor, spec, requires_grad=False)
+
+    return tuple(wrap(t) for t in result) if isinstance(result, (tuple, list)) else wrap(result)
+
+
 def register_dtensor_ops() -> None:
     """Lets DTensors flow through ampkit's list ops (idempotent, cheap after the first call)."""
     global _registered
@@ -217,10 +265,11 @@ def register_dtensor_ops() -> None:
     if not isinstance(handlers, dict):
         raise RuntimeError(f"ampkit.distributed: this torch ({torch.__version__}) has no DTensor op-handler table "
                            "(DTensor._op_dispatcher._custom_op_handlers); DTensor support needs torch >= 2.5")
-    for name in _ROW_LISTS:
-        packet = getattr(torch.ops.ampkit, name)
-        for overload in packet.overloads():
-            handlers[getattr(packet, overload)] = _list_op_handler
+    for names, handler in ((_ROW_LISTS, _list_op_handler), (_FUSED_OPS, _fused_op_handler)):
+        for name in names:
+            packet = getattr(torch.ops.ampkit, name)
+            for overload in packet.overloads():
+                handlers[getattr(packet, overload)] = handler
     _registered = True
 
 

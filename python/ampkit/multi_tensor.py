@@ -11,6 +11,8 @@ def enable_dtensor_ops_for(tensors: Iterable[torch.Tensor]) -> None:
     """Registers ampkit's DTensor op handlers (ampkit.distributed) when any of `tensors` is a DTensor.
     A DTensor can only exist once torch.distributed.tensor is imported, so until then this costs one
     dict lookup and imports nothing (``import ampkit`` stays free of torch.distributed)."""
+    if torch.compiler.is_compiling():
+        return  # traced code: registration already happened in an eager call, or DTensors are not in use
     if "torch.distributed.tensor" in sys.modules:
         from . import distributed
         distributed.ensure_registered_for(tensors)

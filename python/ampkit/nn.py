@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import _native
+from .multi_tensor import enable_dtensor_ops_for
 
 # "none", "relu", "gelu" (tanh approximation): the names fused_linear's C++ check accepts.
 ACTIVATIONS = _native.fused_linear_activations()
@@ -32,6 +33,7 @@ def fused_linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     Same arguments as ``torch.nn.functional.linear`` plus the activation; differentiable, runs under
     ``torch.autocast`` (fp32 inputs run in the autocast dtype) and ``torch.compile``.
     """
+    enable_dtensor_ops_for((input, weight))
     return torch.ops.ampkit.fused_linear(input, weight, bias, activation)
 
 
@@ -42,6 +44,7 @@ def fused_mlp(input: torch.Tensor, weight1: torch.Tensor, bias1: Optional[torch.
     On CUDA the backward takes the GELU gradient and ``bias1``'s gradient out of the second
     layer's data-gradient GEMM (cuBLASLt DGELU_BGRAD epilogue) instead of separate kernels.
     """
+    enable_dtensor_ops_for((input, weight1))
     return torch.ops.ampkit.fused_mlp(input, weight1, bias1, weight2, bias2)
 
 
@@ -82,6 +85,8 @@ class FusedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # On DTensors (a replicated layer in a DTensor model) ampkit.distributed runs the op.
+        enable_dtensor_ops_for((input, self.weight))
         return torch.ops.ampkit.fused_linear(input, self.weight, self.bias, self.activation)
 
     def extra_repr(self) -> str:
@@ -131,6 +136,7 @@ class FusedMLP(nn.Module):
         return mlp
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        enable_dtensor_ops_for((input, self.fc1.weight))
         return torch.ops.ampkit.fused_mlp(input, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
 

@@ -387,3 +387,20 @@ def test_dcp_save_on_4_ranks_resume_on_2_is_bitwise_the_uninterrupted_run(tmp_pa
                 assert torch.equal(mine[key], theirs[key]), key
     # The checkpoint did restore (the resumed ranks started from another random model).
     assert int(resumed[0]["restored"]["state"][0]["step"]) == CHECKPOINT_STEP
+
+
+def test_import_ampkit_leaves_torch_distributed_tensor_alone():
+    """ampkit.distributed (and DTensor with it) is loaded only once DTensors exist in the process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ampkit, torch\n"
+            "model = torch.nn.Linear(4, 2)\n"
+            "optimizer = ampkit.optim.AdamW(model.parameters())\n"
+            "model(torch.randn(3, 4)).sum().backward(); optimizer.step()\n"
+            "ampkit.nn.FusedLinear(4, 2)(torch.randn(3, 4))\n"
+            "print(sorted(m for m in sys.modules if m in ('torch.distributed.tensor', 'ampkit.distributed')))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
