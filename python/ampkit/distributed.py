@@ -273,15 +273,6 @@ def register_dtensor_ops() -> None:
     _registered = True
 
 
-def ensure_registered_for(tensors) -> None:
-    """Registers the handlers when DTensors can exist (torch.distributed.tensor is imported) and any of
-    `tensors` is one. Called by ampkit's scaler and optimizers; costs a dict lookup otherwise."""
-    if _registered:
-        return
-    if any(isinstance(t, DTensor) for t in tensors):
-        register_dtensor_ops()
-
-
 def fp32_copies(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """How many FP32 copies of the model's weights this rank holds, counted in elements of its local
     shards: parameters stored in float32 plus ampkit masters, divided by the number of weight

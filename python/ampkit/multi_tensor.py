@@ -1,6 +1,7 @@
 """Thin Python entry points over torch.ops.ampkit.*: argument conveniences only, no numerics."""
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Iterable, Sequence
 
@@ -8,14 +9,17 @@ import torch
 
 
 def enable_dtensor_ops_for(tensors: Iterable[torch.Tensor]) -> None:
-    """Registers ampkit's DTensor op handlers (ampkit.distributed) when any of `tensors` is a DTensor.
-    A DTensor can only exist once torch.distributed.tensor is imported, so until then this costs one
-    dict lookup and imports nothing (``import ampkit`` stays free of torch.distributed)."""
+    """Loads ampkit.distributed, which registers ampkit's DTensor op handlers, when any of `tensors`
+    is a DTensor. A DTensor can exist only once torch.distributed.tensor is imported, and after the
+    first load there is nothing left to do: either way this costs a dict lookup or two and imports
+    nothing (``import ampkit`` stays free of torch.distributed)."""
     if torch.compiler.is_compiling():
         return  # traced code: registration already happened in an eager call, or DTensors are not in use
-    if "torch.distributed.tensor" in sys.modules:
-        from . import distributed
-        distributed.ensure_registered_for(tensors)
+    if "ampkit.distributed" in sys.modules:
+        return
+    dtensor_module = sys.modules.get("torch.distributed.tensor")
+    if dtensor_module is not None and any(isinstance(t, dtensor_module.DTensor) for t in tensors):
+        importlib.import_module(f"{__package__}.distributed")  # registers the handlers on import
 
 
 def device_scalar(value: float | torch.Tensor, device: torch.device, name: str) -> torch.Tensor:

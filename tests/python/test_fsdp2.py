@@ -390,17 +390,19 @@ def test_dcp_save_on_4_ranks_resume_on_2_is_bitwise_the_uninterrupted_run(tmp_pa
 
 
 def test_import_ampkit_leaves_torch_distributed_tensor_alone():
-    """ampkit.distributed (and DTensor with it) is loaded only once DTensors exist in the process."""
+    """import ampkit does not import DTensor, and ampkit.distributed is loaded only once a DTensor reaches
+    an ampkit op (torch's autograd imports torch.distributed.tensor by itself on the first backward)."""
     import subprocess
     import sys
 
     code = ("import sys, ampkit, torch\n"
+            "assert 'torch.distributed.tensor' not in sys.modules\n"
             "model = torch.nn.Linear(4, 2)\n"
             "optimizer = ampkit.optim.AdamW(model.parameters())\n"
             "model(torch.randn(3, 4)).sum().backward(); optimizer.step()\n"
             "ampkit.nn.FusedLinear(4, 2)(torch.randn(3, 4))\n"
-            "print(sorted(m for m in sys.modules if m in ('torch.distributed.tensor', 'ampkit.distributed')))\n")
+            "print('ampkit.distributed' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env=dict(os.environ))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.strip() == "False"
