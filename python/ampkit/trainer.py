@@ -287,6 +287,10 @@ class Trainer:
             batches = torch.utils.data.DataLoader(data, batch_size=self.batch_size)
         else:
             batches = data
+            sampler = getattr(data, "sampler", None)
+            if shuffle and isinstance(data, torch.utils.data.DataLoader) and callable(getattr(sampler, "set_epoch", None)):
+                # A DistributedSampler shuffles per epoch only when told the epoch (each rank its part).
+                sampler.set_epoch(epoch)
         for index, batch in enumerate(batches):
             inputs, targets = _check_batch(batch, name, index)
             yield self._to_device(inputs), self._to_device(targets)

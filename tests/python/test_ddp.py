@@ -71,6 +71,29 @@ def trainer_run(wrap: str, inputs, targets) -> list[torch.Tensor]:
     return [p.full_tensor() if isinstance(p, DTensor) else p.detach().clone() for p in model.parameters()]
 
 
+def trainer_with_distributed_sampler(inputs, targets) -> list[list[int]]:
+    """The Trainer on DDP with a DataLoader over a DistributedSampler: the sample indices each epoch
+    hands this rank (the trainer must call set_epoch, or every epoch repeats epoch 0's order)."""
+    import ampkit
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    seen = []
+
+    class RecordingSampler(DistributedSampler):
+        def __iter__(self):
+            order = list(super().__iter__())
+            seen.append(order)
+            return iter(order)
+
+    dataset = TensorDataset(inputs, targets)
+    loader = DataLoader(dataset, batch_size=64, sampler=RecordingSampler(dataset, shuffle=True, seed=0))
+    trainer = ampkit.Trainer(DistributedDataParallel(build_model()), amp=True, device="cpu", progress=False,
+                             self_check=False)
+    trainer.fit(loader, epochs=2)
+    return seen
+
+
 def ddp_world(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     batches = digits_batches(rank, STEPS)
@@ -82,6 +105,7 @@ def ddp_world(rank: int, world: int, init_file: str, out_dir: str) -> None:
     targets = torch.tensor(digits.target[:512], dtype=torch.int64)
     for wrap in ("none", "ddp", "fsdp2"):
         results[("trainer", wrap)] = trainer_run(wrap, inputs, targets)
+    results["sampler_epochs"] = trainer_with_distributed_sampler(inputs, targets)
     import ampkit
 
     try:
@@ -119,6 +143,11 @@ def test_ddp_and_the_trainer_on_wrapped_models(tmp_path):
             assert torch.equal(mine, reference)
         for mine, reference in zip(results[("trainer", "fsdp2")], single):
             torch.testing.assert_close(mine, reference, rtol=RTOL, atol=ATOL)
+        epochs = results["sampler_epochs"]
+        assert len(epochs) == 2 and epochs[0] != epochs[1]  # reshuffled: set_epoch was called
+        for epoch in range(2):  # each rank its own half
+            other = ranks[1 - rank]["sampler_epochs"][epoch]
+            assert not set(epochs[epoch]) & set(other) and len(set(epochs[epoch]) | set(other)) == 512
         assert "master_weights=True" in results["master_weights_error"]
         assert "MixedPrecisionPolicy" in results["master_weights_error"]
 
