@@ -1,10 +1,10 @@
 """ampkit on PyTorch's distributed engines: DTensor (FSDP2, tensor parallelism), DDP, DCP.
 
-Importing this module teaches DTensor how to run ampkit's list ops. ``ampkit.GradScaler`` and the
-``ampkit.optim`` optimizers do that themselves the first time they see a DTensor, so a training
-script needs no extra call; code that calls ``torch.ops.ampkit.*`` directly on DTensors imports
-this module (or calls :func:`register_dtensor_ops`) first. ``import ampkit`` never imports
-torch.distributed: this module is loaded only once DTensors exist in the process.
+Importing this module teaches DTensor how to run ampkit's ops. ``ampkit.GradScaler``, the
+``ampkit.optim`` optimizers and ``ampkit.nn``'s fused layers import it themselves the first time a
+DTensor reaches them, so a training script needs no extra line; code that calls
+``torch.ops.ampkit.*`` directly on DTensors imports this module first. ``import ampkit`` never
+imports it (nor torch.distributed.tensor).
 
 How the list ops run on DTensors
 --------------------------------
@@ -69,8 +69,8 @@ _ROW_LISTS = {
 }
 
 
-def _describe(spec_owner: DTensor) -> str:
-    return f"placements {tuple(spec_owner.placements)} on {spec_owner.device_mesh}"
+def _describe(tensor: DTensor) -> str:
+    return f"placements {tuple(tensor.placements)} on {tensor.device_mesh}"
 
 
 class _Row:
@@ -256,7 +256,8 @@ def _fused_op_handler(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
 
 
 def register_dtensor_ops() -> None:
-    """Lets DTensors flow through ampkit's list ops (idempotent, cheap after the first call)."""
+    """Lets DTensors flow through ampkit's list ops and fused GEMM ops (idempotent; runs when this
+    module is imported)."""
     global _registered
     if _registered:
         return

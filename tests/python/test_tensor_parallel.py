@@ -7,7 +7,8 @@ operand Replicate). Why not a strategy: under RowwiseParallel the fused epilogue
 bias and apply the activation to each rank's partial sum, and the GELU backward's saved
 pre-activations are laid out per GEMM, not per output column.
 
-What trains: a TP MLP (nn.Linear, ColwiseParallel -> RowwiseParallel) followed by a replicated
+FusedLinear under FSDP2 trains (its all-gathered parameters are plain tensors) and ends where the
+same steps in one process end. What trains under tensor parallelism: a TP MLP (nn.Linear, ColwiseParallel -> RowwiseParallel) followed by a replicated
 FusedLinear head, with ampkit's autocast, GradScaler and AdamW, against the same model with
 torch's classes: scale history equal, an inf in rank 1's shard of a Shard(0) gradient skipped on
 both ranks, parameters within rtol 1e-4, and the norm of the mixed Shard/Replicate gradients equal
@@ -102,6 +103,29 @@ def refusals(mesh) -> dict:
     return errors
 
 
+def fused_model_steps(mesh, batches) -> list[torch.Tensor]:
+    """FusedLinear layers trained with ampkit's classes, sharded by FSDP2 when `mesh` is given (its
+    all-gathered parameters reach fused_linear as plain tensors), else in this process alone."""
+    import ampkit
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.tensor import DTensor
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ampkit.nn.FusedLinear(64, 32, activation="relu"), ampkit.nn.FusedLinear(32, 10))
+    if mesh is not None:
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for layer in model:
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+    optimizer = ampkit.optim.AdamW(model.parameters(), lr=1e-2)
+    for inputs, targets in batches:
+        optimizer.zero_grad(set_to_none=True)
+        with ampkit.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+    return [p.full_tensor() if isinstance(p, DTensor) else p.detach().clone() for p in model.parameters()]
+
+
 def tp_world(rank: int, world: int, init_file: str, out_dir: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -110,6 +134,8 @@ def tp_world(rank: int, world: int, init_file: str, out_dir: str) -> None:
     batches = digits_batches(0, STEPS, same_on_every_rank=True)  # tensor parallelism: one batch for all
     results = {impl: tp_train(impl, mesh, batches) for impl in ("torch", "ampkit")}
     results["errors"] = refusals(mesh)
+    results["fsdp2_fused"] = fused_model_steps(mesh, batches)
+    results["single_fused"] = fused_model_steps(None, batches)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     os._exit(0)
@@ -132,6 +158,11 @@ def test_tensor_parallel_mlp_and_fused_linear_refusal(tmp_path):
         finite = [s for s in range(STEPS) if s != INJECT_STEP]
         # Replicated gradients counted once, sharded ones summed over the ranks: float32 rounding.
         torch.testing.assert_close(ours["norms"][finite], ours["full_norms"][finite], rtol=1e-5, atol=0)
+        # FusedLinear under FSDP2 trains as in one process: every rank has the same batch, so the
+        # averaged gradient is the local one exactly; what differs is the bf16 cast's place (FSDP2
+        # casts the parameters, autocast the single-process ones): the same rounding, so 1e-4 holds.
+        for mine, reference in zip(results["fsdp2_fused"], results["single_fused"]):
+            torch.testing.assert_close(mine, reference, rtol=RTOL, atol=ATOL)
         errors = results["errors"]
         assert "nn.Linear" in errors["style"]
         assert "weight (Shard(dim=0),)" in errors["sharded"] and "Replicate()" in errors["sharded"]
