@@ -208,19 +208,22 @@ def _unscale_with_global_norm(op, local: dict[str, Any], rows: list[_Row]) -> No
     target.copy_(total.sqrt().reshape(target.shape))
 
 
-# ---- fused_linear / fused_mlp ----
+# ---- the other ops: replicated operands only ----
 
 _FUSED_OPS = ("fused_linear", "fused_linear_forward", "fused_linear_backward", "fused_mlp", "fused_mlp_forward",
               "fused_mlp_backward")
+# The scale's update: the scale and its trackers are one value per model, never sharded.
+# (reciprocal_scale is composite: DTensor runs the aten ops it is made of.)
+_SCALE_OPS = ("update_scale_",)
 
 
-def _fused_op_handler(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
-    """The fused GEMM ops run on DTensors whose every placement is Replicate (DTensor-based data
-    parallelism, a replicated layer inside a tensor-parallel model): locally, outputs replicated on
-    the same mesh. Sharded operands are refused: under RowwiseParallel the fused epilogue would add
-    the bias and apply the activation to each rank's partial sum (a wrong result, not a slow one),
-    and the GELU backward's saved pre-activations are laid out per GEMM, not per output column, so
-    they cannot follow a ColwiseParallel sharding either."""
+def _replicated_op_handler(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
+    """Runs an op on DTensors whose every placement is Replicate: locally, outputs replicated on the
+    same mesh. For the fused GEMM ops that covers DTensor-based data parallelism and a replicated
+    layer inside a tensor-parallel model. Sharded operands are refused: under RowwiseParallel the
+    fused epilogue would add the bias and apply the activation to each rank's partial sum (a wrong
+    result, not a slow one), and the GELU backward's saved pre-activations are laid out per GEMM, not
+    per output column, so they cannot follow a ColwiseParallel sharding either."""
     op_name = op._schema.name.split("::", 1)[1]
     bound = _bind(op, args, kwargs)
     mesh = None
@@ -236,6 +239,9 @@ def _fused_op_handler(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
     if not supported:
         placements = ", ".join(f"{name} {tuple(value.placements)}" for name, value in bound.items()
                                if isinstance(value, DTensor))
+        if op_name in _SCALE_OPS:
+            raise ValueError(f"ampkit.{op_name}: the loss scale's tensors are one value per model; got {placements}; "
+                             "expected plain tensors or DTensors with Replicate() on every mesh dimension of one mesh")
         raise ValueError(
             f"ampkit.{op_name} does not support sharded DTensor operands (tensor parallelism): got {placements}. "
             "Supported: plain tensors, or DTensors with Replicate() on every mesh dimension of one mesh (as FSDP2's "
@@ -266,7 +272,7 @@ def register_dtensor_ops() -> None:
     if not isinstance(handlers, dict):
         raise RuntimeError(f"ampkit.distributed: this torch ({torch.__version__}) has no DTensor op-handler table "
                            "(DTensor._op_dispatcher._custom_op_handlers); DTensor support needs torch >= 2.5")
-    for names, handler in ((_ROW_LISTS, _list_op_handler), (_FUSED_OPS, _fused_op_handler)):
+    for names, handler in ((_ROW_LISTS, _list_op_handler), (_FUSED_OPS + _SCALE_OPS, _replicated_op_handler)):
         for name in names:
             packet = getattr(torch.ops.ampkit, name)
             for overload in packet.overloads():

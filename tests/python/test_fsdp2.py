@@ -166,6 +166,13 @@ def direct_op_calls(mesh) -> dict:
     found_inf = ampkit.multi_tensor_scale_([sharded], scale=0.5)
     out["scaled"] = sharded.full_tensor()
     out["scale_found_inf"] = found_inf.clone()
+    # The scale's ops on replicated DTensors: run locally, one value on every rank.
+    scale = distribute_tensor(torch.tensor(1024.0), mesh, [Replicate()])
+    out["reciprocal"] = torch.ops.ampkit.reciprocal_scale(scale).to_local().clone()
+    growth = distribute_tensor(torch.zeros((), dtype=torch.int32), mesh, [Replicate()])
+    hysteresis = distribute_tensor(torch.zeros((), dtype=torch.int32), mesh, [Replicate()])
+    torch.ops.ampkit.update_scale_(scale, growth, hysteresis, torch.ones(()), 2.0, 0.5, 10)
+    out["backed_off"] = scale.to_local().clone()
     errors = {}
     replicated = distribute_tensor(full.clone(), mesh, [Replicate()])
     grads = distribute_tensor(full.clone(), mesh, [Shard(0)])
@@ -175,6 +182,8 @@ def direct_op_calls(mesh) -> dict:
             [replicated], [], [grads], [], [torch.zeros(())], one, one, one, None, 0.0, 0.0, 0.0, False, False)),
         ("partial", lambda: torch.ops.ampkit.unscale_and_check_(
             [DTensor.from_local(torch.ones(2), mesh, [Partial()])], torch.zeros(1), one)),
+        ("partial scale", lambda: torch.ops.ampkit.update_scale_(
+            DTensor.from_local(torch.tensor(8.0), mesh, [Partial()]), growth, hysteresis, torch.ones(()), 2.0, 0.5, 10)),
     ):
         try:
             call()
@@ -247,6 +256,8 @@ def test_fsdp2_matches_torch_and_skips_together(world, tmp_path):
             assert "grads[0] has placements (Shard(dim=0),)" in direct["errors"]["mismatch"]
             assert "params[0] has placements (Replicate(),)" in direct["errors"]["mismatch"]
             assert "Partial" in direct["errors"]["partial"] and "grads[0]" in direct["errors"]["partial"]
+            assert direct["reciprocal"].item() == 1 / 1024 and direct["backed_off"].item() == 512
+            assert "one value per model" in direct["errors"]["partial scale"]
     for layout, variant, _ in keys:
         label = f"{layout}/{variant}"
         for rank, results in enumerate(ranks):
