@@ -467,3 +467,24 @@ def test_fsdp2_over_nccl_matches_torch_without_host_reads(tmp_path):
             # for these 8 AdamW steps (each step moves a weight by at most lr).
             for mine, reference in zip(ours["weights"], theirs["weights"]):
                 torch.testing.assert_close(mine, reference, rtol=RTOL, atol=ATOL)
+
+
+def test_every_ampkit_op_has_a_dtensor_rule():
+    """A new op reaches DTensors only once ampkit.distributed knows it: list ops by their row lists,
+    the rest as replicated-only ops; composite ops decompose into aten ops DTensor runs itself."""
+    import ampkit.distributed as ampkit_distributed
+    from conftest import registered_ampkit_ops
+
+    covered = set(ampkit_distributed._ROW_LISTS) | set(ampkit_distributed._FUSED_OPS) | set(
+        ampkit_distributed._SCALE_OPS)
+    missing = []
+    for name in registered_ampkit_ops():
+        op = getattr(torch.ops.ampkit, name).default
+        composite = torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd")
+        if name not in covered and not composite:
+            missing.append(name)
+        lists = [a.name for a in op._schema.arguments if str(a.type).startswith("List[Tensor")]
+        if lists:  # a list op: every list argument named as rows or step counters
+            rows, scalars, _ = ampkit_distributed._ROW_LISTS.get(name, ((), (), None))
+            assert set(lists) <= set(rows) | set(scalars), (name, lists)
+    assert not missing, f"ops without a DTensor rule in ampkit.distributed: {missing}"
