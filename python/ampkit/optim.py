@@ -425,7 +425,14 @@ class _MasterWeightOptimizer(Optimizer):
         saved_name = origin.get("optimizer") if isinstance(origin, dict) else None
         if saved_name != name:
             found = f"ampkit.optim.{saved_name}" if isinstance(saved_name, str) else "a non-ampkit optimizer"
-            raise ValueError(f"{where}: the state_dict comes from {found}, expected one from ampkit.optim.{name}")
+            hint = ""
+            if origin is None and isinstance(state_dict.get("state"), dict) and any(
+                    isinstance(key, str) for key in state_dict["state"]):
+                # Parameter names as keys: it went through torch.distributed.checkpoint's helpers.
+                hint = (" (or a torch.distributed.checkpoint dict made with flatten_optimizer_state_dict=True, "
+                        "which drops the origin that ampkit.optim writes into each group: use the default, False)")
+            raise ValueError(f"{where}: the state_dict comes from {found}{hint}, expected one from "
+                             f"ampkit.optim.{name}")
         unexpected = sorted(map(repr, state_dict.keys() - {"state", "param_groups", "ampkit"}))
         unexpected += sorted(f"'ampkit'[{key!r}]" for key in origin.keys() - {"optimizer", "master_weights"})
         if unexpected:

@@ -349,10 +349,12 @@ def dcp_save_world(rank: int, world: int, init_file: str, out_dir: str, checkpoi
              checkpoint_id=checkpoint_dir)
     if rank == 0:
         torch.save(scaler.state_dict(), os.path.join(checkpoint_dir, "scaler.pt"))
+    at_checkpoint = full_state(model, optimizer)
     # The run that never stopped.
     scales += dcp_steps(model, optimizer, scaler, range(CHECKPOINT_STEP, STEPS), batches)
     result = full_state(model, optimizer)
     result["scales"] = scales
+    result["at_checkpoint"] = at_checkpoint
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     os._exit(0)
@@ -361,13 +363,29 @@ def dcp_save_world(rank: int, world: int, init_file: str, out_dir: str, checkpoi
 def dcp_load_world(rank: int, world: int, init_file: str, out_dir: str, checkpoint_dir: str) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
+        StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+        set_optimizer_state_dict)
     from torch.distributed.device_mesh import init_device_mesh
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     batches = digits_batches(rank, STEPS, same_on_every_rank=True)
-    torch.manual_seed(1234)  # a fresh model: everything it ends with must come from the checkpoint
     model, optimizer, scaler = dcp_run(init_device_mesh("cpu", (world,)))
+    with torch.no_grad():  # other values everywhere: all that is restored must come from the checkpoint
+        torch.manual_seed(1234 + rank)
+        for param in model.parameters():
+            param.to_local().normal_()
+            for key, value in optimizer.state[param].items():
+                if key == "step":
+                    value.fill_(99)
+                else:
+                    value.to_local().uniform_(0, 1)
+    flat = StateDictOptions(flatten_optimizer_state_dict=True)
+    try:  # the flattened form loses the origin: refused (before anything changes), saying why
+        set_optimizer_state_dict(model, optimizer, get_optimizer_state_dict(model, optimizer, options=flat),
+                                 options=flat)
+        flattened_error = None
+    except ValueError as error:
+        flattened_error = str(error)
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
     dcp.load(state, checkpoint_id=checkpoint_dir)
     set_model_state_dict(model, state["model"])
@@ -378,6 +396,7 @@ def dcp_load_world(rank: int, world: int, init_file: str, out_dir: str, checkpoi
     result = full_state(model, optimizer)
     result["scales"] = scales
     result["restored"] = restored
+    result["flattened_error"] = flattened_error
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     os._exit(0)
@@ -398,7 +417,13 @@ def test_dcp_save_on_4_ranks_resume_on_2_is_bitwise_the_uninterrupted_run(tmp_pa
             assert mine.keys() == theirs.keys() == {"step", "master", "exp_avg", "exp_avg_sq"}
             for key in mine:
                 assert torch.equal(mine[key], theirs[key]), key
-    # The checkpoint did restore (the resumed ranks started from another random model).
+    assert "flatten_optimizer_state_dict=True" in resumed[0]["flattened_error"]
+    # What the 2 ranks loaded is, bit for bit, what the 4 ranks saved (they started from noise).
+    for result in resumed:
+        restored, saved = result["restored"], reference["at_checkpoint"]
+        assert all(torch.equal(a, b) for a, b in zip(restored["params"], saved["params"]))
+        for mine, theirs in zip(restored["state"], saved["state"]):
+            assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
     assert int(resumed[0]["restored"]["state"][0]["step"]) == CHECKPOINT_STEP
 
 
