@@ -111,9 +111,11 @@ class GradScaler:
         min_scale, max_scale: bounds for the scale (None: unbounded).
         process_group: a torch.distributed process group over which the inf/NaN check is reduced
             (MAX) before every step, so all ranks skip the same steps and keep the same scale.
-            Needed when each rank sees only part of the gradients (FSDP, ZeRO-style sharded
-            optimizers); with DDP the gradients are already all-reduced and it is not needed.
-            The reduction is an all_reduce on the device: no host sync.
+            Needed when each rank holds part of the gradients as plain tensors (hand-made
+            ZeRO-style sharding). Not needed with DDP (the gradients are all-reduced) nor with
+            FSDP2 or tensor parallelism: DTensor gradients carry their mesh, and the check and the
+            norm are reduced over it (ampkit.distributed). The reduction is an all_reduce on the
+            device: no host sync.
 
     Example (identical to torch's)::
 
