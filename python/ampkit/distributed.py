@@ -32,6 +32,14 @@ output such as ``found_inf``, and these ops also take plain per-parameter step c
 scalars that are not DTensors). Plain tensors in the lists (a parameter FSDP2 does not manage,
 step counters) are taken as they are: local to the rank.
 
+fused_linear under tensor parallelism
+-------------------------------------
+``fused_linear`` (and its forward/backward ops) runs on ColwiseParallel's placements (input
+Replicate, weight and bias Shard(0)) locally, the fused epilogue intact, and on RowwiseParallel's
+(input sharded on its last dimension, weight Shard(1), bias Replicate) as a local GEMM, a SUM over
+the TP dimension, then bias and activation ("gelu" refused there). Replicated operands run locally;
+``fused_mlp`` takes replicated operands only. Anything else is refused, naming the placements.
+
 FP32 copies under FSDP2's MixedPrecisionPolicy
 ----------------------------------------------
 Keep the model's parameters in float32 and let ``fully_shard(..., mp_policy=
@@ -208,10 +216,139 @@ def _unscale_with_global_norm(op, local: dict[str, Any], rows: list[_Row]) -> No
     target.copy_(total.sqrt().reshape(target.shape))
 
 
+# ---- fused_linear under tensor parallelism ----
+
+_LINEAR_OPS = ("fused_linear", "fused_linear_forward", "fused_linear_backward")
+
+
+def _is_last_dim_shard(placement, ndim: int) -> bool:
+    return isinstance(placement, Shard) and placement.dim % ndim == ndim - 1
+
+
+def _meta(shape, dtype) -> TensorMeta:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return TensorMeta(torch.Size(shape), tuple(reversed(strides)), dtype)
+
+
+def _wrap(tensor: torch.Tensor, mesh: DeviceMesh, placements, shape=None) -> DTensor:
+    """A DTensor around a local result, built directly (as DTensor's own dispatcher does: this runs
+    below autograd). `shape`: the global shape, when it differs from the local one."""
+    spec = DTensorSpec(mesh, tuple(placements), tensor_meta=_meta(tensor.shape if shape is None else shape, tensor.dtype))
+    return DTensor(tensor, spec, requires_grad=False)
+
+
+def _linear_layout(input, weight, bias) -> tuple[Optional[str], Optional[int]]:
+    """("replicated", None), ("colwise", d) or ("rowwise", d) for the TP mesh dimension d, or (None, d)
+    for placements no rule covers. Colwise: input Replicate, weight and bias Shard(0) (ColwiseParallel);
+    rowwise: input sharded on its last dimension, weight Shard(1), bias Replicate (RowwiseParallel)."""
+    tensors = [t for t in (input, weight, bias) if isinstance(t, DTensor)]
+    if any(t.device_mesh != tensors[0].device_mesh for t in tensors):
+        return None, None
+    sharded = sorted({d for t in tensors for d, p in enumerate(t.placements) if not isinstance(p, Replicate)})
+    if not sharded:
+        return "replicated", None
+    if len(sharded) > 1 or not isinstance(input, DTensor) or not isinstance(weight, DTensor):
+        return None, None
+    d = sharded[0]
+    w, x = weight.placements[d], input.placements[d]
+    b = bias.placements[d] if isinstance(bias, DTensor) else None
+    if w == Shard(0) and isinstance(x, Replicate) and (bias is None or b == Shard(0)):
+        return "colwise", d
+    if w == Shard(1) and _is_last_dim_shard(x, input.ndim) and (bias is None or isinstance(b, Replicate)):
+        return "rowwise", d
+    return None, d
+
+
+def _linear_handler(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
+    """fused_linear's three ops on DTensors: replicated operands locally (see _replicated_op_handler);
+    ColwiseParallel's placements locally too (the bias and the activation are per output column, so
+    the fused epilogue stays); RowwiseParallel's as a local GEMM, a SUM over the TP dimension, then the
+    bias and the activation (they must see the whole sum, so that epilogue is not fused; "gelu" is
+    refused there, its backward needs the op's own saved pre-activations)."""
+    op_name = op._schema.name.split("::", 1)[1]
+    bound = _bind(op, args, kwargs)
+    layout, d = _linear_layout(bound["input"], bound["weight"], bound.get("bias"))
+    activation = bound["activation"]
+    if layout == "replicated":
+        return _replicated_op_handler(op, args, kwargs)
+    if layout is None or (layout == "rowwise" and activation == "gelu"):
+        _refuse_sharded(op_name, bound, activation_note=layout == "rowwise")
+    weight = bound["weight"]
+    mesh = weight.device_mesh
+    local = {name: (value._local_tensor if isinstance(value, DTensor) else value) for name, value in bound.items()}
+
+    def placements(at_d):
+        return [at_d if dim == d else Replicate() for dim in range(mesh.ndim)]
+
+    if op_name == "fused_linear_backward":
+        grad_output = bound["grad_output"]
+        expected = Shard(grad_output.ndim - 1) if layout == "colwise" else Replicate()
+        if not isinstance(grad_output, DTensor) or not (
+                _is_last_dim_shard(grad_output.placements[d], grad_output.ndim) if layout == "colwise"
+                else isinstance(grad_output.placements[d], Replicate)):
+            got = tuple(grad_output.placements) if isinstance(grad_output, DTensor) else "a plain tensor"
+            raise ValueError(f"ampkit.fused_linear_backward: under {layout} tensor parallelism grad_output must have "
+                             f"{expected} on mesh dimension {d}, got {got}")
+        grad_input, grad_weight, grad_bias = op(**local)
+        input_shape, weight_shape = bound["input"].shape, weight.shape
+        if layout == "colwise":  # each rank holds part of the output columns: the input's gradient is a sum
+            return (_wrap(grad_input, mesh, placements(Partial()), input_shape),
+                    _wrap(grad_weight, mesh, placements(Shard(0)), weight_shape),
+                    _wrap(grad_bias, mesh, placements(Shard(0)), (weight_shape[0],)))
+        return (_wrap(grad_input, mesh, placements(Shard(len(input_shape) - 1)), input_shape),
+                _wrap(grad_weight, mesh, placements(Shard(1)), weight_shape),
+                _wrap(grad_bias, mesh, placements(Replicate())))
+
+    out_shape = (*bound["input"].shape[:-1], weight.shape[0])
+    if layout == "colwise":
+        result = op(**local)
+        output, saved = result if op_name == "fused_linear_forward" else (result, None)
+        output = _wrap(output, mesh, placements(Shard(len(out_shape) - 1)), out_shape)
+        if saved is None:
+            return output
+        # "gelu"'s saved pre-activations are laid out per local GEMM: opaque outside the backward,
+        # which takes them back locally, so they travel with their local shape.
+        return output, _wrap(saved, mesh, placements(Replicate()))
+    forward = torch.ops.ampkit.fused_linear_forward.default
+    output, empty_saved = forward(local["input"], local["weight"], None, "none")
+    dist.all_reduce(output, op=dist.ReduceOp.SUM, group=mesh.get_group(d))
+    if local.get("bias") is not None:
+        output = output + local["bias"].to(output.dtype)
+    if activation == "relu":
+        output = torch.relu(output)
+    output = _wrap(output, mesh, placements(Replicate()))
+    if op_name != "fused_linear_forward":
+        return output
+    # What the op returns as "saved" for "none" and "relu" (nothing: relu's backward takes the output).
+    return output, _wrap(empty_saved, mesh, placements(Replicate()))
+
+
+def _refuse_sharded(op_name: str, bound: dict, activation_note: bool = False):
+    placements = ", ".join(f"{name} {tuple(value.placements)}" for name, value in bound.items()
+                           if isinstance(value, DTensor))
+    if op_name in _SCALE_OPS:
+        raise ValueError(f"ampkit.{op_name}: the loss scale's tensors are one value per model; got {placements}; "
+                         "expected plain tensors or DTensors with Replicate() on every mesh dimension of one mesh")
+    if op_name in _LINEAR_OPS:
+        supported = ("every operand Replicate(); ColwiseParallel's (input Replicate(), weight and bias Shard(0)); "
+                     "RowwiseParallel's (input Shard(-1), weight Shard(1), bias Replicate(); activation 'none' or "
+                     "'relu': 'gelu' needs the op's own saved pre-activations, which a rank's partial sum lacks), "
+                     "on one mesh dimension")
+        raise ValueError(f"ampkit.{op_name}: these DTensor placements are not supported: {placements}. Supported: "
+                         f"{supported}")
+    raise ValueError(
+        f"ampkit.{op_name} does not support sharded DTensor operands: got {placements}. Supported: plain tensors, or "
+        "DTensors with Replicate() on every mesh dimension of one mesh (FSDP2's all-gathered parameters are plain "
+        "tensors, so FSDP2 needs nothing). For tensor parallelism use ampkit.nn.FusedLinear, or nn.Linear, in the "
+        "ColwiseParallel/RowwiseParallel layers")
+
+
 # ---- the other ops: replicated operands only ----
 
-_FUSED_OPS = ("fused_linear", "fused_linear_forward", "fused_linear_backward", "fused_mlp", "fused_mlp_forward",
-              "fused_mlp_backward")
+_MLP_OPS = ("fused_mlp", "fused_mlp_forward", "fused_mlp_backward")
 # The scale's update: the scale and its trackers are one value per model, never sharded.
 # (reciprocal_scale is composite: DTensor runs the aten ops it is made of.)
 _SCALE_OPS = ("update_scale_",)
@@ -219,11 +356,9 @@ _SCALE_OPS = ("update_scale_",)
 
 def _replicated_op_handler(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
     """Runs an op on DTensors whose every placement is Replicate: locally, outputs replicated on the
-    same mesh. For the fused GEMM ops that covers DTensor-based data parallelism and a replicated
-    layer inside a tensor-parallel model. Sharded operands are refused: under RowwiseParallel the
-    fused epilogue would add the bias and apply the activation to each rank's partial sum (a wrong
-    result, not a slow one), and the GELU backward's saved pre-activations are laid out per GEMM, not
-    per output column, so they cannot follow a ColwiseParallel sharding either."""
+    same mesh (DTensor-based data parallelism, a replicated layer in a tensor-parallel model).
+    fused_mlp refuses sharded operands: its GELU sits between the two GEMMs, so neither layer could
+    be split without unfusing the block; use two FusedLinear layers for tensor parallelism."""
     op_name = op._schema.name.split("::", 1)[1]
     bound = _bind(op, args, kwargs)
     mesh = None
@@ -237,26 +372,12 @@ def _replicated_op_handler(op: torch._ops.OpOverload, args: tuple, kwargs: dict)
         else:
             local[name] = value
     if not supported:
-        placements = ", ".join(f"{name} {tuple(value.placements)}" for name, value in bound.items()
-                               if isinstance(value, DTensor))
-        if op_name in _SCALE_OPS:
-            raise ValueError(f"ampkit.{op_name}: the loss scale's tensors are one value per model; got {placements}; "
-                             "expected plain tensors or DTensors with Replicate() on every mesh dimension of one mesh")
-        raise ValueError(
-            f"ampkit.{op_name} does not support sharded DTensor operands (tensor parallelism): got {placements}. "
-            "Supported: plain tensors, or DTensors with Replicate() on every mesh dimension of one mesh (as FSDP2's "
-            "all-gathered parameters are plain tensors, FSDP2 needs nothing). For ColwiseParallel/RowwiseParallel "
-            "keep those layers nn.Linear (torch's styles shard nn.Linear and nn.Embedding only) and use "
-            "ampkit.nn.FusedLinear in the layers that stay replicated")
+        _refuse_sharded(op_name, bound)
     result = op(**local)
     replicated = (Replicate(),) * mesh.ndim
 
     def wrap(tensor):
-        if not isinstance(tensor, torch.Tensor):
-            return tensor
-        # Built directly (as DTensor's own dispatcher does): this runs below autograd.
-        spec = DTensorSpec(mesh, replicated, tensor_meta=TensorMeta(tensor.shape, tensor.stride(), tensor.dtype))
-        return DTensor(tensor, spec, requires_grad=False)
+        return _wrap(tensor, mesh, replicated) if isinstance(tensor, torch.Tensor) else tensor
 
     return tuple(wrap(t) for t in result) if isinstance(result, (tuple, list)) else wrap(result)
 
@@ -272,7 +393,8 @@ def register_dtensor_ops() -> None:
     if not isinstance(handlers, dict):
         raise RuntimeError(f"ampkit.distributed: this torch ({torch.__version__}) has no DTensor op-handler table "
                            "(DTensor._op_dispatcher._custom_op_handlers); DTensor support needs torch >= 2.5")
-    for names, handler in ((_ROW_LISTS, _list_op_handler), (_FUSED_OPS + _SCALE_OPS, _replicated_op_handler)):
+    for names, handler in ((_ROW_LISTS, _list_op_handler), (_LINEAR_OPS, _linear_handler),
+                           (_MLP_OPS + _SCALE_OPS, _replicated_op_handler)):
         for name in names:
             packet = getattr(torch.ops.ampkit, name)
             for overload in packet.overloads():

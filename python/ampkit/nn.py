@@ -48,18 +48,20 @@ def fused_mlp(input: torch.Tensor, weight1: torch.Tensor, bias1: Optional[torch.
     return torch.ops.ampkit.fused_mlp(input, weight1, bias1, weight2, bias2)
 
 
-class FusedLinear(nn.Module):
+class FusedLinear(nn.Linear):
     """``nn.Linear`` followed by an activation, as one fused op.
 
     Parameters are named, shaped and initialised as ``nn.Linear``'s, so ``load_state_dict`` takes an
-    ``nn.Linear`` state dict unchanged.
+    ``nn.Linear`` state dict unchanged. It is an ``nn.Linear`` subclass so that code which shards
+    linear layers by type (torch's ``ColwiseParallel`` / ``RowwiseParallel``) takes it; the fused op
+    runs on the resulting DTensors (see ``ampkit.distributed``).
     """
 
     __constants__ = ["in_features", "out_features", "activation"]
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "none",
                  device=None, dtype=None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # nn.Linear's own __init__ would allocate before the checks below
         _check_activation(activation)
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int):
