@@ -3,8 +3,8 @@
 FusedLinear is an nn.Linear subclass, so torch's ColwiseParallel/RowwiseParallel shard it, and
 ampkit.distributed runs fused_linear on their placements: ColwiseParallel's locally (bias and
 activation are per output column, the fused epilogue stays), RowwiseParallel's as a local GEMM, a
-SUM over the ranks, then bias and activation. The TP MLP (FusedLinear 64->32 with ReLU colwise,
-32->16 rowwise, a replicated FusedLinear head) with ampkit's autocast, GradScaler and AdamW is run
+SUM over the ranks, then bias and activation. The TP MLP (FusedLinear 64->32 with GELU colwise,
+32->16 with ReLU rowwise, a replicated FusedLinear head) with ampkit's autocast, GradScaler and AdamW is run
 against torch's nn.Linear TP model with torch's classes:
 * float32: parameters within rtol 1e-4 after 8 steps (in practice equal);
 * bfloat16: losses within 2% of torch's (fused_linear rounds once after its epilogue, aten's
@@ -31,8 +31,10 @@ WORLD = 2
 
 
 def build_tp_model(mesh, impl: str):
-    """64 -> 32 (ColwiseParallel, ReLU) -> 16 (RowwiseParallel) -> 10 (replicated head). ampkit: the
-    three layers are FusedLinear (the ReLU fused into the first); torch: nn.Linear + nn.ReLU."""
+    """64 -> 32 (ColwiseParallel, GELU) -> 16 (RowwiseParallel, ReLU) -> 10 (replicated head). ampkit:
+    three FusedLinear layers (the activations fused in); torch: nn.Linear with nn.GELU("tanh")/nn.ReLU.
+    Both activations' backward paths are covered: GELU's saved pre-activations (colwise) and ReLU's
+    output mask (rowwise)."""
     import ampkit
     from torch.distributed.tensor import DTensor, Replicate, distribute_module
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
@@ -40,11 +42,12 @@ def build_tp_model(mesh, impl: str):
     torch.manual_seed(0)
     first, second, head = torch.nn.Linear(64, 32), torch.nn.Linear(32, 16), torch.nn.Linear(16, 10)
     if impl == "ampkit":
-        model = torch.nn.Sequential(ampkit.nn.FusedLinear.from_linear(first, "relu"),
-                                    ampkit.nn.FusedLinear.from_linear(second), ampkit.nn.FusedLinear.from_linear(head))
+        model = torch.nn.Sequential(ampkit.nn.FusedLinear.from_linear(first, "gelu"),
+                                    ampkit.nn.FusedLinear.from_linear(second, "relu"),
+                                    ampkit.nn.FusedLinear.from_linear(head))
         plan = {"0": ColwiseParallel(), "1": RowwiseParallel()}
     else:
-        model = torch.nn.Sequential(first, torch.nn.ReLU(), second, head)
+        model = torch.nn.Sequential(first, torch.nn.GELU(approximate="tanh"), second, torch.nn.ReLU(), head)
         plan = {"0": ColwiseParallel(), "2": RowwiseParallel()}
     parallelize_module(model, mesh, plan)
     distribute_module(model[-1], mesh,
