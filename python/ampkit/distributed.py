@@ -236,7 +236,8 @@ def _meta(shape, dtype) -> TensorMeta:
 def _wrap(tensor: torch.Tensor, mesh: DeviceMesh, placements, shape=None) -> DTensor:
     """A DTensor around a local result, built directly (as DTensor's own dispatcher does: this runs
     below autograd). `shape`: the global shape, when it differs from the local one."""
-    spec = DTensorSpec(mesh, tuple(placements), tensor_meta=_meta(tensor.shape if shape is None else shape, tensor.dtype))
+    meta = _meta(tensor.shape if shape is None else shape, tensor.dtype)
+    spec = DTensorSpec(mesh, tuple(placements), tensor_meta=meta)
     return DTensor(tensor, spec, requires_grad=False)
 
 

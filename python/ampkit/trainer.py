@@ -288,7 +288,8 @@ class Trainer:
         else:
             batches = data
             sampler = getattr(data, "sampler", None)
-            if shuffle and isinstance(data, torch.utils.data.DataLoader) and callable(getattr(sampler, "set_epoch", None)):
+            if (shuffle and isinstance(data, torch.utils.data.DataLoader)
+                    and callable(getattr(sampler, "set_epoch", None))):
                 # A DistributedSampler shuffles per epoch only when told the epoch (each rank its part).
                 sampler.set_epoch(epoch)
         for index, batch in enumerate(batches):

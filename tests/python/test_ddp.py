@@ -163,8 +163,9 @@ def test_the_distributed_example_trains_checkpoints_on_2_and_resumes_on_1(tmp_pa
     checkpoint = str(tmp_path / "dcp")
 
     def torchrun(processes: int, *args: str) -> list[str]:
-        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                                 example, *args], capture_output=True, text=True, timeout=180)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+                   example, *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return [line for line in result.stdout.splitlines() if line.startswith(("epoch", "FP32", "saved"))]
 

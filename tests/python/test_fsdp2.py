@@ -43,8 +43,8 @@ def digits_batches(rank: int, steps: int, same_on_every_rank: bool = False) -> l
     inputs = torch.tensor(digits.data, dtype=torch.float32) / 16.0
     targets = torch.tensor(digits.target, dtype=torch.int64)
     offset = 0 if same_on_every_rank else rank * steps * BATCH
-    return [(inputs[offset + s * BATCH: offset + (s + 1) * BATCH], targets[offset + s * BATCH: offset + (s + 1) * BATCH])
-            for s in range(steps)]
+    spans = [slice(offset + s * BATCH, offset + (s + 1) * BATCH) for s in range(steps)]
+    return [(inputs[span], targets[span]) for span in spans]
 
 
 def build_model(round_to_bf16: bool = False) -> torch.nn.Module:
@@ -124,14 +124,16 @@ def train(impl: str, variant: str, mesh, batches, inject_rank: int, inject: str 
             scaler.unscale_(optimizer)
             norm = torch.nn.utils.get_total_norm([p.grad for p in params]).full_tensor()
         full_grads = [p.grad.full_tensor() for p in params]
-        unsharded_norms.append(torch.linalg.vector_norm(torch.cat([g.double().reshape(-1) for g in full_grads])).float().cpu())
+        flat = torch.cat([g.double().reshape(-1) for g in full_grads])
+        unsharded_norms.append(torch.linalg.vector_norm(flat).float().cpu())
         norms.append(norm.detach().cpu())
         scaler.step(optimizer)
         # What this rank's scaler decided (both classes keep it per optimizer until update()).
         skipped.append(any(bool(flag.item()) for flag in scaler._found_inf_per_device(optimizer).values()))
         scaler.update()
         scales.append(scaler.get_scale())
-    result = {"scales": scales, "skipped": skipped, "norms": torch.stack(norms), "unsharded_norms": torch.stack(unsharded_norms),
+    result = {"scales": scales, "skipped": skipped, "norms": torch.stack(norms),
+              "unsharded_norms": torch.stack(unsharded_norms),
               "params": [p.full_tensor().cpu() for p in params],
               # The float32 weights: ampkit's masters where it keeps them, else the parameters.
               "weights": [(optimizer.state[p]["master"] if "master" in optimizer.state[p] else p).full_tensor()
@@ -183,7 +185,8 @@ def direct_op_calls(mesh) -> dict:
         ("partial", lambda: torch.ops.ampkit.unscale_and_check_(
             [DTensor.from_local(torch.ones(2), mesh, [Partial()])], torch.zeros(1), one)),
         ("partial scale", lambda: torch.ops.ampkit.update_scale_(
-            DTensor.from_local(torch.tensor(8.0), mesh, [Partial()]), growth, hysteresis, torch.ones(()), 2.0, 0.5, 10)),
+            DTensor.from_local(torch.tensor(8.0), mesh, [Partial()]), growth, hysteresis, torch.ones(()),
+            2.0, 0.5, 10)),
     ):
         try:
             call()
@@ -269,7 +272,8 @@ def test_fsdp2_matches_torch_and_skips_together(world, tmp_path):
             assert ours["scales"] == ranks[0][(layout, variant, "ampkit")]["scales"]
             for index, (mine, reference) in enumerate(zip(ours["weights"], theirs["weights"])):
                 assert mine.dtype == reference.dtype == torch.float32
-                torch.testing.assert_close(mine, reference, rtol=RTOL, atol=ATOL, msg=f"{label} rank {rank} param {index}")
+                torch.testing.assert_close(mine, reference, rtol=RTOL, atol=ATOL,
+                                           msg=f"{label} rank {rank} param {index}")
             for index, (mine, reference) in enumerate(zip(ours["params"], theirs["params"])):
                 # The model copy is the float32 weight rounded once: bfloat16's half-ulp (2**-9).
                 torch.testing.assert_close(mine.float(), reference.to(mine.dtype).float(), rtol=2**-8, atol=ATOL)
