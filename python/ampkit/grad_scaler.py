@@ -46,6 +46,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 import torch
 
 from . import _native
+from .multi_tensor import enable_dtensor_ops_for
 
 __all__ = ["GradScaler", "OptState"]
 
@@ -110,9 +111,11 @@ class GradScaler:
         min_scale, max_scale: bounds for the scale (None: unbounded).
         process_group: a torch.distributed process group over which the inf/NaN check is reduced
             (MAX) before every step, so all ranks skip the same steps and keep the same scale.
-            Needed when each rank sees only part of the gradients (FSDP, ZeRO-style sharded
-            optimizers); with DDP the gradients are already all-reduced and it is not needed.
-            The reduction is an all_reduce on the device: no host sync.
+            Needed when each rank holds part of the gradients as plain tensors (hand-made
+            ZeRO-style sharding). Not needed with DDP (the gradients are all-reduced) nor with
+            FSDP2 or tensor parallelism: DTensor gradients carry their mesh, and the check and the
+            norm are reduced over it (ampkit.distributed). The reduction is an all_reduce on the
+            device: no host sync.
 
     Example (identical to torch's)::
 
@@ -242,6 +245,10 @@ class GradScaler:
 
             found_inf_per_device: dict[torch.device, torch.Tensor] = {}
             norms = []
+            for grads in per_device_grads.values():
+                # DTensor gradients (FSDP2, tensor parallelism): the op reduces found_inf (MAX) and
+                # the norm's squares (SUM) over their mesh, so no process group is needed.
+                enable_dtensor_ops_for(grads)
             for device, grads in per_device_grads.items():
                 device_found_inf = torch.zeros_like(found_inf, device=device)
                 device_inv_scale = inv_scale.to(device=device, non_blocking=True)

@@ -1,9 +1,25 @@
 """Thin Python entry points over torch.ops.ampkit.*: argument conveniences only, no numerics."""
 from __future__ import annotations
 
-from typing import Sequence
+import importlib
+import sys
+from typing import Iterable, Sequence
 
 import torch
+
+
+def enable_dtensor_ops_for(tensors: Iterable[torch.Tensor]) -> None:
+    """Loads ampkit.distributed, which registers ampkit's DTensor op handlers, when any of `tensors`
+    is a DTensor. A DTensor can exist only once torch.distributed.tensor is imported, and after the
+    first load there is nothing left to do: either way this costs a dict lookup or two and imports
+    nothing (``import ampkit`` stays free of torch.distributed)."""
+    if torch.compiler.is_compiling():
+        return  # traced code: registration already happened in an eager call, or DTensors are not in use
+    if "ampkit.distributed" in sys.modules:
+        return
+    dtensor_module = sys.modules.get("torch.distributed.tensor")
+    if dtensor_module is not None and any(isinstance(t, dtensor_module.DTensor) for t in tensors):
+        importlib.import_module(f"{__package__}.distributed")  # registers the handlers on import
 
 
 def device_scalar(value: float | torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
@@ -40,6 +56,7 @@ def multi_tensor_scale_(
     device = _first_device(inputs, "inputs")
     if outputs is None:
         outputs = inputs
+    enable_dtensor_ops_for(inputs)
     scale_tensor = device_scalar(scale, device, "scale")
     if found_inf is None:
         found_inf = torch.zeros(1, dtype=torch.float32, device=device)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import _native
+from .multi_tensor import enable_dtensor_ops_for
 
 # "none", "relu", "gelu" (tanh approximation): the names fused_linear's C++ check accepts.
 ACTIVATIONS = _native.fused_linear_activations()
@@ -32,6 +33,7 @@ def fused_linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     Same arguments as ``torch.nn.functional.linear`` plus the activation; differentiable, runs under
     ``torch.autocast`` (fp32 inputs run in the autocast dtype) and ``torch.compile``.
     """
+    enable_dtensor_ops_for((input, weight))
     return torch.ops.ampkit.fused_linear(input, weight, bias, activation)
 
 
@@ -42,21 +44,24 @@ def fused_mlp(input: torch.Tensor, weight1: torch.Tensor, bias1: Optional[torch.
     On CUDA the backward takes the GELU gradient and ``bias1``'s gradient out of the second
     layer's data-gradient GEMM (cuBLASLt DGELU_BGRAD epilogue) instead of separate kernels.
     """
+    enable_dtensor_ops_for((input, weight1))
     return torch.ops.ampkit.fused_mlp(input, weight1, bias1, weight2, bias2)
 
 
-class FusedLinear(nn.Module):
+class FusedLinear(nn.Linear):
     """``nn.Linear`` followed by an activation, as one fused op.
 
     Parameters are named, shaped and initialised as ``nn.Linear``'s, so ``load_state_dict`` takes an
-    ``nn.Linear`` state dict unchanged.
+    ``nn.Linear`` state dict unchanged. It is an ``nn.Linear`` subclass so that code which shards
+    linear layers by type (torch's ``ColwiseParallel`` / ``RowwiseParallel``) takes it; the fused op
+    runs on the resulting DTensors (see ``ampkit.distributed``).
     """
 
     __constants__ = ["in_features", "out_features", "activation"]
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "none",
                  device=None, dtype=None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # nn.Linear's own __init__ would allocate before the checks below
         _check_activation(activation)
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -82,6 +87,8 @@ class FusedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # On DTensors (a replicated layer in a DTensor model) ampkit.distributed runs the op.
+        enable_dtensor_ops_for((input, self.weight))
         return torch.ops.ampkit.fused_linear(input, self.weight, self.bias, self.activation)
 
     def extra_repr(self) -> str:
@@ -131,6 +138,7 @@ class FusedMLP(nn.Module):
         return mlp
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        enable_dtensor_ops_for((input, self.fc1.weight))
         return torch.ops.ampkit.fused_mlp(input, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
 

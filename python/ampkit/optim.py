@@ -32,6 +32,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from . import _native
+from .multi_tensor import enable_dtensor_ops_for
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Parameters of these dtypes get an FP32 master (with master_weights=True); float32 and float64
@@ -53,6 +54,9 @@ DEFAULT_KEEP_FP32: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
     nn.RMSNorm,
 )
+
+# A param group's copy of a state_dict's "ampkit" entry (see _MasterWeightOptimizer.state_dict).
+_GROUP_ORIGIN_KEY = "ampkit_origin"
 
 # Where to_low_precision() leaves a parameter's original fp32 values for the optimizer's master.
 _PENDING_MASTER_ATTR = "_ampkit_fp32_master"
@@ -366,6 +370,7 @@ class _MasterWeightOptimizer(Optimizer):
                 buckets.setdefault(key, []).append(param)
             if not buckets:
                 continue
+            enable_dtensor_ops_for(p for params in buckets.values() for p in params)
             # The grads are left unscaled (and clipped) in the step's own pass wherever it applies a
             # scale or a clip, as torch leaves them; plain steps skip that write.
             write_back_grads = getattr(self, "grad_scale", None) is not None or clip_coef is not None
@@ -397,7 +402,13 @@ class _MasterWeightOptimizer(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         result = super().state_dict()
-        result["ampkit"] = {"optimizer": type(self).__name__, "master_weights": self.master_weights}
+        origin = {"optimizer": type(self).__name__, "master_weights": self.master_weights}
+        result["ampkit"] = origin
+        # Also in every group: torch.distributed.checkpoint's get/set_optimizer_state_dict keep only
+        # "state" and "param_groups" (with the groups' extra keys), so this copy is what says where
+        # a state_dict that went through them comes from. load_state_dict takes it out again.
+        for group in result["param_groups"]:
+            group[_GROUP_ORIGIN_KEY] = dict(origin)
         return result
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -409,11 +420,19 @@ class _MasterWeightOptimizer(Optimizer):
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
             raise ValueError(f"{where}: expected an optimizer state_dict with 'state' "
                              f"and 'param_groups', got {type(state_dict).__name__}")
+        state_dict = self._with_origin_from_groups(state_dict)
         origin = state_dict.get("ampkit")
         saved_name = origin.get("optimizer") if isinstance(origin, dict) else None
         if saved_name != name:
             found = f"ampkit.optim.{saved_name}" if isinstance(saved_name, str) else "a non-ampkit optimizer"
-            raise ValueError(f"{where}: the state_dict comes from {found}, expected one from ampkit.optim.{name}")
+            hint = ""
+            if origin is None and isinstance(state_dict.get("state"), dict) and any(
+                    isinstance(key, str) for key in state_dict["state"]):
+                # Parameter names as keys: it went through torch.distributed.checkpoint's helpers.
+                hint = (" (or a torch.distributed.checkpoint dict made with flatten_optimizer_state_dict=True, "
+                        "which drops the origin that ampkit.optim writes into each group: use the default, False)")
+            raise ValueError(f"{where}: the state_dict comes from {found}{hint}, expected one from "
+                             f"ampkit.optim.{name}")
         unexpected = sorted(map(repr, state_dict.keys() - {"state", "param_groups", "ampkit"}))
         unexpected += sorted(f"'ampkit'[{key!r}]" for key in origin.keys() - {"optimizer", "master_weights"})
         if unexpected:
@@ -474,8 +493,27 @@ class _MasterWeightOptimizer(Optimizer):
             group.update(merged)
 
     @staticmethod
+    def _with_origin_from_groups(state_dict: dict[str, Any]) -> dict[str, Any]:
+        """The state_dict with the groups' copies of the origin taken out (into a new dict and new
+        groups: the caller's stays as it was) and, where the top-level entry is missing (a dict that
+        went through torch.distributed.checkpoint), the top-level entry rebuilt from them."""
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, (list, tuple)) or not any(
+                isinstance(g, dict) and _GROUP_ORIGIN_KEY in g for g in groups):
+            return state_dict
+        origins = [g.get(_GROUP_ORIGIN_KEY) if isinstance(g, dict) else None for g in groups]
+        result = dict(state_dict)
+        result["param_groups"] = [{k: v for k, v in g.items() if k != _GROUP_ORIGIN_KEY} if isinstance(g, dict) else g
+                                  for g in groups]
+        if "ampkit" not in result:
+            # Every group must carry the same origin; anything else is left for the checks to refuse.
+            result["ampkit"] = origins[0] if all(o == origins[0] for o in origins) else None
+        return result
+
+    @staticmethod
     def _is_param_id(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
+        """An int (Optimizer.state_dict) or a parameter's name (torch.distributed.checkpoint's dicts)."""
+        return isinstance(value, (int, str)) and not isinstance(value, bool)
 
     @staticmethod
     def _is_plain_data(value: Any, depth: int = 0) -> bool:
@@ -515,7 +553,7 @@ class _MasterWeightOptimizer(Optimizer):
         ids = saved["params"]
         if not isinstance(ids, (list, tuple)) or not all(_MasterWeightOptimizer._is_param_id(i) for i in ids):
             raise TypeError(f"{where}: 'params' of group {group_index} of the state_dict must be a list of int "
-                            f"param ids, got {ids!r:.200}")
+                            f"param ids (or parameter names), got {ids!r:.200}")
         if len(group["params"]) != len(ids):
             raise ValueError(f"{where}: group {group_index} of the state_dict has "
                              f"{len(ids)} params, this optimizer's has {len(group['params'])}")

@@ -17,6 +17,7 @@ import collections.abc
 import dataclasses
 import math
 import os
+import sys
 import time
 import warnings
 import weakref
@@ -106,6 +107,17 @@ class TrainHistory:
         return history
 
 
+def _distributed_wrapper(model: nn.Module) -> str | None:
+    """'DistributedDataParallel' or 'FSDP2 (fully_shard)' when `model` is wrapped by one, else None.
+    FSDP2 is looked for only when it has been imported (a model can be sharded only then)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return "DistributedDataParallel"
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is not None and any(isinstance(module, fsdp.FSDPModule) for module in model.modules()):
+        return "FSDP2 (fully_shard)"
+    return None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -169,6 +181,14 @@ class Trainer:
             raise ValueError(f"max_consecutive_skips must be positive, got {max_consecutive_skips}")
         if master_weights and self.dtype is None:
             raise ValueError("master_weights=True needs a low-precision amp mode ('bf16' or 'fp16'), got amp=fp32")
+        wrapper = _distributed_wrapper(model)
+        if master_weights and wrapper is not None:
+            raise ValueError(
+                f"master_weights=True cannot convert a model already wrapped by {wrapper}: its gradient "
+                "buckets/shards are laid out for the dtype it was wrapped with. Keep the FP32 model and let the "
+                "optimizer update it in place (master_weights=False; under FSDP2 with "
+                "MixedPrecisionPolicy(param_dtype=torch.bfloat16) the FP32 shards are the masters), or convert it "
+                "with ampkit.optim.to_low_precision before wrapping and pass an ampkit optimizer")
         if master_weights and optimizer is not None and not callable(optimizer):
             raise ValueError("with master_weights=True pass optimizer as a factory (params -> optimizer) or None: "
                              "the optimizer must be built after the model is converted")
@@ -267,6 +287,11 @@ class Trainer:
             batches = torch.utils.data.DataLoader(data, batch_size=self.batch_size)
         else:
             batches = data
+            sampler = getattr(data, "sampler", None)
+            if (shuffle and isinstance(data, torch.utils.data.DataLoader)
+                    and callable(getattr(sampler, "set_epoch", None))):
+                # A DistributedSampler shuffles per epoch only when told the epoch (each rank its part).
+                sampler.set_epoch(epoch)
         for index, batch in enumerate(batches):
             inputs, targets = _check_batch(batch, name, index)
             yield self._to_device(inputs), self._to_device(targets)
@@ -324,6 +349,8 @@ class Trainer:
             norm = self.scaler.unscale_(self.optimizer, compute_norm=True)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+            if hasattr(norm, "full_tensor"):  # DTensor gradients (FSDP2, TP): the norm of the whole model
+                norm = norm.full_tensor()
         if isinstance(self.optimizer, ampkit_optim._MasterWeightOptimizer):
             # torch.nn.utils.clip_grads_with_norm_'s arithmetic, without its multiply.
             return {"clip_coef": torch.clamp(self.grad_clip / (norm + 1e-6), max=1.0)}
