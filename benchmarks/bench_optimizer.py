@@ -45,7 +45,12 @@ def copy_bandwidth(device: str, repeats: int, quick: bool) -> float:
 
 
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (torch.set_num_threads); ampkit and torch run with the same count")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     on_cuda = args.device.startswith("cuda")
     repeats = args.repeats or (3 if args.quick else (50 if on_cuda else 3))
     shapes = gpt2_small_shapes(args.quick)

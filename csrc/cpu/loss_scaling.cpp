@@ -1,12 +1,15 @@
 // CPU kernels of unscale_and_check_ and update_scale_.
 //
 // fp32, fp16 and bf16 grads are unscaled in fp32 and rounded once; fp64 grads in fp64 (UnscaleMath).
+// Each block runs the portable loop below, or on x86-64 an AVX2 or AVX-512 one chosen at run time
+// (cpu/vector_isa.h); all of them give the same bits: values, found_inf and the norm.
 //
 // The norm is accumulated in double: each fixed block of kGrainSize elements produces a double
 // partial, and the partials are summed in block order. Double keeps the result within an ulp of
 // the exact norm of the fp32 values for any realistic size (fp32 running sums lose ~log2(n)
-// bits), and fixed blocks summed in order make it independent of the number of threads, so a
-// run is reproducible on any machine with the same instruction set.
+// bits), and fixed blocks summed in order make it independent of the number of threads. Every
+// instruction set sums a block's squares in the same order, so the norm is reproducible on any
+// x86-64 machine.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
@@ -120,112 +123,152 @@ AMPKIT_DEFINE_BLOCK_FN(block_f64_rn, double, false, true)
 #undef AMPKIT_DEFINE_BLOCK_FN
 
 #if AMPKIT_X86_DISPATCH
-// The fp32 blocks again for AVX2/FMA (the compiler vectorises the same loop wider). The 16-bit
-// dtypes get blocks written with conversion intrinsics instead (block_16bit_avx2 below).
-#define AMPKIT_DEFINE_BLOCK_FN_V3(NAME, WRITE, NORM)                                                              \
+// The fp32 blocks again for AVX2/FMA and for AVX-512 (the compiler vectorises the same loop
+// wider; its lanes are explicit, so no level reorders a sum). The 16-bit dtypes get blocks
+// written with conversion intrinsics instead (block_16bit_* below).
+#define AMPKIT_DEFINE_BLOCK_FN_WIDE(NAME, WRITE, NORM)                                                            \
   AMPKIT_X86_V3 bool NAME##_v3(void* data, int64_t begin, int64_t end, float factor, double& squares) {            \
     return unscale_block<float, WRITE, NORM>(static_cast<float*>(data), begin, end, factor, squares);              \
+  }                                                                                                                \
+  AMPKIT_X86_V4 bool NAME##_v4(void* data, int64_t begin, int64_t end, float factor, double& squares) {            \
+    return unscale_block<float, WRITE, NORM>(static_cast<float*>(data), begin, end, factor, squares);              \
   }
-AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_w, true, false)
-AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_wn, true, true)
-AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_r, false, false)
-AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_rn, false, true)
-#undef AMPKIT_DEFINE_BLOCK_FN_V3
-#endif
+AMPKIT_DEFINE_BLOCK_FN_WIDE(block_f32_w, true, false)
+AMPKIT_DEFINE_BLOCK_FN_WIDE(block_f32_wn, true, true)
+AMPKIT_DEFINE_BLOCK_FN_WIDE(block_f32_r, false, false)
+AMPKIT_DEFINE_BLOCK_FN_WIDE(block_f32_rn, false, true)
+#undef AMPKIT_DEFINE_BLOCK_FN_WIDE
 
-#if AMPKIT_X86_DISPATCH
-// fp16 <-> fp32 through F16C and bf16 <-> fp32 through AVX2 integer ops (cpu/vector_isa.h).
-// fp16 NaNs keep their payload here, as in torch's own unscale; the baseline code writes
-// c10::Half's sign | 0x7E00. Every other value is identical on both.
-// The end of an AVX2 block: fold the vector lanes, then the scalar tail [i, end).
+// ---- fp16 and bf16 blocks with conversion intrinsics (cpu/vector_isa.h), bit for bit the
+// portable block's results: the same rounding and NaNs (c10::Half's sign | 0x7E00, bf16 0x7FC0)
+// for the unscaled values, the same flag, and the same norm, because the squares of a block go
+// to the same 8 double lanes in the same order: element begin + 8k + l to lane l, the elements
+// past the last whole group of 8 to lane 0 one by one, then lanes 0..7 summed from 0.0. (A
+// float's square is exact in double, so a fused multiply-add of a square rounds as mul + add.)
+
+// Loads are prefetched this far ahead: without it the 16-bit loops run well below the copy
+// bandwidth once a tensor outgrows the caches on the (virtualised) machines measured.
+constexpr uintptr_t kPrefetchBytes = 2048;
+
 template <typename T>
-AMPKIT_X86_V3 inline bool finish_block_avx2(T* data, int64_t i, int64_t end, float factor, bool write, bool norm,
-                                            __m256 non_finite, __m256d squares_low, __m256d squares_high,
-                                            double& sum_of_squares) {
-  alignas(32) float non_finite_lanes[8];
-  alignas(32) double low_lanes[4];
-  alignas(32) double high_lanes[4];
-  _mm256_store_ps(non_finite_lanes, non_finite);
-  _mm256_store_pd(low_lanes, squares_low);
-  _mm256_store_pd(high_lanes, squares_high);
+inline void prefetch_ahead(const T* data) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(data) + kPrefetchBytes), _MM_HINT_T0);
+}
+
+// The elements past the last whole group of 8, then the fold of the lanes, as the portable block.
+template <typename T, bool Write, bool Norm>
+inline bool finish_16bit_block(T* data, int64_t i, int64_t end, float factor, double (&square_lanes)[8],
+                               double& sum_of_squares) {
   bool found = false;
-  sum_of_squares = 0.0;
-  for (float lane : non_finite_lanes) found |= lane != 0.0f;
-  for (int lane = 0; lane < 4; ++lane) sum_of_squares += low_lanes[lane] + high_lanes[lane];
-  for (; i < end; ++i) {  // the tail
+  for (; i < end; ++i) {
     const float value = static_cast<float>(data[i]);
     found |= is_non_finite(value);
-    if (write) data[i] = static_cast<T>(value * factor);
-    if (norm) {
+    if (Write) data[i] = static_cast<T>(value * factor);
+    if (Norm) {
       const double unscaled = static_cast<float>(data[i]);
-      sum_of_squares += unscaled * unscaled;
+      square_lanes[0] += unscaled * unscaled;
     }
   }
+  sum_of_squares = 0.0;
+  for (double lane : square_lanes) sum_of_squares += lane;
   return found;
 }
 
-// How the 16-bit block below widens and narrows: the one difference between fp16 and bf16.
-struct F16cConversion {
-  AMPKIT_X86_V3 static __m256 widen(__m128i narrow) { return x86::widen_f16(narrow); }
-  AMPKIT_X86_V3 static __m128i narrow(__m256 values) { return x86::narrow_f16(values); }
-};
-struct Bf16Avx2Conversion {
-  AMPKIT_X86_V3 static __m256 widen(__m128i narrow) { return x86::widen_bf16(narrow); }
-  AMPKIT_X86_V3 static __m128i narrow(__m256 values) { return x86::narrow_bf16(values); }
-};
-
-template <typename T, typename Conversion>
-AMPKIT_X86_V3 bool block_16bit_avx2(void* raw, int64_t begin, int64_t end, float factor, bool write, bool norm,
-                                    double& sum_of_squares) {
+template <typename T, bool Write, bool Norm>
+AMPKIT_X86_V3 bool block_16bit_avx2(void* raw, int64_t begin, int64_t end, float factor, double& sum_of_squares) {
   T* data = static_cast<T*>(raw);
   const __m256 factors = _mm256_set1_ps(factor);
-  __m256 non_finite = _mm256_setzero_ps();
-  __m256d squares_low = _mm256_setzero_pd();
-  __m256d squares_high = _mm256_setzero_pd();
+  __m256 non_finite = _mm256_setzero_ps();  // x - x: +0 for finite x, NaN otherwise; OR keeps a NaN
+  __m256d squares_low = _mm256_setzero_pd();   // lanes 0..3
+  __m256d squares_high = _mm256_setzero_pd();  // lanes 4..7
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
-    __m128i narrow = _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + i));
-    const __m256 values = Conversion::widen(narrow);
-    non_finite = _mm256_add_ps(non_finite, _mm256_sub_ps(values, values));
-    __m256 unscaled = values;
-    if (write) {
-      narrow = Conversion::narrow(_mm256_mul_ps(values, factors));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(data + i), narrow);
-      unscaled = Conversion::widen(narrow);
+    prefetch_ahead(data + i);
+    __m256 values = x86::load8(data + i);
+    non_finite = _mm256_or_ps(non_finite, _mm256_sub_ps(values, values));
+    if (Write) {
+      x86::store8(data + i, _mm256_mul_ps(values, factors));
+      if (Norm) values = x86::load8(data + i);  // the square of the value written
     }
-    if (norm) {
-      const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(unscaled));
-      const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(unscaled, 1));
-      squares_low = _mm256_fmadd_pd(low, low, squares_low);
-      squares_high = _mm256_fmadd_pd(high, high, squares_high);
+    if (Norm) {
+      const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(values));
+      const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(values, 1));
+      squares_low = _mm256_add_pd(squares_low, _mm256_mul_pd(low, low));
+      squares_high = _mm256_add_pd(squares_high, _mm256_mul_pd(high, high));
     }
   }
-  return finish_block_avx2(data, i, end, factor, write, norm, non_finite, squares_low, squares_high, sum_of_squares);
+  alignas(32) double square_lanes[8];
+  _mm256_store_pd(square_lanes, squares_low);
+  _mm256_store_pd(square_lanes + 4, squares_high);
+  const bool found = _mm256_movemask_ps(_mm256_cmp_ps(non_finite, non_finite, _CMP_UNORD_Q)) != 0;
+  return finish_16bit_block<T, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
 }
 
-template <typename T, typename Conversion, bool Write, bool Norm>
-AMPKIT_X86_V3 bool block_16bit_avx2_fn(void* data, int64_t begin, int64_t end, float factor, double& squares) {
-  return block_16bit_avx2<T, Conversion>(data, begin, end, factor, Write, Norm, squares);
-}
-
-template <typename T, typename Conversion>
-BlockFn select_block_16bit_avx2(bool write, bool norm) {
-  if (write) {
-    return norm ? block_16bit_avx2_fn<T, Conversion, true, true> : block_16bit_avx2_fn<T, Conversion, true, false>;
+template <typename T, bool Write, bool Norm>
+AMPKIT_X86_V4 bool block_16bit_avx512(void* raw, int64_t begin, int64_t end, float factor, double& sum_of_squares) {
+  T* data = static_cast<T*>(raw);
+  const __m512 factors = _mm512_set1_ps(factor);
+  __m512 non_finite = _mm512_setzero_ps();
+  __m512d squares = _mm512_setzero_pd();  // lanes 0..7
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {  // two groups of 8: elements i..i+7, then i+8..i+15, lane by lane
+    prefetch_ahead(data + i);
+    __m512 values = x86::load16(data + i);
+    non_finite = _mm512_or_ps(non_finite, _mm512_sub_ps(values, values));
+    if (Write) {
+      x86::store16(data + i, _mm512_mul_ps(values, factors));
+      if (Norm) values = x86::load16(data + i);
+    }
+    if (Norm) {
+      const __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(values));
+      const __m512d high = _mm512_cvtps_pd(_mm512_extractf32x8_ps(values, 1));
+      squares = _mm512_add_pd(squares, _mm512_mul_pd(low, low));
+      squares = _mm512_add_pd(squares, _mm512_mul_pd(high, high));
+    }
   }
-  return norm ? block_16bit_avx2_fn<T, Conversion, false, true> : block_16bit_avx2_fn<T, Conversion, false, false>;
+  if (i + 8 <= end) {  // one more whole group of 8
+    __m256 values = x86::load8(data + i);
+    non_finite = _mm512_or_ps(non_finite, _mm512_castps256_ps512(_mm256_sub_ps(values, values)));
+    if (Write) {
+      x86::store8(data + i, _mm256_mul_ps(values, _mm512_castps512_ps256(factors)));
+      if (Norm) values = x86::load8(data + i);
+    }
+    if (Norm) {
+      const __m512d group = _mm512_cvtps_pd(values);
+      squares = _mm512_add_pd(squares, _mm512_mul_pd(group, group));
+    }
+    i += 8;
+  }
+  alignas(64) double square_lanes[8];
+  _mm512_store_pd(square_lanes, squares);
+  const bool found = _mm512_cmp_ps_mask(non_finite, non_finite, _CMP_UNORD_Q) != 0;
+  return finish_16bit_block<T, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
+}
+
+template <typename T>
+BlockFn select_block_16bit(CpuIsa isa, bool write, bool norm) {
+  if (isa == CpuIsa::kAvx512) {
+    if (write) return norm ? block_16bit_avx512<T, true, true> : block_16bit_avx512<T, true, false>;
+    return norm ? block_16bit_avx512<T, false, true> : block_16bit_avx512<T, false, false>;
+  }
+  if (write) return norm ? block_16bit_avx2<T, true, true> : block_16bit_avx2<T, true, false>;
+  return norm ? block_16bit_avx2<T, false, true> : block_16bit_avx2<T, false, false>;
 }
 
 #endif
 
 BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
 #if AMPKIT_X86_DISPATCH
-  if (use_vector_isa()) {
+  const CpuIsa isa = selected_cpu_isa();
+  if (isa == CpuIsa::kAvx512 && dtype == at::kFloat) {
+    return write ? (norm ? block_f32_wn_v4 : block_f32_w_v4) : (norm ? block_f32_rn_v4 : block_f32_r_v4);
+  }
+  if (isa != CpuIsa::kBaseline) {
     switch (dtype) {
       case at::kFloat:
         return write ? (norm ? block_f32_wn_v3 : block_f32_w_v3) : (norm ? block_f32_rn_v3 : block_f32_r_v3);
-      case at::kHalf: return select_block_16bit_avx2<c10::Half, F16cConversion>(write, norm);
-      case at::kBFloat16: return select_block_16bit_avx2<c10::BFloat16, Bf16Avx2Conversion>(write, norm);
+      case at::kHalf: return select_block_16bit<c10::Half>(isa, write, norm);
+      case at::kBFloat16: return select_block_16bit<c10::BFloat16>(isa, write, norm);
       default: break;
     }
   }
