@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "ampkit_kernels/scale_math.h"
@@ -327,7 +328,10 @@ void unscale_and_check_cpu(at::TensorList grads, const at::Tensor& found_inf, co
     if (!flat && write) grad.copy_(work);
   }
   if (any_non_finite) *found_inf.mutable_data_ptr<float>() = 1.0f;
-  if (norm) *norm_out->mutable_data_ptr<float>() = static_cast<float>(std::sqrt(sum_of_squares));
+  // A NaN norm is always the quiet NaN 0x7FC00000: which NaN's payload a sum of several keeps
+  // depends on the compiler's operand order, which differs between the instruction sets.
+  const float norm_value = static_cast<float>(std::sqrt(sum_of_squares));
+  if (norm) *norm_out->mutable_data_ptr<float>() = std::isnan(norm_value) ? std::numeric_limits<float>::quiet_NaN() : norm_value;
 }
 
 // The rule itself is scale_math::update_scale_state, which the CUDA kernel runs too.

@@ -6,10 +6,10 @@
 //
 // The three levels give the same bits for every input: the vector loops instantiate the very
 // formulas of optim_math.h with FloatVec (one IEEE operation per lane, in the scalar code's
-// order), load and store fp16/bf16 with c10's scalar conversions' bits (NaNs included), and hand
-// the tail of each chunk (fewer elements than a vector) to the portable loop itself. This file is
-// compiled with -ffp-contract=off (CMakeLists.txt): FMA contraction in one level only would break
-// that.
+// order), load and store fp16/bf16 with c10's scalar conversions' bits, write one NaN for every
+// NaN (the levels' stores, below), and hand the tail of each chunk (fewer elements than a
+// vector) to the portable loop itself. This file is compiled with -ffp-contract=off
+// (CMakeLists.txt): FMA contraction in one level only would break that.
 //
 // One step is one parallel pass: every tensor is cut into fixed chunks of kStepChunk elements and
 // at::parallel_for runs the chunks of all tensors together, so a model of many small tensors does
@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -104,6 +105,10 @@ struct UnscaleGradsRule {
 };
 
 // ---- the levels: how Lanes elements of a storage dtype become the compute type and back ----
+// Every store writes the one quiet NaN (0x7FC00000; fp16 0x7E00, bf16 0x7FC0) for any NaN. Where
+// two NaNs meet in an operation, IEEE 754 leaves open whose sign and payload the result keeps
+// (x86 keeps the first operand's), and the compiler orders the operands of + and * as it likes,
+// differently in each loop; without this the levels would agree on every value but such NaNs.
 
 template <typename Compute>
 struct ScalarLevel {
@@ -117,7 +122,7 @@ struct ScalarLevel {
   }
   template <typename T>
   static void store(T* data, Vec value) {
-    *data = static_cast<T>(value);
+    *data = static_cast<T>(value != value ? std::numeric_limits<Compute>::quiet_NaN() : value);
   }
 };
 
@@ -133,7 +138,9 @@ struct Avx2Level {
   }
   template <typename T>
   AMPKIT_X86_V3 static void store(T* data, Vec value) {
-    x86::store8(data, (__m256)value.v);
+    const __m256 values = (__m256)value.v;
+    const __m256 is_nan = _mm256_cmp_ps(values, values, _CMP_UNORD_Q);
+    x86::store8(data, _mm256_blendv_ps(values, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), is_nan));
   }
 };
 
@@ -148,7 +155,9 @@ struct Avx512Level {
   }
   template <typename T>
   AMPKIT_X86_V4 static void store(T* data, Vec value) {
-    x86::store16(data, (__m512)value.v);
+    const __m512 values = (__m512)value.v;
+    const __mmask16 is_nan = _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q);
+    x86::store16(data, _mm512_mask_blend_ps(is_nan, values, _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN())));
   }
 };
 #endif
