@@ -45,6 +45,12 @@ struct UnscaleMath<double> {
   using type = double;
 };
 
+// The squares of a block are summed in this many double lanes: element begin + k * kSquareLanes + l
+// goes to lane l, the elements past the last whole group to lane 0 one by one, then the lanes are
+// added in order from 0.0. 32 independent sums, so that the vector loops' additions do not wait
+// on one another; every instruction set adds in this one order.
+constexpr int kSquareLanes = 32;
+
 // One block [begin, end). Written so that the compiler vectorises it: independent lanes, the
 // non-finite test as a float sum (x - x is 0 for finite x, NaN otherwise), and the squares
 // summed in a second loop over the same (L1-resident) sub-block so the stores and the double
@@ -54,10 +60,10 @@ __attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin,
                                                          double& sum_of_squares) {
   using Math = typename UnscaleMath<T>::type;
   constexpr int kLanes = 8;
-  constexpr int64_t kSubBlock = 512;
+  constexpr int64_t kSubBlock = 512;  // a multiple of kSquareLanes: only a block's end has a tail
   const Math math_factor = static_cast<Math>(factor);
   Math non_finite_lanes[kLanes] = {};
-  double square_lanes[kLanes] = {};
+  double square_lanes[kSquareLanes] = {};
   for (int64_t sub = begin; sub < end; sub += kSubBlock) {
     const int64_t sub_end = std::min(end, sub + kSubBlock);
     int64_t i = sub;
@@ -75,8 +81,8 @@ __attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin,
     }
     if (Norm) {
       i = sub;
-      for (; i + kLanes <= sub_end; i += kLanes) {
-        for (int lane = 0; lane < kLanes; ++lane) {
+      for (; i + kSquareLanes <= sub_end; i += kSquareLanes) {
+        for (int lane = 0; lane < kSquareLanes; ++lane) {
           const double unscaled = static_cast<Math>(data[i + lane]);
           square_lanes[lane] += unscaled * unscaled;
         }
@@ -89,10 +95,8 @@ __attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin,
   }
   bool non_finite = false;
   sum_of_squares = 0.0;
-  for (int lane = 0; lane < kLanes; ++lane) {
-    non_finite |= non_finite_lanes[lane] != Math(0);  // NaN != 0 too
-    sum_of_squares += square_lanes[lane];
-  }
+  for (int lane = 0; lane < kLanes; ++lane) non_finite |= non_finite_lanes[lane] != Math(0);  // NaN != 0 too
+  for (int lane = 0; lane < kSquareLanes; ++lane) sum_of_squares += square_lanes[lane];
   return non_finite;
 }
 
@@ -124,31 +128,14 @@ AMPKIT_DEFINE_BLOCK_FN(block_f64_rn, double, false, true)
 #undef AMPKIT_DEFINE_BLOCK_FN
 
 #if AMPKIT_X86_DISPATCH
-// The fp32 blocks again for AVX2/FMA and for AVX-512 (the compiler vectorises the same loop
-// wider; its lanes are explicit, so no level reorders a sum). The 16-bit dtypes get blocks
-// written with conversion intrinsics instead (block_16bit_* below).
-#define AMPKIT_DEFINE_BLOCK_FN_WIDE(NAME, WRITE, NORM)                                                            \
-  AMPKIT_X86_V3 bool NAME##_v3(void* data, int64_t begin, int64_t end, float factor, double& squares) {            \
-    return unscale_block<float, WRITE, NORM>(static_cast<float*>(data), begin, end, factor, squares);              \
-  }                                                                                                                \
-  AMPKIT_X86_V4 bool NAME##_v4(void* data, int64_t begin, int64_t end, float factor, double& squares) {            \
-    return unscale_block<float, WRITE, NORM>(static_cast<float*>(data), begin, end, factor, squares);              \
-  }
-AMPKIT_DEFINE_BLOCK_FN_WIDE(block_f32_w, true, false)
-AMPKIT_DEFINE_BLOCK_FN_WIDE(block_f32_wn, true, true)
-AMPKIT_DEFINE_BLOCK_FN_WIDE(block_f32_r, false, false)
-AMPKIT_DEFINE_BLOCK_FN_WIDE(block_f32_rn, false, true)
-#undef AMPKIT_DEFINE_BLOCK_FN_WIDE
+// ---- fp32, fp16 and bf16 blocks with intrinsics (conversions: cpu/vector_isa.h), bit for bit
+// the portable block's results: the same rounding and NaNs (c10::Half's sign | 0x7E00, bf16
+// 0x7FC0) for the unscaled values, the same flag, and the same norm, because the squares go to
+// the same kSquareLanes double lanes in the same order (see there). A float's square is exact in
+// double, so however a square is added it rounds once, as the portable loop's does.
 
-// ---- fp16 and bf16 blocks with conversion intrinsics (cpu/vector_isa.h), bit for bit the
-// portable block's results: the same rounding and NaNs (c10::Half's sign | 0x7E00, bf16 0x7FC0)
-// for the unscaled values, the same flag, and the same norm, because the squares of a block go
-// to the same 8 double lanes in the same order: element begin + 8k + l to lane l, the elements
-// past the last whole group of 8 to lane 0 one by one, then lanes 0..7 summed from 0.0. (A
-// float's square is exact in double, so a fused multiply-add of a square rounds as mul + add.)
-
-// Loads are prefetched this far ahead: without it the 16-bit loops run well below the copy
-// bandwidth once a tensor outgrows the caches on the (virtualised) machines measured.
+// Loads are prefetched this far ahead: without it the loops run well below the copy bandwidth
+// once a tensor outgrows the caches on the (virtualised) machines measured.
 constexpr uintptr_t kPrefetchBytes = 2048;
 
 template <typename T>
@@ -156,10 +143,13 @@ inline void prefetch_ahead(const T* data) {
   _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(data) + kPrefetchBytes), _MM_HINT_T0);
 }
 
-// The elements past the last whole group of 8, then the fold of the lanes, as the portable block.
+// The elements past the last whole group of kSquareLanes, then the fold of the lanes, as the
+// portable block does them.
 template <typename T, bool Write, bool Norm>
-inline bool finish_16bit_block(T* data, int64_t i, int64_t end, float factor, double (&square_lanes)[8],
-                               double& sum_of_squares) {
+inline bool finish_block(T* data, int64_t i, int64_t end, float factor, const double* vector_lanes,
+                         double& sum_of_squares) {
+  double square_lanes[kSquareLanes];
+  for (int lane = 0; lane < kSquareLanes; ++lane) square_lanes[lane] = vector_lanes[lane];
   bool found = false;
   for (; i < end; ++i) {
     const float value = static_cast<float>(data[i]);
@@ -175,85 +165,116 @@ inline bool finish_16bit_block(T* data, int64_t i, int64_t end, float factor, do
   return found;
 }
 
+// Store values as T and return what was stored, widened back to fp32 (for the norm), from the
+// registers: reading the stores back costs the 16-bit loops half their speed (store forwarding).
+AMPKIT_X86_V3 inline __m256 store8_and_widen(float* data, __m256 values) {
+  _mm256_storeu_ps(data, values);
+  return values;
+}
+AMPKIT_X86_V3 inline __m256 store8_and_widen(c10::Half* data, __m256 values) {
+  const __m128i halves = x86::canonical_f16_nan(x86::narrow_f16(values));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(data), halves);
+  return x86::widen_f16(halves);
+}
+AMPKIT_X86_V3 inline __m256 store8_and_widen(c10::BFloat16* data, __m256 values) {
+  const __m128i narrow = x86::narrow_bf16(values);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(data), narrow);
+  return x86::widen_bf16(narrow);
+}
+AMPKIT_X86_V4 inline __m512 store16_and_widen(float* data, __m512 values) {
+  _mm512_storeu_ps(data, values);
+  return values;
+}
+AMPKIT_X86_V4 inline __m512 store16_and_widen(c10::Half* data, __m512 values) {
+  const __m256i halves = x86::narrow_f16_canonical(values);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(data), halves);
+  return x86::widen_f16(halves);
+}
+AMPKIT_X86_V4 inline __m512 store16_and_widen(c10::BFloat16* data, __m512 values) {
+  const __m256i narrow = x86::narrow_bf16(values);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(data), narrow);
+  return x86::widen_bf16(narrow);
+}
+
+// 8 elements from i: test, unscale, and add their squares to lanes [4 * 2q, 4 * 2q + 8).
 template <typename T, bool Write, bool Norm>
-AMPKIT_X86_V3 bool block_16bit_avx2(void* raw, int64_t begin, int64_t end, float factor, double& sum_of_squares) {
-  T* data = static_cast<T*>(raw);
-  const __m256 factors = _mm256_set1_ps(factor);
-  __m256 non_finite = _mm256_setzero_ps();  // x - x: +0 for finite x, NaN otherwise; OR keeps a NaN
-  __m256d squares_low = _mm256_setzero_pd();   // lanes 0..3
-  __m256d squares_high = _mm256_setzero_pd();  // lanes 4..7
-  int64_t i = begin;
-  for (; i + 8 <= end; i += 8) {
-    prefetch_ahead(data + i);
-    __m256 values = x86::load8(data + i);
-    non_finite = _mm256_or_ps(non_finite, _mm256_sub_ps(values, values));
-    if (Write) {
-      x86::store8(data + i, _mm256_mul_ps(values, factors));
-      if (Norm) values = x86::load8(data + i);  // the square of the value written
-    }
-    if (Norm) {
-      const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(values));
-      const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(values, 1));
-      squares_low = _mm256_add_pd(squares_low, _mm256_mul_pd(low, low));
-      squares_high = _mm256_add_pd(squares_high, _mm256_mul_pd(high, high));
-    }
+AMPKIT_X86_V3 inline void group8_avx2(T* data, int64_t i, __m256 factors, __m256& non_finite, __m256d& squares_low,
+                                      __m256d& squares_high) {
+  prefetch_ahead(data + i);
+  __m256 values = x86::load8(data + i);
+  non_finite = _mm256_or_ps(non_finite, _mm256_sub_ps(values, values));  // x - x: NaN unless x is finite
+  if (Write) values = store8_and_widen(data + i, _mm256_mul_ps(values, factors));  // the norm squares what was written
+  if (Norm) {
+    const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(values));
+    const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(values, 1));
+    squares_low = _mm256_add_pd(squares_low, _mm256_mul_pd(low, low));
+    squares_high = _mm256_add_pd(squares_high, _mm256_mul_pd(high, high));
   }
-  alignas(32) double square_lanes[8];
-  _mm256_store_pd(square_lanes, squares_low);
-  _mm256_store_pd(square_lanes + 4, squares_high);
-  const bool found = _mm256_movemask_ps(_mm256_cmp_ps(non_finite, non_finite, _CMP_UNORD_Q)) != 0;
-  return finish_16bit_block<T, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
 }
 
 template <typename T, bool Write, bool Norm>
-AMPKIT_X86_V4 bool block_16bit_avx512(void* raw, int64_t begin, int64_t end, float factor, double& sum_of_squares) {
+AMPKIT_X86_V3 bool block_avx2(void* raw, int64_t begin, int64_t end, float factor, double& sum_of_squares) {
+  T* data = static_cast<T*>(raw);
+  const __m256 factors = _mm256_set1_ps(factor);
+  __m256 non_finite = _mm256_setzero_ps();
+  __m256d squares[kSquareLanes / 4];  // squares[q]: lanes 4q .. 4q + 3
+  for (__m256d& lanes : squares) lanes = _mm256_setzero_pd();
+  int64_t i = begin;
+  for (; i + kSquareLanes <= end; i += kSquareLanes) {
+    for (int group = 0; group < kSquareLanes / 8; ++group) {
+      group8_avx2<T, Write, Norm>(data, i + 8 * group, factors, non_finite, squares[2 * group], squares[2 * group + 1]);
+    }
+  }
+  alignas(32) double square_lanes[kSquareLanes];
+  for (int q = 0; q < kSquareLanes / 4; ++q) _mm256_store_pd(square_lanes + 4 * q, squares[q]);
+  const bool found = _mm256_movemask_ps(_mm256_cmp_ps(non_finite, non_finite, _CMP_UNORD_Q)) != 0;
+  return finish_block<T, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
+}
+
+// 16 elements from i: test, unscale, and add their squares to lanes [8 * 2q, 8 * 2q + 16).
+template <typename T, bool Write, bool Norm>
+AMPKIT_X86_V4 inline void group16_avx512(T* data, int64_t i, __m512 factors, __m512& non_finite,
+                                         __m512d& squares_low, __m512d& squares_high) {
+  prefetch_ahead(data + i);
+  __m512 values = x86::load16(data + i);
+  non_finite = _mm512_or_ps(non_finite, _mm512_sub_ps(values, values));
+  if (Write) values = store16_and_widen(data + i, _mm512_mul_ps(values, factors));
+  if (Norm) {
+    const __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(values));
+    const __m512d high = _mm512_cvtps_pd(_mm512_extractf32x8_ps(values, 1));
+    squares_low = _mm512_add_pd(squares_low, _mm512_mul_pd(low, low));
+    squares_high = _mm512_add_pd(squares_high, _mm512_mul_pd(high, high));
+  }
+}
+
+template <typename T, bool Write, bool Norm>
+AMPKIT_X86_V4 bool block_avx512(void* raw, int64_t begin, int64_t end, float factor, double& sum_of_squares) {
   T* data = static_cast<T*>(raw);
   const __m512 factors = _mm512_set1_ps(factor);
   __m512 non_finite = _mm512_setzero_ps();
-  __m512d squares = _mm512_setzero_pd();  // lanes 0..7
+  __m512d squares[kSquareLanes / 8];  // squares[q]: lanes 8q .. 8q + 7
+  for (__m512d& lanes : squares) lanes = _mm512_setzero_pd();
   int64_t i = begin;
-  for (; i + 16 <= end; i += 16) {  // two groups of 8: elements i..i+7, then i+8..i+15, lane by lane
-    prefetch_ahead(data + i);
-    __m512 values = x86::load16(data + i);
-    non_finite = _mm512_or_ps(non_finite, _mm512_sub_ps(values, values));
-    if (Write) {
-      x86::store16(data + i, _mm512_mul_ps(values, factors));
-      if (Norm) values = x86::load16(data + i);
-    }
-    if (Norm) {
-      const __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(values));
-      const __m512d high = _mm512_cvtps_pd(_mm512_extractf32x8_ps(values, 1));
-      squares = _mm512_add_pd(squares, _mm512_mul_pd(low, low));
-      squares = _mm512_add_pd(squares, _mm512_mul_pd(high, high));
+  for (; i + kSquareLanes <= end; i += kSquareLanes) {
+    for (int group = 0; group < kSquareLanes / 16; ++group) {
+      group16_avx512<T, Write, Norm>(data, i + 16 * group, factors, non_finite, squares[2 * group],
+                                     squares[2 * group + 1]);
     }
   }
-  if (i + 8 <= end) {  // one more whole group of 8
-    __m256 values = x86::load8(data + i);
-    non_finite = _mm512_or_ps(non_finite, _mm512_castps256_ps512(_mm256_sub_ps(values, values)));
-    if (Write) {
-      x86::store8(data + i, _mm256_mul_ps(values, _mm512_castps512_ps256(factors)));
-      if (Norm) values = x86::load8(data + i);
-    }
-    if (Norm) {
-      const __m512d group = _mm512_cvtps_pd(values);
-      squares = _mm512_add_pd(squares, _mm512_mul_pd(group, group));
-    }
-    i += 8;
-  }
-  alignas(64) double square_lanes[8];
-  _mm512_store_pd(square_lanes, squares);
+  alignas(64) double square_lanes[kSquareLanes];
+  for (int q = 0; q < kSquareLanes / 8; ++q) _mm512_store_pd(square_lanes + 8 * q, squares[q]);
   const bool found = _mm512_cmp_ps_mask(non_finite, non_finite, _CMP_UNORD_Q) != 0;
-  return finish_16bit_block<T, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
+  return finish_block<T, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
 }
 
 template <typename T>
-BlockFn select_block_16bit(CpuIsa isa, bool write, bool norm) {
+BlockFn select_vector_block(CpuIsa isa, bool write, bool norm) {
   if (isa == CpuIsa::kAvx512) {
-    if (write) return norm ? block_16bit_avx512<T, true, true> : block_16bit_avx512<T, true, false>;
-    return norm ? block_16bit_avx512<T, false, true> : block_16bit_avx512<T, false, false>;
+    if (write) return norm ? block_avx512<T, true, true> : block_avx512<T, true, false>;
+    return norm ? block_avx512<T, false, true> : block_avx512<T, false, false>;
   }
-  if (write) return norm ? block_16bit_avx2<T, true, true> : block_16bit_avx2<T, true, false>;
-  return norm ? block_16bit_avx2<T, false, true> : block_16bit_avx2<T, false, false>;
+  if (write) return norm ? block_avx2<T, true, true> : block_avx2<T, true, false>;
+  return norm ? block_avx2<T, false, true> : block_avx2<T, false, false>;
 }
 
 #endif
@@ -261,15 +282,11 @@ BlockFn select_block_16bit(CpuIsa isa, bool write, bool norm) {
 BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
 #if AMPKIT_X86_DISPATCH
   const CpuIsa isa = selected_cpu_isa();
-  if (isa == CpuIsa::kAvx512 && dtype == at::kFloat) {
-    return write ? (norm ? block_f32_wn_v4 : block_f32_w_v4) : (norm ? block_f32_rn_v4 : block_f32_r_v4);
-  }
   if (isa != CpuIsa::kBaseline) {
     switch (dtype) {
-      case at::kFloat:
-        return write ? (norm ? block_f32_wn_v3 : block_f32_w_v3) : (norm ? block_f32_rn_v3 : block_f32_r_v3);
-      case at::kHalf: return select_block_16bit<c10::Half>(isa, write, norm);
-      case at::kBFloat16: return select_block_16bit<c10::BFloat16>(isa, write, norm);
+      case at::kFloat: return select_vector_block<float>(isa, write, norm);
+      case at::kHalf: return select_vector_block<c10::Half>(isa, write, norm);
+      case at::kBFloat16: return select_vector_block<c10::BFloat16>(isa, write, norm);
       default: break;
     }
   }
