@@ -199,7 +199,9 @@ __attribute__((always_inline)) inline int64_t step_elements(const StepJob& job, 
   Compute* const state0 = static_cast<Compute*>(job.state[0]);
   Compute* const state1 = static_cast<Compute*>(job.state[1]);
   Compute* const state2 = static_cast<Compute*>(job.state[2]);
-  const auto& coefficients = *static_cast<const typename RuleT::Coefficients*>(job.coefficients);
+  // A copy: the stores below could alias the job's coefficients as far as the compiler knows, which
+  // would make it re-read them from memory in every iteration.
+  const typename RuleT::Coefficients coefficients = *static_cast<const typename RuleT::Coefficients*>(job.coefficients);
   const Compute inv_scale = static_cast<Compute>(job.inv_scale);
   const Compute clip_coef = static_cast<Compute>(job.clip_coef);
   const bool write_back_grads = job.write_back_grads;
