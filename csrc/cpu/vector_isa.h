@@ -153,7 +153,6 @@ AMPKIT_X86_V3 inline void store8(c10::BFloat16* data, __m256 values) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(data), narrow_bf16(values));
 }
 
-
 // ---- AVX-512: 16 elements. The same conversions as above, a vector twice as wide.
 
 AMPKIT_X86_V4 inline __m512 widen_f16(__m256i halves) { return _mm512_cvtph_ps(halves); }
