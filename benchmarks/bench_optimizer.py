@@ -12,6 +12,8 @@ Targets on the GPU machine: >= 1.3x torch's equivalent and >= 75% of the copy ba
 """
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 from common import parser, report, time_fn
@@ -74,7 +76,16 @@ def time_one_dtype(dtype: torch.dtype, shapes, device: str, repeats: int) -> tup
         fused.step()
         torch._foreach_copy_(model_copy, master_data)
 
-    return time_fn(ours.step, device, repeats), time_fn(ours_op, device, repeats), time_fn(baseline, device, repeats)
+    # Interleaved, one call of each per round: on a shared machine a load that comes and goes then
+    # hits the three alike instead of whichever ran while it lasted.
+    runs = {"step": ours.step, "op": ours_op, "torch": baseline}
+    for run in runs.values():
+        time_fn(run, device, 1, warmup=2)
+    samples = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            samples[name].append(time_fn(run, device, 1, warmup=0))
+    return tuple(statistics.median(samples[name]) for name in runs)
 
 
 def main() -> None:
@@ -85,7 +96,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     on_cuda = args.device.startswith("cuda")
-    repeats = args.repeats or (3 if args.quick else (50 if on_cuda else 3))
+    repeats = args.repeats or (3 if args.quick else (50 if on_cuda else 7))
     shapes = gpt2_small_shapes(args.quick)
     numel = sum(torch.Size(s).numel() for s in shapes)
     copy_gbps = copy_bandwidth(args.device, repeats, args.quick)
