@@ -302,8 +302,9 @@ BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
 }
 
 // One pass over `numel` elements stored flat at `data`, in fixed blocks of kGrainSize elements
-// run in parallel. Each block's sum of squares lands in its own slot and the slots are added in
-// block order, so the norm does not depend on the thread count.
+// run in parallel (the threads take them one by one: parallel_items). Each block's sum of squares
+// lands in its own slot and the slots are added in block order, so the norm does not depend on
+// the thread count.
 FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float factor, bool write, bool norm) {
   FlatResult result;
   if (numel == 0) return result;
@@ -311,14 +312,10 @@ FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float f
   const int64_t num_blocks = (numel + kGrainSize - 1) / kGrainSize;
   std::vector<double> partials(num_blocks, 0.0);
   std::atomic<bool> found{false};
-  at::parallel_for(0, num_blocks, 1, [&](int64_t first_block, int64_t last_block) {
-    bool non_finite = false;
-    for (int64_t block = first_block; block < last_block; ++block) {
-      const int64_t begin = block * kGrainSize;
-      const int64_t end = std::min(numel, begin + kGrainSize);
-      non_finite |= block_fn(data, begin, end, factor, partials[block]);
-    }
-    if (non_finite) found.store(true, std::memory_order_relaxed);
+  parallel_items(num_blocks, [&](int64_t block) {
+    const int64_t begin = block * kGrainSize;
+    const int64_t end = std::min(numel, begin + kGrainSize);
+    if (block_fn(data, begin, end, factor, partials[block])) found.store(true, std::memory_order_relaxed);
   });
   result.non_finite = found.load();
   for (double partial : partials) result.sum_of_squares += partial;

@@ -12,8 +12,8 @@
 // (CMakeLists.txt): FMA contraction in one level only would break that.
 //
 // One step is one parallel pass: every tensor is cut into fixed chunks of kStepChunk elements and
-// at::parallel_for runs the chunks of all tensors together, so a model of many small tensors does
-// not pay one fork/join per tensor. Each element's math is independent of every other's, so the
+// the threads take the chunks of all tensors from one queue (parallel_items), so a model of many
+// small tensors does not pay one fork/join per tensor. Each element's math is independent of every other's, so the
 // result does not depend on the thread count or on where a chunk boundary falls.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -287,13 +287,11 @@ void run_step_jobs(const std::vector<StepJob>& jobs) {
     }
     total += job.numel;
   }
-  const auto run = [&](int64_t first, int64_t last) {
-    for (int64_t c = first; c < last; ++c) chunks[c].job->block(*chunks[c].job, chunks[c].begin, chunks[c].end);
-  };
+  const auto run = [&](int64_t c) { chunks[c].job->block(*chunks[c].job, chunks[c].begin, chunks[c].end); };
   if (total < kGrainSize) {  // a small step: a thread hand-off would cost more than it saves
-    run(0, static_cast<int64_t>(chunks.size()));
+    for (int64_t c = 0; c < static_cast<int64_t>(chunks.size()); ++c) run(c);
   } else {
-    at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, run);
+    parallel_items(static_cast<int64_t>(chunks.size()), run);
   }
 }
 
