@@ -11,13 +11,15 @@ write per element) is the yardstick: `of_copy` is ampkit's bandwidth as a fracti
 """
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 from common import parser, report, time_fn
 
 from targets import target
 
-import ampkit  # noqa: F401,E402  (registers torch.ops.ampkit.*)
+import ampkit  # noqa: E402  (registers torch.ops.ampkit.*)
 
 # The smallest float32 above 1: every element is rewritten (an inv_scale of exactly 1 would let
 # ampkit skip the stores), yet repeated runs do not drift the values towards denormals.
@@ -46,6 +48,69 @@ def gpt2_small_shapes(quick: bool) -> list[tuple[int, ...]]:
     return shapes + [(width,), (width,)]                     # ln_f
 
 
+def time_side_by_side(ours, theirs, device: str, repeats: int) -> tuple[float, float | None]:
+    """Median seconds per call of each, interleaved one call of each per round: on a shared machine
+    a load that comes and goes then hits both alike. theirs=None: ours alone."""
+    runs = [ours] if theirs is None else [ours, theirs]
+    for run in runs:
+        time_fn(run, device, 1, warmup=3)
+    samples = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, times in zip(runs, samples):
+            times.append(time_fn(run, device, 1, warmup=0))
+    medians = [statistics.median(times) for times in samples]
+    return medians[0], (medians[1] if theirs is not None else None)
+
+
+def copy_bandwidth(numel: int, device: str, repeats: int) -> float:
+    """The yardstick: GB/s of a device-to-device copy of an fp32 tensor of case (a)'s size."""
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    seconds = time_fn(lambda: dst.copy_(src), device, repeats)
+    return 2 * src.numel() * src.element_size() / seconds / 1e9
+
+
+def case_rows(dtype: torch.dtype, name: str, shapes, device: str, repeats: int, copy_gbps: float) -> list[dict]:
+    """Both variants of one case: its grads live as long as this call."""
+    grads = [torch.randn(shape, device=device).to(dtype) for shape in shapes]
+    numel = sum(g.numel() for g in grads)
+    inv_scale = torch.full((), INV_SCALE, device=device)
+    found_inf = torch.zeros((), device=device)
+    norm = torch.zeros((), device=device)
+
+    def ours():
+        torch.ops.ampkit.unscale_and_check_(grads, found_inf, inv_scale)
+
+    def ours_with_norm():
+        torch.ops.ampkit.unscale_and_check_(grads, found_inf, inv_scale, norm)
+
+    def theirs():
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+
+    def theirs_with_norm():
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+        return torch.nn.utils.get_total_norm(grads)
+
+    torch_supported = True
+    try:
+        theirs()
+    except RuntimeError:  # bf16 on CUDA
+        torch_supported = False
+    moved = 2 * numel * grads[0].element_size()
+    rows = []
+    for variant, ours_fn, theirs_fn in (("unscale", ours, theirs), ("unscale+norm", ours_with_norm, theirs_with_norm)):
+        t_ours, t_theirs = time_side_by_side(ours_fn, theirs_fn if torch_supported else None, device, repeats)
+        rows.append({"dtype": str(dtype).replace("torch.", ""), "case": name, "op": variant,
+                     "tensors": len(grads), "numel": numel,
+                     "ampkit_ms": round(t_ours * 1e3, 3),
+                     "torch_ms": round(t_theirs * 1e3, 3) if t_theirs else "n/a",
+                     "speedup": round(t_theirs / t_ours, 2) if t_theirs else "n/a",
+                     "ampkit_GBps": round(moved / t_ours / 1e9, 1),
+                     "torch_GBps": round(moved / t_theirs / 1e9, 1) if t_theirs else "n/a",
+                     "of_copy": round(moved / t_ours / 1e9 / copy_gbps, 2)})
+    return rows
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--big-numel", type=int, default=None, help="elements of case (a) (default 2**28, quick 2**20)")
@@ -58,56 +123,12 @@ def main() -> None:
     device = args.device
     big = args.big_numel or (1 << (20 if args.quick else 28))
     cases = {"(a) one tensor": [(big,)], "(b) gpt2-small": gpt2_small_shapes(args.quick)}
-
-    # The yardstick: a device-to-device copy of case (a)'s fp32 tensor.
-    src = torch.randn(big, device=device)
-    dst = torch.empty_like(src)
-    t_copy = time_fn(lambda: dst.copy_(src), device, repeats)
-    copy_gbps = 2 * src.numel() * src.element_size() / t_copy / 1e9
-    del src, dst
+    copy_gbps = copy_bandwidth(big, device, repeats)
 
     rows = []
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for name, shapes in cases.items():
-            grads = [torch.randn(shape, device=device).to(dtype) for shape in shapes]
-            numel = sum(g.numel() for g in grads)
-            inv_scale = torch.full((), INV_SCALE, device=device)
-            found_inf = torch.zeros((), device=device)
-            norm = torch.zeros((), device=device)
-
-            def ours():
-                torch.ops.ampkit.unscale_and_check_(grads, found_inf, inv_scale)
-
-            def ours_with_norm():
-                torch.ops.ampkit.unscale_and_check_(grads, found_inf, inv_scale, norm)
-
-            def theirs():
-                torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
-
-            def theirs_with_norm():
-                torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
-                return torch.nn.utils.get_total_norm(grads)
-
-            torch_supported = True
-            try:
-                theirs()
-            except RuntimeError:  # bf16 on CUDA
-                torch_supported = False
-            moved = 2 * numel * grads[0].element_size()
-            for variant, ours_fn, theirs_fn in (("unscale", ours, theirs), ("unscale+norm", ours_with_norm,
-                                                                               theirs_with_norm)):
-                t_ours = time_fn(ours_fn, device, repeats)
-                t_theirs = time_fn(theirs_fn, device, repeats) if torch_supported else None
-                row = {"dtype": str(dtype).replace("torch.", ""), "case": name, "op": variant,
-                       "tensors": len(grads), "numel": numel,
-                       "ampkit_ms": round(t_ours * 1e3, 3),
-                       "torch_ms": round(t_theirs * 1e3, 3) if t_theirs else "n/a",
-                       "speedup": round(t_theirs / t_ours, 2) if t_theirs else "n/a",
-                       "ampkit_GBps": round(moved / t_ours / 1e9, 1),
-                       "torch_GBps": round(moved / t_theirs / 1e9, 1) if t_theirs else "n/a",
-                       "of_copy": round(moved / t_ours / 1e9 / copy_gbps, 2)}
-                rows.append(row)
-            del grads
+            rows += case_rows(dtype, name, shapes, device, repeats, copy_gbps)
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
 
@@ -115,7 +136,8 @@ def main() -> None:
            f"(copy of case (a): {copy_gbps:.1f} GB/s)", rows,
            ["dtype", "case", "op", "tensors", "numel", "ampkit_ms", "torch_ms", "speedup", "ampkit_GBps",
             "torch_GBps", "of_copy"], args,
-           extra={"copy_GBps": round(copy_gbps, 1), "copy_numel": big, "inv_scale": INV_SCALE}, targets=TARGETS)
+           extra={"copy_GBps": round(copy_gbps, 1), "copy_numel": big, "inv_scale": INV_SCALE,
+                  "ampkit": ampkit.__version__}, targets=TARGETS)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 // CPU kernels of unscale_and_check_ and update_scale_.
 //
 // fp32, fp16 and bf16 grads are unscaled in fp32 and rounded once; fp64 grads in fp64 (UnscaleMath).
+// Each block runs the portable loop below, or on x86-64 an AVX2 or AVX-512 one chosen at run time
+// (cpu/vector_isa.h); all of them give the same bits: values, found_inf and the norm.
 //
 // The norm is accumulated in double: each fixed block of kGrainSize elements produces a double
 // partial, and the partials are summed in block order. Double keeps the result within an ulp of
 // the exact norm of the fp32 values for any realistic size (fp32 running sums lose ~log2(n)
-// bits), and fixed blocks summed in order make it independent of the number of threads, so a
-// run is reproducible on any machine with the same instruction set.
+// bits), and fixed blocks summed in order make it independent of the number of threads. Every
+// instruction set sums a block's squares in the same order, so the norm is reproducible on any
+// x86-64 machine.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
@@ -14,6 +17,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "ampkit_kernels/scale_math.h"
@@ -41,6 +45,12 @@ struct UnscaleMath<double> {
   using type = double;
 };
 
+// The squares of a block are summed in this many double lanes: element begin + k * kSquareLanes + l
+// goes to lane l, the elements past the last whole group to lane 0 one by one, then the lanes are
+// added in order from 0.0. 32 independent sums, so that the vector loops' additions do not wait
+// on one another; every instruction set adds in this one order.
+constexpr int kSquareLanes = 32;
+
 // One block [begin, end). Written so that the compiler vectorises it: independent lanes, the
 // non-finite test as a float sum (x - x is 0 for finite x, NaN otherwise), and the squares
 // summed in a second loop over the same (L1-resident) sub-block so the stores and the double
@@ -50,10 +60,10 @@ __attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin,
                                                          double& sum_of_squares) {
   using Math = typename UnscaleMath<T>::type;
   constexpr int kLanes = 8;
-  constexpr int64_t kSubBlock = 512;
+  constexpr int64_t kSubBlock = 512;  // a multiple of kSquareLanes: only a block's end has a tail
   const Math math_factor = static_cast<Math>(factor);
   Math non_finite_lanes[kLanes] = {};
-  double square_lanes[kLanes] = {};
+  double square_lanes[kSquareLanes] = {};
   for (int64_t sub = begin; sub < end; sub += kSubBlock) {
     const int64_t sub_end = std::min(end, sub + kSubBlock);
     int64_t i = sub;
@@ -71,8 +81,8 @@ __attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin,
     }
     if (Norm) {
       i = sub;
-      for (; i + kLanes <= sub_end; i += kLanes) {
-        for (int lane = 0; lane < kLanes; ++lane) {
+      for (; i + kSquareLanes <= sub_end; i += kSquareLanes) {
+        for (int lane = 0; lane < kSquareLanes; ++lane) {
           const double unscaled = static_cast<Math>(data[i + lane]);
           square_lanes[lane] += unscaled * unscaled;
         }
@@ -85,10 +95,8 @@ __attribute__((always_inline)) inline bool unscale_block(T* data, int64_t begin,
   }
   bool non_finite = false;
   sum_of_squares = 0.0;
-  for (int lane = 0; lane < kLanes; ++lane) {
-    non_finite |= non_finite_lanes[lane] != Math(0);  // NaN != 0 too
-    sum_of_squares += square_lanes[lane];
-  }
+  for (int lane = 0; lane < kLanes; ++lane) non_finite |= non_finite_lanes[lane] != Math(0);  // NaN != 0 too
+  for (int lane = 0; lane < kSquareLanes; ++lane) sum_of_squares += square_lanes[lane];
   return non_finite;
 }
 
@@ -120,112 +128,166 @@ AMPKIT_DEFINE_BLOCK_FN(block_f64_rn, double, false, true)
 #undef AMPKIT_DEFINE_BLOCK_FN
 
 #if AMPKIT_X86_DISPATCH
-// The fp32 blocks again for AVX2/FMA (the compiler vectorises the same loop wider). The 16-bit
-// dtypes get blocks written with conversion intrinsics instead (block_16bit_avx2 below).
-#define AMPKIT_DEFINE_BLOCK_FN_V3(NAME, WRITE, NORM)                                                              \
-  AMPKIT_X86_V3 bool NAME##_v3(void* data, int64_t begin, int64_t end, float factor, double& squares) {            \
-    return unscale_block<float, WRITE, NORM>(static_cast<float*>(data), begin, end, factor, squares);              \
-  }
-AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_w, true, false)
-AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_wn, true, true)
-AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_r, false, false)
-AMPKIT_DEFINE_BLOCK_FN_V3(block_f32_rn, false, true)
-#undef AMPKIT_DEFINE_BLOCK_FN_V3
-#endif
+// ---- fp32, fp16 and bf16 blocks with intrinsics (conversions: cpu/vector_isa.h), bit for bit
+// the portable block's results: the same rounding and NaNs (c10::Half's sign | 0x7E00, bf16
+// 0x7FC0) for the unscaled values, the same flag, and the same norm, because the squares go to
+// the same kSquareLanes double lanes in the same order (see there). A float's square is exact in
+// double, so however a square is added it rounds once, as the portable loop's does.
 
-#if AMPKIT_X86_DISPATCH
-// fp16 <-> fp32 through F16C and bf16 <-> fp32 through AVX2 integer ops (cpu/vector_isa.h).
-// fp16 NaNs keep their payload here, as in torch's own unscale; the baseline code writes
-// c10::Half's sign | 0x7E00. Every other value is identical on both.
-// The end of an AVX2 block: fold the vector lanes, then the scalar tail [i, end).
+// Loads are prefetched this far ahead, as in the optimizer step (cpu/optim.cpp). In paired runs
+// against torch on this machine's shared Zen 5, 4096 bytes came out level with or a few % ahead
+// of 2048 and none; the loops stay memory-bound either way.
+constexpr uintptr_t kPrefetchBytes = 4096;
+
 template <typename T>
-AMPKIT_X86_V3 inline bool finish_block_avx2(T* data, int64_t i, int64_t end, float factor, bool write, bool norm,
-                                            __m256 non_finite, __m256d squares_low, __m256d squares_high,
-                                            double& sum_of_squares) {
-  alignas(32) float non_finite_lanes[8];
-  alignas(32) double low_lanes[4];
-  alignas(32) double high_lanes[4];
-  _mm256_store_ps(non_finite_lanes, non_finite);
-  _mm256_store_pd(low_lanes, squares_low);
-  _mm256_store_pd(high_lanes, squares_high);
+inline void prefetch_ahead(const T* data) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(data) + kPrefetchBytes), _MM_HINT_T0);
+}
+
+// The elements past the last whole group of kSquareLanes, then the fold of the lanes, as the
+// portable block does them.
+template <typename T, bool Write, bool Norm>
+inline bool finish_block(T* data, int64_t i, int64_t end, float factor, const double* vector_lanes,
+                         double& sum_of_squares) {
+  double square_lanes[kSquareLanes];
+  for (int lane = 0; lane < kSquareLanes; ++lane) square_lanes[lane] = vector_lanes[lane];
   bool found = false;
-  sum_of_squares = 0.0;
-  for (float lane : non_finite_lanes) found |= lane != 0.0f;
-  for (int lane = 0; lane < 4; ++lane) sum_of_squares += low_lanes[lane] + high_lanes[lane];
-  for (; i < end; ++i) {  // the tail
+  for (; i < end; ++i) {
     const float value = static_cast<float>(data[i]);
     found |= is_non_finite(value);
-    if (write) data[i] = static_cast<T>(value * factor);
-    if (norm) {
+    if (Write) data[i] = static_cast<T>(value * factor);
+    if (Norm) {
       const double unscaled = static_cast<float>(data[i]);
-      sum_of_squares += unscaled * unscaled;
+      square_lanes[0] += unscaled * unscaled;
     }
   }
+  sum_of_squares = 0.0;
+  for (double lane : square_lanes) sum_of_squares += lane;
   return found;
 }
 
-// How the 16-bit block below widens and narrows: the one difference between fp16 and bf16.
-struct F16cConversion {
-  AMPKIT_X86_V3 static __m256 widen(__m128i narrow) { return x86::widen_f16(narrow); }
-  AMPKIT_X86_V3 static __m128i narrow(__m256 values) { return x86::narrow_f16(values); }
-};
-struct Bf16Avx2Conversion {
-  AMPKIT_X86_V3 static __m256 widen(__m128i narrow) { return x86::widen_bf16(narrow); }
-  AMPKIT_X86_V3 static __m128i narrow(__m256 values) { return x86::narrow_bf16(values); }
-};
+// Store values as T and return what was stored, widened back to fp32 (for the norm), from the
+// registers: reading the stores back costs the 16-bit loops half their speed (store forwarding).
+AMPKIT_X86_V3 inline __m256 store8_and_widen(float* data, __m256 values) {
+  _mm256_storeu_ps(data, values);
+  return values;
+}
+AMPKIT_X86_V3 inline __m256 store8_and_widen(c10::Half* data, __m256 values) {
+  const __m128i halves = x86::canonical_f16_nan(x86::narrow_f16(values));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(data), halves);
+  return x86::widen_f16(halves);
+}
+AMPKIT_X86_V3 inline __m256 store8_and_widen(c10::BFloat16* data, __m256 values) {
+  const __m128i narrow = x86::narrow_bf16(values);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(data), narrow);
+  return x86::widen_bf16(narrow);
+}
+AMPKIT_X86_V4 inline __m512 store16_and_widen(float* data, __m512 values) {
+  _mm512_storeu_ps(data, values);
+  return values;
+}
+AMPKIT_X86_V4 inline __m512 store16_and_widen(c10::Half* data, __m512 values) {
+  const __m256i halves = x86::narrow_f16_canonical(values);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(data), halves);
+  return x86::widen_f16(halves);
+}
+AMPKIT_X86_V4 inline __m512 store16_and_widen(c10::BFloat16* data, __m512 values) {
+  const __m256i narrow = x86::narrow_bf16(values);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(data), narrow);
+  return x86::widen_bf16(narrow);
+}
 
-template <typename T, typename Conversion>
-AMPKIT_X86_V3 bool block_16bit_avx2(void* raw, int64_t begin, int64_t end, float factor, bool write, bool norm,
-                                    double& sum_of_squares) {
+// 8 elements from i: test, unscale, and add their squares to lanes [4 * 2q, 4 * 2q + 8).
+template <typename T, bool Write, bool Norm>
+AMPKIT_X86_V3 inline void group8_avx2(T* data, int64_t i, __m256 factors, __m256& non_finite, __m256d& squares_low,
+                                      __m256d& squares_high) {
+  prefetch_ahead(data + i);
+  __m256 values = x86::load8(data + i);
+  non_finite = _mm256_or_ps(non_finite, _mm256_sub_ps(values, values));  // x - x: NaN unless x is finite
+  if (Write) values = store8_and_widen(data + i, _mm256_mul_ps(values, factors));  // the norm squares what was written
+  if (Norm) {
+    const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(values));
+    const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(values, 1));
+    squares_low = _mm256_add_pd(squares_low, _mm256_mul_pd(low, low));
+    squares_high = _mm256_add_pd(squares_high, _mm256_mul_pd(high, high));
+  }
+}
+
+template <typename T, bool Write, bool Norm>
+AMPKIT_X86_V3 bool block_avx2(void* raw, int64_t begin, int64_t end, float factor, double& sum_of_squares) {
   T* data = static_cast<T*>(raw);
   const __m256 factors = _mm256_set1_ps(factor);
   __m256 non_finite = _mm256_setzero_ps();
-  __m256d squares_low = _mm256_setzero_pd();
-  __m256d squares_high = _mm256_setzero_pd();
+  __m256d squares[kSquareLanes / 4];  // squares[q]: lanes 4q .. 4q + 3
+  for (__m256d& lanes : squares) lanes = _mm256_setzero_pd();
   int64_t i = begin;
-  for (; i + 8 <= end; i += 8) {
-    __m128i narrow = _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + i));
-    const __m256 values = Conversion::widen(narrow);
-    non_finite = _mm256_add_ps(non_finite, _mm256_sub_ps(values, values));
-    __m256 unscaled = values;
-    if (write) {
-      narrow = Conversion::narrow(_mm256_mul_ps(values, factors));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(data + i), narrow);
-      unscaled = Conversion::widen(narrow);
-    }
-    if (norm) {
-      const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(unscaled));
-      const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(unscaled, 1));
-      squares_low = _mm256_fmadd_pd(low, low, squares_low);
-      squares_high = _mm256_fmadd_pd(high, high, squares_high);
+  for (; i + kSquareLanes <= end; i += kSquareLanes) {
+    for (int group = 0; group < kSquareLanes / 8; ++group) {
+      group8_avx2<T, Write, Norm>(data, i + 8 * group, factors, non_finite, squares[2 * group], squares[2 * group + 1]);
     }
   }
-  return finish_block_avx2(data, i, end, factor, write, norm, non_finite, squares_low, squares_high, sum_of_squares);
+  alignas(32) double square_lanes[kSquareLanes];
+  for (int q = 0; q < kSquareLanes / 4; ++q) _mm256_store_pd(square_lanes + 4 * q, squares[q]);
+  const bool found = _mm256_movemask_ps(_mm256_cmp_ps(non_finite, non_finite, _CMP_UNORD_Q)) != 0;
+  return finish_block<T, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
 }
 
-template <typename T, typename Conversion, bool Write, bool Norm>
-AMPKIT_X86_V3 bool block_16bit_avx2_fn(void* data, int64_t begin, int64_t end, float factor, double& squares) {
-  return block_16bit_avx2<T, Conversion>(data, begin, end, factor, Write, Norm, squares);
-}
-
-template <typename T, typename Conversion>
-BlockFn select_block_16bit_avx2(bool write, bool norm) {
-  if (write) {
-    return norm ? block_16bit_avx2_fn<T, Conversion, true, true> : block_16bit_avx2_fn<T, Conversion, true, false>;
+// 16 elements from i: test, unscale, and add their squares to lanes [8 * 2q, 8 * 2q + 16).
+template <typename T, bool Write, bool Norm>
+AMPKIT_X86_V4 inline void group16_avx512(T* data, int64_t i, __m512 factors, __m512& non_finite,
+                                         __m512d& squares_low, __m512d& squares_high) {
+  prefetch_ahead(data + i);
+  __m512 values = x86::load16(data + i);
+  non_finite = _mm512_or_ps(non_finite, _mm512_sub_ps(values, values));
+  if (Write) values = store16_and_widen(data + i, _mm512_mul_ps(values, factors));
+  if (Norm) {
+    const __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(values));
+    const __m512d high = _mm512_cvtps_pd(_mm512_extractf32x8_ps(values, 1));
+    squares_low = _mm512_add_pd(squares_low, _mm512_mul_pd(low, low));
+    squares_high = _mm512_add_pd(squares_high, _mm512_mul_pd(high, high));
   }
-  return norm ? block_16bit_avx2_fn<T, Conversion, false, true> : block_16bit_avx2_fn<T, Conversion, false, false>;
+}
+
+template <typename T, bool Write, bool Norm>
+AMPKIT_X86_V4 bool block_avx512(void* raw, int64_t begin, int64_t end, float factor, double& sum_of_squares) {
+  T* data = static_cast<T*>(raw);
+  const __m512 factors = _mm512_set1_ps(factor);
+  __m512 non_finite = _mm512_setzero_ps();
+  __m512d squares[kSquareLanes / 8];  // squares[q]: lanes 8q .. 8q + 7
+  for (__m512d& lanes : squares) lanes = _mm512_setzero_pd();
+  int64_t i = begin;
+  for (; i + kSquareLanes <= end; i += kSquareLanes) {
+    for (int group = 0; group < kSquareLanes / 16; ++group) {
+      group16_avx512<T, Write, Norm>(data, i + 16 * group, factors, non_finite, squares[2 * group],
+                                     squares[2 * group + 1]);
+    }
+  }
+  alignas(64) double square_lanes[kSquareLanes];
+  for (int q = 0; q < kSquareLanes / 8; ++q) _mm512_store_pd(square_lanes + 8 * q, squares[q]);
+  const bool found = _mm512_cmp_ps_mask(non_finite, non_finite, _CMP_UNORD_Q) != 0;
+  return finish_block<T, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
+}
+
+template <typename T>
+BlockFn select_vector_block(CpuIsa isa, bool write, bool norm) {
+  if (isa == CpuIsa::kAvx512) {
+    if (write) return norm ? block_avx512<T, true, true> : block_avx512<T, true, false>;
+    return norm ? block_avx512<T, false, true> : block_avx512<T, false, false>;
+  }
+  if (write) return norm ? block_avx2<T, true, true> : block_avx2<T, true, false>;
+  return norm ? block_avx2<T, false, true> : block_avx2<T, false, false>;
 }
 
 #endif
 
 BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
 #if AMPKIT_X86_DISPATCH
-  if (use_vector_isa()) {
+  const CpuIsa isa = selected_cpu_isa();
+  if (isa != CpuIsa::kBaseline) {
     switch (dtype) {
-      case at::kFloat:
-        return write ? (norm ? block_f32_wn_v3 : block_f32_w_v3) : (norm ? block_f32_rn_v3 : block_f32_r_v3);
-      case at::kHalf: return select_block_16bit_avx2<c10::Half, F16cConversion>(write, norm);
-      case at::kBFloat16: return select_block_16bit_avx2<c10::BFloat16, Bf16Avx2Conversion>(write, norm);
+      case at::kFloat: return select_vector_block<float>(isa, write, norm);
+      case at::kHalf: return select_vector_block<c10::Half>(isa, write, norm);
+      case at::kBFloat16: return select_vector_block<c10::BFloat16>(isa, write, norm);
       default: break;
     }
   }
@@ -240,8 +302,9 @@ BlockFn select_block_fn(at::ScalarType dtype, bool write, bool norm) {
 }
 
 // One pass over `numel` elements stored flat at `data`, in fixed blocks of kGrainSize elements
-// run in parallel. Each block's sum of squares lands in its own slot and the slots are added in
-// block order, so the norm does not depend on the thread count.
+// run in parallel (the threads take them one by one: parallel_items). Each block's sum of squares
+// lands in its own slot and the slots are added in block order, so the norm does not depend on
+// the thread count.
 FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float factor, bool write, bool norm) {
   FlatResult result;
   if (numel == 0) return result;
@@ -249,14 +312,10 @@ FlatResult unscale_flat(void* data, at::ScalarType dtype, int64_t numel, float f
   const int64_t num_blocks = (numel + kGrainSize - 1) / kGrainSize;
   std::vector<double> partials(num_blocks, 0.0);
   std::atomic<bool> found{false};
-  at::parallel_for(0, num_blocks, 1, [&](int64_t first_block, int64_t last_block) {
-    bool non_finite = false;
-    for (int64_t block = first_block; block < last_block; ++block) {
-      const int64_t begin = block * kGrainSize;
-      const int64_t end = std::min(numel, begin + kGrainSize);
-      non_finite |= block_fn(data, begin, end, factor, partials[block]);
-    }
-    if (non_finite) found.store(true, std::memory_order_relaxed);
+  parallel_items(num_blocks, [&](int64_t block) {
+    const int64_t begin = block * kGrainSize;
+    const int64_t end = std::min(numel, begin + kGrainSize);
+    if (block_fn(data, begin, end, factor, partials[block])) found.store(true, std::memory_order_relaxed);
   });
   result.non_finite = found.load();
   for (double partial : partials) result.sum_of_squares += partial;
@@ -284,7 +343,10 @@ void unscale_and_check_cpu(at::TensorList grads, const at::Tensor& found_inf, co
     if (!flat && write) grad.copy_(work);
   }
   if (any_non_finite) *found_inf.mutable_data_ptr<float>() = 1.0f;
-  if (norm) *norm_out->mutable_data_ptr<float>() = static_cast<float>(std::sqrt(sum_of_squares));
+  // A NaN norm is always the quiet NaN 0x7FC00000: which NaN's payload a sum of several keeps
+  // depends on the compiler's operand order, which differs between the instruction sets.
+  const float norm_value = static_cast<float>(std::sqrt(sum_of_squares));
+  if (norm) *norm_out->mutable_data_ptr<float>() = std::isnan(norm_value) ? std::numeric_limits<float>::quiet_NaN() : norm_value;
 }
 
 // The rule itself is scale_math::update_scale_state, which the CUDA kernel runs too.

@@ -8,6 +8,11 @@
 // updates in double with float64 state. On fp32 parameters the results therefore differ from
 // torch's only by rounding (FMA contraction and vectorisation), which the differential tests bound.
 //
+// The update functions take the value type V apart from the coefficients' type T: the kernels
+// run them on V = T, and the CPU kernels also on a vector of floats (csrc/cpu/vector_isa.h's
+// FloatVec, whose operators work lane by lane, plus nan_propagating_max and square_root
+// overloads for it), so every instruction set runs these very formulas.
+//
 // Plain C++ (no CUDA or ATen headers), so the CPU-only build can include it.
 #pragma once
 
@@ -78,12 +83,12 @@ AMPKIT_HOST_DEVICE SgdCoefficients<T> sgd_coefficients(const SgdHyper& hyper, do
 }
 
 // Returns the new weight; `momentum_buffer` is updated in place when momentum is on.
-template <typename T>
-AMPKIT_HOST_DEVICE T sgd_update(T param, T grad, T& momentum_buffer, const SgdCoefficients<T>& c) {
+template <typename V, typename T>
+AMPKIT_HOST_DEVICE V sgd_update(V param, V grad, V& momentum_buffer, const SgdCoefficients<T>& c) {
   if (c.maximize) grad = -grad;
   if (c.weight_decay != T(0)) grad = grad + c.weight_decay * param;
   if (c.has_momentum) {
-    T buffer = grad;
+    V buffer = grad;
     if (!c.first_step) {
       buffer = momentum_buffer * c.momentum;
       buffer = buffer + c.one_minus_dampening * grad;
@@ -134,16 +139,16 @@ AMPKIT_HOST_DEVICE AdamCoefficients<T> adam_coefficients(const AdamHyper& hyper,
 }
 
 // torch.lerp's formula: the branch keeps the result exact at both ends of the weight range.
-template <typename T>
-AMPKIT_HOST_DEVICE T lerp(T self, T end, T weight) {
+template <typename V, typename T>
+AMPKIT_HOST_DEVICE V lerp(V self, V end, T weight) {
   return weight < T(0.5) ? self + weight * (end - self) : end - (end - self) * (T(1) - weight);
 }
 
 // Returns the new weight; exp_avg and exp_avg_sq are updated in place, and with amsgrad
 // max_exp_avg_sq too (torch: max_exp_avg_sq = maximum(max_exp_avg_sq, exp_avg_sq), and the
 // denominator takes it in place of exp_avg_sq). Without amsgrad max_exp_avg_sq is not touched.
-template <typename T>
-AMPKIT_HOST_DEVICE T adam_update(T param, T grad, T& exp_avg, T& exp_avg_sq, T& max_exp_avg_sq,
+template <typename V, typename T>
+AMPKIT_HOST_DEVICE V adam_update(V param, V grad, V& exp_avg, V& exp_avg_sq, V& max_exp_avg_sq,
                                  const AdamCoefficients<T>& c) {
   if (c.maximize) grad = -grad;
   if (c.weight_decay != T(0)) {
@@ -156,12 +161,12 @@ AMPKIT_HOST_DEVICE T adam_update(T param, T grad, T& exp_avg, T& exp_avg_sq, T& 
   exp_avg = lerp(exp_avg, grad, c.lerp_weight);
   exp_avg_sq = exp_avg_sq * c.beta2;
   exp_avg_sq = exp_avg_sq + c.one_minus_beta2 * grad * grad;
-  T second_moment = exp_avg_sq;
+  V second_moment = exp_avg_sq;
   if (c.amsgrad) {
     max_exp_avg_sq = nan_propagating_max(max_exp_avg_sq, exp_avg_sq);
     second_moment = max_exp_avg_sq;
   }
-  const T denom = square_root(second_moment) / c.bias_correction2_sqrt + c.eps;
+  const V denom = square_root(second_moment) / c.bias_correction2_sqrt + c.eps;
   return param + c.neg_step_size * exp_avg / denom;
 }
 
