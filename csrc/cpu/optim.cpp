@@ -78,7 +78,8 @@ struct SgdRule {
   static constexpr bool kUpdates = true;
   using Coefficients = math::SgdCoefficients<Compute>;
   template <typename V>
-  static V update(V weight, V grad, V& momentum_buffer, V&, V&, const Coefficients& c) {
+  __attribute__((always_inline)) static V update(V weight, V grad, V& momentum_buffer, V&, V&,
+                                                 const Coefficients& c) {
     return math::sgd_update(weight, grad, momentum_buffer, c);
   }
 };
@@ -88,7 +89,8 @@ struct AdamRule {
   static constexpr bool kUpdates = true;
   using Coefficients = math::AdamCoefficients<Compute>;
   template <typename V>
-  static V update(V weight, V grad, V& exp_avg, V& exp_avg_sq, V& max_exp_avg_sq, const Coefficients& c) {
+  __attribute__((always_inline)) static V update(V weight, V grad, V& exp_avg, V& exp_avg_sq, V& max_exp_avg_sq,
+                                                 const Coefficients& c) {
     return math::adam_update(weight, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c);
   }
 };
@@ -100,7 +102,7 @@ struct UnscaleGradsRule {
   static constexpr bool kUpdates = false;
   using Coefficients = int;
   template <typename V>
-  static V update(V weight, V, V&, V&, V&, const Coefficients&) {
+  __attribute__((always_inline)) static V update(V weight, V, V&, V&, V&, const Coefficients&) {
     return weight;
   }
 };

@@ -203,9 +203,12 @@ AMPKIT_X86_V4 inline void store16(c10::BFloat16* data, __m512 values) {
 // GCC's vector extensions: each operator is one IEEE operation per lane (what the scalar code
 // does per element), needs no target attribute (so the templates of optim_math.h instantiate with
 // it anywhere) and becomes AVX2 or AVX-512 instructions once inlined into a function compiled for
-// that target (the kernels are marked flatten for this). A scalar operand is broadcast.
-// FloatVec values only ever pass between functions that get inlined into one kernel, so GCC's
-// note that their calling convention changed in GCC 4.6 concerns no call ampkit makes.
+// that target (the kernels are marked flatten, and these operators always_inline, for this). A
+// scalar operand is broadcast. FloatVec values only ever pass between functions that are inlined
+// into one kernel: an out-of-line copy compiled for the baseline ISA would take and return them
+// under another calling convention than the AVX-512 caller uses (always_inline makes that a compile
+// error rather than a crash; the ASan build, where flatten alone left one call out of line, showed it).
+#define AMPKIT_VECTOR_INLINE inline __attribute__((always_inline))
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
 template <int Lanes>
@@ -214,22 +217,22 @@ struct FloatVec {
   Native v;
 };
 
-template <int L> inline FloatVec<L> operator+(FloatVec<L> a, FloatVec<L> b) { return {a.v + b.v}; }
-template <int L> inline FloatVec<L> operator-(FloatVec<L> a, FloatVec<L> b) { return {a.v - b.v}; }
-template <int L> inline FloatVec<L> operator*(FloatVec<L> a, FloatVec<L> b) { return {a.v * b.v}; }
-template <int L> inline FloatVec<L> operator/(FloatVec<L> a, FloatVec<L> b) { return {a.v / b.v}; }
-template <int L> inline FloatVec<L> operator-(FloatVec<L> a) { return {-a.v}; }
-template <int L> inline FloatVec<L> operator+(FloatVec<L> a, float b) { return {a.v + b}; }
-template <int L> inline FloatVec<L> operator+(float a, FloatVec<L> b) { return {a + b.v}; }
-template <int L> inline FloatVec<L> operator-(FloatVec<L> a, float b) { return {a.v - b}; }
-template <int L> inline FloatVec<L> operator-(float a, FloatVec<L> b) { return {a - b.v}; }
-template <int L> inline FloatVec<L> operator*(FloatVec<L> a, float b) { return {a.v * b}; }
-template <int L> inline FloatVec<L> operator*(float a, FloatVec<L> b) { return {a * b.v}; }
-template <int L> inline FloatVec<L> operator/(FloatVec<L> a, float b) { return {a.v / b}; }
-template <int L> inline FloatVec<L> operator/(float a, FloatVec<L> b) { return {a / b.v}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator+(FloatVec<L> a, FloatVec<L> b) { return {a.v + b.v}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator-(FloatVec<L> a, FloatVec<L> b) { return {a.v - b.v}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator*(FloatVec<L> a, FloatVec<L> b) { return {a.v * b.v}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator/(FloatVec<L> a, FloatVec<L> b) { return {a.v / b.v}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator-(FloatVec<L> a) { return {-a.v}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator+(FloatVec<L> a, float b) { return {a.v + b}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator+(float a, FloatVec<L> b) { return {a + b.v}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator-(FloatVec<L> a, float b) { return {a.v - b}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator-(float a, FloatVec<L> b) { return {a - b.v}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator*(FloatVec<L> a, float b) { return {a.v * b}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator*(float a, FloatVec<L> b) { return {a * b.v}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator/(FloatVec<L> a, float b) { return {a.v / b}; }
+template <int L> AMPKIT_VECTOR_INLINE FloatVec<L> operator/(float a, FloatVec<L> b) { return {a / b.v}; }
 
 template <int L>
-inline FloatVec<L> broadcast(float value) {
+AMPKIT_VECTOR_INLINE FloatVec<L> broadcast(float value) {
   FloatVec<L> result;
   for (int lane = 0; lane < L; ++lane) result.v[lane] = value;  // one broadcast instruction
   return result;
