@@ -12,11 +12,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cpu/Utils.h>
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/gelu_backward.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/sum.h>
-#include <ATen/ops/threshold_backward.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -74,13 +72,23 @@ at::Tensor linear_low_precision(const at::Tensor& x, const at::Tensor& weight, c
   return at::mm(x, weight.t());
 }
 
+// The same, written into `out` [rows, out_features].
+void linear_low_precision_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias) {
+  if (bias.has_value() && bias->defined()) {
+    at::addmm_out(out, *bias, x, weight.t());
+  } else {
+    at::mm_out(out, x, weight.t());
+  }
+}
+
 // activation(x @ weight.T + bias), the activation applied to the fp32 accumulator.
 at::Tensor linear_activation_low_precision(const at::Tensor& x, const at::Tensor& weight,
                                            const std::optional<at::Tensor>& bias, Activation activation) {
   switch (activation) {
     case Activation::Gelu:
-      return linear_pointwise()->call(x.contiguous(), weight.contiguous(), bias, "gelu", c10::List<std::optional<c10::Scalar>>(),
-                                      std::optional<c10::string_view>("tanh"));
+      return linear_pointwise()->call(x.contiguous(), weight.contiguous(), bias, "gelu",
+                                      c10::List<std::optional<c10::Scalar>>(), std::optional<c10::string_view>("tanh"));
     case Activation::Relu: return at::relu(linear_low_precision(x, weight, bias));  // exact on a rounded value
     case Activation::None: break;
   }
@@ -92,26 +100,18 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_low_precision(const at::Tensor
                                                                 Activation activation, const LinearShape& shape) {
   const at::Tensor x = input.reshape({shape.rows, shape.in_features});
   at::Tensor saved = detail::empty_saved(activation, shape, input.options());
-  at::Tensor output;
   if (activation == Activation::Gelu) {
     // The GELU input for the backward, rounded to the input dtype as the CUDA path's GELU_AUX
-    // epilogue stores it, and the output from the post-op on the unrounded accumulator: two GEMMs,
-    // because oneDNN returns one result per GEMM and the output must be rounded only once.
+    // epilogue stores it; the output below comes from the post-op on the unrounded accumulator: two
+    // GEMMs, because oneDNN returns one result per GEMM and the output must be rounded only once.
     if (saved.size(1) == shape.out_features) {
-      // No padding: the GEMM writes the buffer itself.
-      if (bias.has_value() && bias->defined()) {
-        at::addmm_out(saved, *bias, x, weight.t());
-      } else {
-        at::mm_out(saved, x, weight.t());
-      }
+      linear_low_precision_out(saved, x, weight, bias);  // no padding: the GEMM writes the buffer itself
     } else {
       saved.narrow(1, shape.out_features, saved.size(1) - shape.out_features).zero_();
       saved.narrow(1, 0, shape.out_features).copy_(linear_low_precision(x, weight, bias));
     }
-    output = linear_activation_low_precision(x, weight, bias, activation);
-  } else {
-    output = linear_activation_low_precision(x, weight, bias, activation);
   }
+  const at::Tensor output = linear_activation_low_precision(x, weight, bias, activation);
   return {output.reshape(shape.output_sizes), saved};
 }
 
@@ -175,10 +175,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_forward_low_precision(const a
                                                                          const at::Tensor& weight2,
                                                                          const std::optional<at::Tensor>& bias2,
                                                                          const detail::MlpShape& shape) {
-  const at::Tensor x = input.reshape({shape.first.rows, shape.first.in_features});
-  auto [hidden, pre] = linear_forward_low_precision(x, weight1, bias1, Activation::Gelu, shape.first);
-  at::Tensor output = linear_low_precision(hidden.reshape({shape.first.rows, shape.first.out_features}), weight2, bias2);
-  return {output.reshape(shape.second.output_sizes), hidden.reshape({shape.first.rows, shape.first.out_features}), pre};
+  // shape.first's output sizes are 2-D: hidden is [rows, hidden_features] as it comes.
+  auto [hidden, pre] = linear_forward_low_precision(input, weight1, bias1, Activation::Gelu, shape.first);
+  at::Tensor output = linear_low_precision(hidden, weight2, bias2);
+  return {output.reshape(shape.second.output_sizes), hidden, pre};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_backward_low_precision(
@@ -196,7 +196,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_mlp_forward_cpu(const at::T
                                                                      const at::Tensor& weight2,
                                                                      const std::optional<at::Tensor>& bias2) {
   const auto shape = detail::check_fused_mlp_args(detail::kFusedMlpForwardOp, input, weight1, bias1, weight2, bias2);
-  if (mlp_low_precision_route(input, shape)) return mlp_forward_low_precision(input, weight1, bias1, weight2, bias2, shape);
+  if (mlp_low_precision_route(input, shape)) {
+    return mlp_forward_low_precision(input, weight1, bias1, weight2, bias2, shape);
+  }
   return detail::fused_mlp_forward_fp32(input, weight1, bias1, weight2, bias2, shape);
 }
 
