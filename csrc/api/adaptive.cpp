@@ -87,6 +87,25 @@ void push_window(std::vector<std::vector<std::string>>& windows, std::vector<std
   while (static_cast<int64_t>(windows.size()) > keep) windows.erase(windows.begin());
 }
 
+// Each wrapped layer's own parameters: a wrapped layer nested inside another keeps its parameters
+// to itself.
+std::vector<std::vector<at::Tensor>> own_parameters(const std::vector<std::weak_ptr<AdaptiveLayerImpl>>& layers) {
+  std::vector<std::vector<at::Tensor>> owned(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto layer = layers[i].lock();
+    if (!layer) continue;
+    std::set<const c10::TensorImpl*> inner;
+    for (const auto& module : layer->modules(/*include_self=*/false)) {
+      if (dynamic_cast<AdaptiveLayerImpl*>(module.get()) == nullptr) continue;
+      for (const auto& parameter : module->parameters()) inner.insert(parameter.unsafeGetTensorImpl());
+    }
+    for (const auto& parameter : layer->parameters()) {
+      if (!inner.count(parameter.unsafeGetTensorImpl())) owned[i].push_back(parameter);
+    }
+  }
+  return owned;
+}
+
 }  // namespace
 
 bool PrecisionChange::operator==(const PrecisionChange& other) const {
@@ -206,9 +225,8 @@ void AdaptivePrecision::close_sample(const std::vector<autocast::OutputFlag>& ou
   records_->samples.push_back(std::move(sample));
 }
 
-void AdaptivePrecision::enter_layer(size_t layer, std::optional<AutocastGuard>& guard) const {
-  const auto promoted = layers_[layer].lock();
-  if (!active_ || (promoted && promoted->promoted_)) {
+void AdaptivePrecision::enter_layer(bool promoted, std::optional<AutocastGuard>& guard) const {
+  if (!active_ || promoted) {
     guard.emplace(policy_, /*enabled=*/false);
   } else {
     guard.emplace(active_policy_);
@@ -226,32 +244,24 @@ void AdaptivePrecision::after_backward(const at::Tensor& loss) {
   TORCH_CHECK_VALUE(!loss.defined() || loss.numel() == 1,
                     "ampkit::AdaptivePrecision::after_backward: loss must be a one-element tensor, got shape ",
                     loss.sizes());
-  // Each layer's own parameters: a wrapped layer nested inside another keeps its parameters to itself.
-  std::vector<std::vector<at::Tensor>> owned(layers_.size());
-  std::vector<std::shared_ptr<AdaptiveLayerImpl>> alive(layers_.size());
-  for (size_t i = 0; i < layers_.size(); ++i) alive[i] = layers_[i].lock();
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    if (!alive[i]) continue;
-    std::set<const c10::TensorImpl*> inner;
-    for (const auto& module : alive[i]->modules(/*include_self=*/false)) {
-      if (dynamic_cast<AdaptiveLayerImpl*>(module.get()) == nullptr) continue;
-      for (const auto& parameter : module->parameters()) inner.insert(parameter.unsafeGetTensorImpl());
-    }
-    for (const auto& parameter : alive[i]->parameters()) {
-      if (!inner.count(parameter.unsafeGetTensorImpl())) owned[i].push_back(parameter);
-    }
-  }
+  const bool blame = blaming();
+  const bool sample_underflow = options_.underflow_threshold > 0 && state_.calls % options_.sample_every == 0;
+  // A clean step that samples nothing records only its loss: the layers' parameters are not walked.
+  std::vector<std::vector<at::Tensor>> owned;
   std::optional<c10::Device> device;
-  for (const auto& parameters : owned) {
-    for (const auto& parameter : parameters) {
-      if (parameter.grad().defined()) device = parameter.grad().device();
+  if (blame || sample_underflow) {
+    owned = own_parameters(layers_);
+    for (const auto& parameters : owned) {
+      for (const auto& parameter : parameters) {
+        if (parameter.grad().defined()) device = parameter.grad().device();
+      }
     }
   }
   if (!device && loss.defined()) device = loss.device();
   const auto flag_options = at::TensorOptions().dtype(at::kBool).device(device.value_or(c10::Device(c10::kCPU)));
 
   detail::StepRecord step;
-  if (blaming()) {
+  if (blame) {
     std::vector<at::Tensor> gradient_flags;
     for (const auto& parameters : owned) {
       at::Tensor any_non_finite;
@@ -271,7 +281,7 @@ void AdaptivePrecision::after_backward(const at::Tensor& loss) {
   if (loss.defined()) step.loss = loss.detach().reshape({}).to(at::kDouble);
   records_->steps.push_back(std::move(step));
 
-  if (options_.underflow_threshold > 0 && state_.calls % options_.sample_every == 0 && device) {
+  if (sample_underflow && device) {
     // The share of gradient values that fp16 would flush to zero once unscaled (never changed here).
     at::Tensor inv_scale = at::ones({}, at::TensorOptions().dtype(at::kFloat).device(*device));
     if (scaler_ != nullptr && scaler_->is_enabled() && scaler_->scale_tensor().defined()) {
@@ -582,8 +592,8 @@ void AdaptivePrecision::load_state_dict(const AdaptivePrecisionState& state) {
     if (target != kModelTarget && target != kScaleTarget && target.rfind(kOpPrefix, 0) != 0) known(target, "changes");
   }
   std::optional<c10::ScalarType> active;
-  TORCH_CHECK_VALUE(parse_dtype(state.active_dtype, active), where, "active_dtype must be 'float16', 'bfloat16' or 'float32', got '",
-                    state.active_dtype, "'");
+  TORCH_CHECK_VALUE(parse_dtype(state.active_dtype, active), where,
+                    "active_dtype must be 'float16', 'bfloat16' or 'float32', got '", state.active_dtype, "'");
   autocast::Policy policy = base_policy_;
   if (!state.denied_ops.empty()) {
     try {
@@ -627,7 +637,7 @@ void AdaptivePrecision::load_state_dict(const AdaptivePrecisionState& state) {
 
 at::Tensor AdaptiveLayerImpl::forward(const at::Tensor& input) {
   std::optional<AutocastGuard> guard;
-  controller_->enter_layer(index_, guard);
+  controller_->enter_layer(promoted_, guard);
   // FP32 (promoted): floating inputs widened, as a float32 per-module policy does.
   const bool widen = promoted_ && input.is_floating_point() && input.scalar_type() != c10::kFloat;
   at::Tensor output = inner_.forward<at::Tensor>(widen ? input.to(c10::kFloat) : input);

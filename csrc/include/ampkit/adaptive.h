@@ -180,8 +180,8 @@ class AdaptivePrecision {
 
   // Internal, for AdaptiveLayerImpl and AdaptiveRegion.
   void record_output(size_t layer, const at::Tensor& output);
-  // The region a wrapped layer's forward runs in (FP32 when promoted or when the model is in FP32).
-  void enter_layer(size_t layer, std::optional<AutocastGuard>& guard) const;
+  // The region a wrapped layer's forward runs in (FP32 when it is promoted or the model is in FP32).
+  void enter_layer(bool promoted, std::optional<AutocastGuard>& guard) const;
   void close_sample(const std::vector<autocast::OutputFlag>& outputs);
   void set_recording(bool recording);
 
