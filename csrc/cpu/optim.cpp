@@ -21,9 +21,14 @@
 
 #include <array>
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <vector>
+
+#include <unistd.h>
 
 #include "ampkit_kernels/optim_math.h"
 #include "cpu/cpu_loops.h"
@@ -68,6 +73,10 @@ struct StepJob {
   float inv_scale = 1.0f;
   float clip_coef = 1.0f;
   bool write_back_grads = false;
+  // The model copy is written with streaming stores (see run_step_jobs).
+  bool stream_param = false;
+  int64_t param_and_grad_bytes = 0;  // of one element
+  int64_t compute_bytes = 0;         // of one element of the master and of each state
   StepBlockFn block = nullptr;
 };
 
@@ -129,6 +138,11 @@ struct ScalarLevel {
   static void store(T* data, Vec value) {
     *data = static_cast<T>(value != value ? std::numeric_limits<Compute>::quiet_NaN() : value);
   }
+  template <typename T>
+  static void store_streaming(T* data, Vec value) {
+    store(data, value);
+  }
+  static void end_streaming() {}
 };
 
 #if AMPKIT_X86_DISPATCH
@@ -159,6 +173,17 @@ struct Avx2Level {
   AMPKIT_X86_V3 static void store(T* data, Vec value) {
     x86::store8(data, without_nan_payload(value));
   }
+  // The same bits as store(), past the cache (the address is a multiple of the vector's bytes).
+  AMPKIT_X86_V3 static void store_streaming(float* data, Vec value) {
+    _mm256_stream_ps(data, without_nan_payload(value));
+  }
+  AMPKIT_X86_V3 static void store_streaming(c10::Half* data, Vec value) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(data), x86::canonical_f16_nan(x86::narrow_f16(without_nan_payload(value))));
+  }
+  AMPKIT_X86_V3 static void store_streaming(c10::BFloat16* data, Vec value) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(data), x86::narrow_bf16(without_nan_payload(value)));
+  }
+  AMPKIT_X86_V3 static void end_streaming() { _mm_sfence(); }
 };
 
 struct Avx512Level {
@@ -183,6 +208,17 @@ struct Avx512Level {
   AMPKIT_X86_V4 static void store(T* data, Vec value) {
     x86::store16(data, without_nan_payload(value));
   }
+  // The same bits as store(), past the cache (the address is a multiple of the vector's bytes).
+  AMPKIT_X86_V4 static void store_streaming(float* data, Vec value) {
+    _mm512_stream_ps(data, without_nan_payload(value));
+  }
+  AMPKIT_X86_V4 static void store_streaming(c10::Half* data, Vec value) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(data), x86::narrow_f16_canonical(without_nan_payload(value)));
+  }
+  AMPKIT_X86_V4 static void store_streaming(c10::BFloat16* data, Vec value) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(data), x86::narrow_bf16(without_nan_payload(value)));
+  }
+  AMPKIT_X86_V4 static void end_streaming() { _mm_sfence(); }
 };
 #endif
 
@@ -224,12 +260,17 @@ __attribute__((always_inline)) inline int64_t step_elements(const StepJob& job, 
       Vec s2 = state2 != nullptr ? Level::load(state2 + i) : zero;
       weight = RuleT::update(weight, g, s0, s1, s2, coefficients);
       if (master != nullptr) Level::store(master + i, weight);
-      Level::store(param + i, weight);
+      if (job.stream_param) {
+        Level::store_streaming(param + i, weight);
+      } else {
+        Level::store(param + i, weight);
+      }
       if (state0 != nullptr) Level::store(state0 + i, s0);
       if (state1 != nullptr) Level::store(state1 + i, s1);
       if (state2 != nullptr) Level::store(state2 + i, s2);
     }
   }
+  if (job.stream_param) Level::end_streaming();  // ordered before the stores of whoever reads them next
   return i;
 }
 
@@ -275,7 +316,60 @@ StepBlockFn select_step_block() {
 // enough that a chunk hand-off is noise, and small enough that the last tensors of a model balance.
 constexpr int64_t kStepChunk = 16384;
 
-void run_step_jobs(const std::vector<StepJob>& jobs) {
+// The bytes of the last-level cache: the highest level Linux lists for cpu0 in sysfs (in a VM
+// glibc's sysconf can report the host's whole L3, ten times what the guest's cores share), else
+// sysconf's L3, else 32 MiB.
+int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+    int best_level = 0;
+    int64_t best_size = 0;
+    for (int index = 0; index < 10; ++index) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+      std::ifstream level_file(dir + "level"), size_file(dir + "size");
+      int level = 0;
+      std::string size_text;
+      if (!(level_file >> level) || !(size_file >> size_text) || size_text.empty()) continue;
+      int64_t size = std::strtoll(size_text.c_str(), nullptr, 10);
+      switch (size_text.back()) {
+        case 'K': size <<= 10; break;
+        case 'M': size <<= 20; break;
+        case 'G': size <<= 30; break;
+        default: break;
+      }
+      if (level > best_level && size > 0) {
+        best_level = level;
+        best_size = size;
+      }
+    }
+    if (best_size > 0) return best_size;
+    const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    return l3 > 0 ? static_cast<int64_t>(l3) : (static_cast<int64_t>(32) << 20);
+  }();
+  return bytes;
+}
+
+// A step that reads more than the last-level cache holds cannot leave the model copy in the cache
+// for the next forward pass, so the copy (which the step only writes, when there is a master) goes
+// out with streaming stores: a normal store first reads each line it writes, 2 of the ~30 bytes a
+// 16-bit AdamW step moves per element (measured on this project's Zen 5, GPT-2-small AdamW: 5-8 %
+// faster at 1 and 2 threads). Smaller steps store normally and the forward finds the weights cached.
+void choose_streaming_stores(std::vector<StepJob>& jobs) {
+  int64_t bytes = 0;
+  for (const StepJob& job : jobs) {
+    int64_t compute_streams = job.master != nullptr ? 1 : 0;
+    for (void* state : job.state) compute_streams += state != nullptr ? 1 : 0;
+    bytes += job.numel * (job.param_and_grad_bytes + compute_streams * job.compute_bytes);
+  }
+  if (bytes <= last_level_cache_bytes()) return;
+  for (StepJob& job : jobs) {
+    // Every vector store must be aligned: chunks start at multiples of kStepChunk elements, so a
+    // 64-byte-aligned tensor (what torch's CPU allocator returns) keeps every store aligned.
+    job.stream_param = job.master != nullptr && reinterpret_cast<uintptr_t>(job.param) % 64 == 0;
+  }
+}
+
+void run_step_jobs(std::vector<StepJob>& jobs) {
+  choose_streaming_stores(jobs);
   struct Chunk {
     const StepJob* job;
     int64_t begin;
@@ -336,6 +430,8 @@ std::vector<StepJob> make_jobs(at::TensorList params, at::TensorList master_para
       job.master = optional_data<ComputeOf<Param>>(master_params, t);
       job.grad = grads[t].mutable_data_ptr<Grad>();
       job.block = select_step_block<Param, Grad, Rule>();
+      job.param_and_grad_bytes = static_cast<int64_t>(sizeof(Param) + sizeof(Grad));
+      job.compute_bytes = static_cast<int64_t>(sizeof(ComputeOf<Param>));
     });
     job.numel = params[t].numel();
     job.inv_scale = inv_scale;

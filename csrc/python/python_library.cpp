@@ -221,6 +221,7 @@ TORCH_LIBRARY(ampkit_python, m) {
   m.def("autocast_torch_routes", &torch_routes);
 
   m.def("build_info", &build_info);
+  m.def("cpu_kernel_threads", [] { return ampkit::cpu_kernel_threads(); });
   m.def("fused_linear_activations", [] { return ampkit::fused_linear_activations(); });
   m.def("check_fused_linear_activation",
         [](std::string caller, std::string activation) { ampkit::check_fused_linear_activation(caller, activation); });

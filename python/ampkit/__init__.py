@@ -30,6 +30,8 @@ def build_info() -> dict:
     info = _native.build_info()
     info["cuda_architectures"] = [a for a in info["cuda_architectures"].replace(";", " ").split() if a]
     info["torch_runtime"] = _torch.__version__
+    # The threads a large loop of ampkit's CPU kernels runs on now (torch.set_num_threads).
+    info["cpu_kernel_threads"] = _native.cpu_kernel_threads()
     return info
 
 

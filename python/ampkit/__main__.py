@@ -15,6 +15,7 @@ def describe_environment() -> str:
         f"CUDA kernels compiled: {info['cuda']}"
         + (f" for sm_{', sm_'.join(info['cuda_architectures'])}" if info["cuda"] else ""),
         f"torch CUDA runtime: {torch.version.cuda}; CUDA available: {torch.cuda.is_available()}",
+        f"CPU kernels: {info['cpu_kernel_threads']} thread(s) of torch.get_num_threads()={torch.get_num_threads()}",
     ]
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):

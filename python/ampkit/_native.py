@@ -39,6 +39,10 @@ def build_info() -> dict:
     return {"version": version, "torch_version": torch_version, "cuda": cuda, "cuda_architectures": architectures}
 
 
+def cpu_kernel_threads() -> int:
+    return int(_ops().cpu_kernel_threads())
+
+
 def fused_linear_activations() -> tuple[str, ...]:
     return tuple(_ops().fused_linear_activations())
 

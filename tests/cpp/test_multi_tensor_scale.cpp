@@ -79,3 +79,13 @@ TEST_CASE("build_info reports the LibTorch ampkit was built against", "[build]")
   REQUIRE(info.torch_version.rfind("2.", 0) == 0);
   REQUIRE(info.cuda == (AMPKIT_WITH_CUDA != 0));
 }
+
+TEST_CASE("the CPU kernels' loops run on as many threads as at::set_num_threads asks", "[build]") {
+  // Compiled without OpenMP, at::parallel_for's header template runs every loop on one thread.
+  const int saved = at::get_num_threads();
+  for (int threads : {1, 2, 3}) {
+    at::set_num_threads(threads);
+    CHECK(ampkit::cpu_kernel_threads() == threads);
+  }
+  at::set_num_threads(saved);
+}

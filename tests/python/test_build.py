@@ -26,6 +26,18 @@ def test_build_info_describes_the_build():
         assert info["cuda_architectures"], "CUDA kernels compiled but no architecture recorded"
 
 
+def test_cpu_kernels_run_on_the_threads_torch_is_set_to():
+    # at::parallel_for is a header template: a kernel file compiled without -fopenmp runs it on the
+    # calling thread alone (ampkit's unscale and optimizer step did, at every torch.set_num_threads).
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            assert ampkit.build_info()["cpu_kernel_threads"] == threads
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_cuda_kernels_compiled_when_required():
     # CI sets AMPKIT_EXPECT_CUDA_BUILD=1: the CUDA sources must have been compiled and linked.
     if os.environ.get("AMPKIT_EXPECT_CUDA_BUILD") != "1":

@@ -171,6 +171,39 @@ def run_sgd(case, param_dtype, grad_dtype, with_masters, seed, threads):
     return {"params": params, "masters": masters, "grads": grads, "momentum_buffers": buffers, "steps": steps}
 
 
+def last_level_cache_bytes() -> int:
+    """The L3 (else L2) size as Linux reports it; 32 MiB where it does not."""
+    for index in (3, 2):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size", encoding="ascii") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    return 32 << 20
+
+
+def run_adamw_beyond_cache(param_dtype, seed, threads):
+    """A step that reads more than the last-level cache holds, where the kernels write the model
+    copy with streaming stores: a 64-byte-aligned parameter (streamed) and one that starts 2
+    bytes in (stored normally), with the chunk boundaries and a vector tail in both."""
+    generator = torch.Generator().manual_seed(seed)
+    numel = last_level_cache_bytes() // 16 + 16384 * 3 + 5  # 16 bytes read per element: 1.x the cache
+    masters = [with_specials(numel, torch.float32, generator, 0.02), with_specials(40001, torch.float32, generator, 0.02)]
+    storage = torch.empty(40001 + 1, dtype=param_dtype)
+    params = [masters[0].to(param_dtype), storage[1:].copy_(masters[1].to(param_dtype))]
+    grads = [with_specials(m.numel(), param_dtype, generator, 100.0) for m in masters]
+    states = [[with_specials(m.numel(), torch.float32, generator, 1e-3, nonnegative=(k > 0)) for m in masters]
+              for k in range(2)]
+    steps = [scalar(3.0) for _ in params]
+    with OpThreads(threads):
+        torch.ops.ampkit.master_adam_step_(
+            params, masters, grads, states[0], states[1], [], steps, scalar(1e-3), scalar(INV_SCALE), scalar(1.0),
+            None, 0.9, 0.999, 1e-8, 1e-2, True, False, False)
+    return {"params": params, "masters": masters, "exp_avgs": states[0], "exp_avg_sqs": states[1]}
+
+
 UNSCALE_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 UNSCALE_FACTORS = {"one": 1.0, "inv_scale": INV_SCALE, "overflowing": 2.0 ** 10}
 
@@ -201,6 +234,9 @@ def battery() -> dict[str, torch.Tensor]:
                      for case in ADAM_CASES]
             runs += [(f"{case}/{dtypes}", run_sgd, (case, param_dtype, grad_dtype, with_masters, seed))
                      for case in SGD_CASES]
+        for seed, param_dtype in enumerate((torch.float16, torch.bfloat16)):
+            runs.append((f"adamw_beyond_cache/{str(param_dtype).replace('torch.', '')}", run_adamw_beyond_cache,
+                         (param_dtype, seed)))
         for seed, dtype in enumerate(UNSCALE_DTYPES):
             for factor_name in UNSCALE_FACTORS:
                 for specials in (False, True):
