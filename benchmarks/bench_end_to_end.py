@@ -16,13 +16,15 @@ range). Reported: steps/s, ratios vs torch AMP and vs FP32, and memory: on CUDA 
 peak during the timed steps; on the CPU (where one process cannot isolate each mode's peak RSS)
 the bytes of the persistent training state (weights, grads, masters, optimizer state).
 Timing: on CUDA one mode after another (each allocator peak is its own), the median of `repeats`
-steps; on the CPU the three modes take turns step by step and each reports its median, so a load
-that comes and goes falls on every mode alike (``--threads`` sets the intra-op threads).
+steps; on the CPU the three modes take turns step by step, in every order in turn, and each reports
+its median, so a load that comes and goes falls on every mode alike (``--threads`` sets the
+intra-op threads).
 """
 from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import statistics
 import time
 
@@ -136,14 +138,19 @@ def measure(mode: str, workload: dict, args, dtype: torch.dtype, use_scaler: boo
 
 def measure_interleaved(workload: dict, args, dtype: torch.dtype, use_scaler: bool, repeats: int) -> dict:
     """CPU: the modes take turns, one step each, and each reports its median step time, so a load
-    that comes and goes (another process on the cores) falls on every mode alike."""
+    that comes and goes (another process on the cores) falls on every mode alike. The turns cycle
+    through every order of the modes: a step finds the caches and the allocator's free memory as the
+    step before it left them, and in one fixed order the first mode always came after the FP32 step,
+    the one that moves the most memory (on the digits CNN that cost it 3-6 %)."""
     runs = {mode: make_step(mode, workload, args.device, dtype, use_scaler) for mode in MODES}
     for _, _, step in runs.values():
         step()
         step()  # grads, optimizer state, caches
     samples: dict[str, list[float]] = {mode: [] for mode in MODES}
-    for _ in range(repeats):
-        for mode, (_, _, step) in runs.items():
+    orders = list(itertools.permutations(MODES))
+    for turn in range(repeats):
+        for mode in orders[turn % len(orders)]:
+            step = runs[mode][2]
             start = time.perf_counter()
             step()
             samples[mode].append(time.perf_counter() - start)
