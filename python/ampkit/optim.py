@@ -121,6 +121,16 @@ def _state_like(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros_like(param, dtype=dtype, memory_format=memory_format)
 
 
+def _frozen(value: Any) -> Any:
+    """A hyper-parameter as a value that compares equal only to the same value of the same type: a
+    tensor by identity (also inside betas), lists and tuples item by item, True apart from 1."""
+    if isinstance(value, torch.Tensor):
+        return (torch.Tensor, id(value))
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_frozen(item) for item in value))
+    return (type(value), value)
+
+
 def _describe_tensor(value: torch.Tensor) -> str:
     """How an error message shows a tensor without reading a device value back to the host:
     a plain CPU tensor by its value, any other (a CUDA tensor, a fake one) by its metadata."""
@@ -195,8 +205,11 @@ class _MasterWeightOptimizer(Optimizer):
                             f"got {type(master_weights).__name__}")
         self.master_weights = master_weights
         self._device_constants: dict[tuple[torch.device, float], torch.Tensor] = {}
-        # The strides each parameter's state was last laid out for (see _state_in_layout).
-        self._state_strides: dict[torch.Tensor, tuple[int, ...]] = {}
+        # The strides each parameter's state was last laid out for (see _state_in_layout), by id(param):
+        # a tensor key would run Tensor.__hash__, a Python function, on every lookup of every step.
+        self._state_strides: dict[int, tuple[int, ...]] = {}
+        # Each group's hyper-parameters as last checked (see _check_group_if_changed), by id(group).
+        self._checked_groups: dict[int, tuple] = {}
         super().__init__(params, defaults)
 
     # torch.optim.Optimizer pickles (and deep-copies) only defaults, state and param_groups; keep
@@ -211,6 +224,7 @@ class _MasterWeightOptimizer(Optimizer):
         self.master_weights = state.get("master_weights", True)
         self._device_constants = {}
         self._state_strides = {}
+        self._checked_groups = {}
 
     # ---- groups and state ----
 
@@ -223,6 +237,19 @@ class _MasterWeightOptimizer(Optimizer):
 
     def _state_keys_for(self, group: dict) -> tuple[str, ...]:
         return self._state_keys
+
+    def _check_group_if_changed(self, group: dict, group_index: int) -> None:
+        """_check_group, skipped when no hyper-parameter of the group changed since it last passed
+        (the step's Python runs with every cache cold, after the backward pass). A tensor counts as
+        unchanged while it is the same object: its value is never read here anyway."""
+        if torch.compiler.is_compiling():  # traced: the check itself is what the graph keeps
+            self._check_group(group, where=f" of group {group_index}")
+            return
+        snapshot = tuple((key, _frozen(value)) for key, value in group.items() if key != "params")
+        if self._checked_groups.get(id(group)) == snapshot:
+            return
+        self._check_group(group, where=f" of group {group_index}")
+        self._checked_groups[id(group)] = snapshot
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -271,14 +298,14 @@ class _MasterWeightOptimizer(Optimizer):
         they were made (``model.to(memory_format=torch.channels_last)`` after building the optimizer
         replaces ``param.data``): a one-time copy, after which the fused path applies again."""
         strides = param.stride()
-        if self._state_strides.get(param) == strides:
+        if self._state_strides.get(id(param)) == strides:
             return
         state = self.state[param]
         for key, value in state.items():
             if key != "step" and isinstance(value, torch.Tensor) and value.shape == param.shape \
                     and value.stride() != _state_like(param, value.dtype).stride():
                 state[key] = _state_like(param, value.dtype).copy_(value)
-        self._state_strides[param] = strides
+        self._state_strides[id(param)] = strides
 
     def _kernel_operands(self, param: torch.Tensor, copy_backs: list) -> tuple[torch.Tensor, torch.Tensor]:
         """The parameter and gradient the fused kernel steps. A flat parameter is stepped in place;
@@ -349,37 +376,48 @@ class _MasterWeightOptimizer(Optimizer):
         # Every group first, so a bad value (a tensor momentum set into a group since the last step,
         # which would be read on the host) raises before any group has been updated.
         for group_index, group in enumerate(self.param_groups):
-            self._check_group(group, where=f" of group {group_index}")
+            self._check_group_if_changed(group, group_index)
         for group_index, group in enumerate(self.param_groups):
             buckets: dict[tuple, list[torch.Tensor]] = {}
+            bucket_states: dict[tuple, list[dict]] = {}
             for index, param in enumerate(group["params"]):
                 grad = param.grad
                 if grad is None:
                     continue
+                grad_dtype, param_dtype = grad.dtype, param.dtype
                 if grad.is_sparse:
                     raise RuntimeError(f"ampkit.optim.{name}: params[{index}] of group {group_index} has a sparse "
                                        "gradient; sparse gradients are not supported")
-                if (grad.dtype == torch.float64) != (param.dtype == torch.float64) or grad.dtype not in SUPPORTED_DTYPES:
-                    supported = ("float64 (the dtype of the float64 param)" if param.dtype == torch.float64
+                if (grad_dtype == torch.float64) != (param_dtype == torch.float64) or grad_dtype not in SUPPORTED_DTYPES:
+                    supported = ("float64 (the dtype of the float64 param)" if param_dtype == torch.float64
                                  else "float32, float16, bfloat16")
-                    raise TypeError(f"ampkit.optim.{name}: params[{index}] of group {group_index} has a {grad.dtype} "
+                    raise TypeError(f"ampkit.optim.{name}: params[{index}] of group {group_index} has a {grad_dtype} "
                                     f"gradient; supported: {supported}")
-                self._init_state(param, group)
-                self._state_in_layout(param)
-                key = (param.device, param.dtype, grad.dtype, "master" in self.state[param])
-                buckets.setdefault(key, []).append(param)
+                state = self.state[param]
+                if not state:
+                    self._init_state(param, group)
+                if self._state_strides.get(id(param)) != param.stride():
+                    self._state_in_layout(param)
+                key = (param.device, param_dtype, grad_dtype, "master" in state)
+                if key in buckets:
+                    buckets[key].append(param)
+                    bucket_states[key].append(state)
+                else:
+                    buckets[key] = [param]
+                    bucket_states[key] = [state]
             if not buckets:
                 continue
             enable_dtensor_ops_for(p for params in buckets.values() for p in params)
             # The grads are left unscaled (and clipped) in the step's own pass wherever it applies a
             # scale or a clip, as torch leaves them; plain steps skip that write.
             write_back_grads = getattr(self, "grad_scale", None) is not None or clip_coef is not None
-            for (device, param_dtype, _, has_master), params in buckets.items():
+            for bucket_key, params in buckets.items():
+                device, param_dtype, _, has_master = bucket_key
                 # float64 params: lr in double, as torch's Python-float lr reaches their update.
                 lr = self._as_device_scalar(group["lr"], device,
                                             torch.float64 if param_dtype == torch.float64 else torch.float32)
                 clip = self._constant(1.0, device) if clip_coef is None else self._as_device_scalar(clip_coef, device)
-                states = [self.state[p] for p in params]
+                states = bucket_states[bucket_key]
                 copy_backs: list[tuple[torch.Tensor, torch.Tensor]] = []
                 operands = [self._kernel_operands(p, copy_backs) for p in params]
                 self._launch(

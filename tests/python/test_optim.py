@@ -761,3 +761,21 @@ def test_cuda_one_tensor_spanning_several_launches():
                                       0.0, False, False)
     assert master.eq(0.5).all().item() and param.eq(0.5).all().item() and buffer.eq(1.0).all().item()
     assert step.item() == 1
+
+
+@pytest.mark.parametrize("cls", list(BASE_HYPER), ids=lambda cls: cls.__name__)
+def test_a_group_changed_between_steps_is_checked_again(cls):
+    # step() re-checks a group only when one of its values changed since the last check; a change
+    # that compares equal (lr 1 -> True, 0.9 -> a tensor inside betas) still counts as a change.
+    base = dict(BASE_HYPER[cls], lr=1)
+    params = make_params(torch.float16, "cpu")
+    optimizer = cls(params, **base)
+    for step in range(3):
+        for p, g in zip(params, grads_for_step(step)):
+            p.grad = g.to(p.dtype)
+        if step == 1:
+            optimizer.param_groups[0]["lr"] = True
+            with pytest.raises(TypeError, match=r"lr of group 0 must be a float, got bool"):
+                optimizer.step()
+            optimizer.param_groups[0]["lr"] = 1e-3
+        optimizer.step()
