@@ -43,7 +43,7 @@ void check_fp32_list(const char* op, const char* name, at::TensorList list, at::
   check_parallel_layouts(op, name, list, params);
   const bool float64 = is_float64(params);
   for (size_t i = 0; i < list.size(); ++i) {
-    const std::string item = indexed(name, i);
+    const ItemName item = indexed(name, i);
     TORCH_CHECK_TYPE(!float64 || list[i].scalar_type() == at::kDouble, op, ": ", item,
                      " must have dtype float64 (the state of float64 params is float64), got ",
                      dtype_name(list[i].scalar_type()));
@@ -54,7 +54,7 @@ void check_fp32_list(const char* op, const char* name, at::TensorList list, at::
   check_device(op, indexed(name, 0), list[0], device, "params[0]");
 }
 
-void check_step_scalar(const char* op, const char* name, const at::Tensor& tensor, const c10::Device& device) {
+void check_step_scalar(const char* op, const ItemName& name, const at::Tensor& tensor, const c10::Device& device) {
   check_scalar_tensor(op, name, tensor);
   check_device(op, name, tensor, device, "params[0]");
 }
@@ -85,8 +85,7 @@ MasterStepArgs check_common(const char* op, at::TensorList params, at::TensorLis
   TORCH_CHECK(steps.size() == params.size(), op, ": steps must hold as many tensors as params (", params.size(),
               "), got ", steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
-    const std::string item = indexed("steps", i);
-    check_step_scalar(op, item.c_str(), steps[i], args.device);
+    check_step_scalar(op, indexed("steps", i), steps[i], args.device);
   }
   if (float64 && lr.defined() && lr.scalar_type() == at::kDouble) {
     // float64 params: lr may be float64, so torch's Python-float lr reaches the update unrounded.

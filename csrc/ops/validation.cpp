@@ -29,8 +29,14 @@ std::string dtype_name(at::ScalarType dtype) {
   }
 }
 
-std::string indexed(const char* list_name, size_t index) {
-  return std::string(list_name) + "[" + std::to_string(index) + "]";
+std::string ItemName::str() const {
+  return index_ < 0 ? std::string(list_) : std::string(list_) + "[" + std::to_string(index_) + "]";
+}
+
+std::ostream& operator<<(std::ostream& out, const ItemName& name) {
+  out << name.list_;
+  if (name.index_ >= 0) out << "[" << name.index_ << "]";
+  return out;
 }
 
 bool is_supported_float(at::ScalarType dtype) {
@@ -41,7 +47,7 @@ bool is_supported_float_or_double(at::ScalarType dtype) {
   return is_supported_float(dtype) || dtype == at::kDouble;
 }
 
-void check_float_tensor(const char* op, const std::string& name, const at::Tensor& tensor, const DtypeRule& rule) {
+void check_float_tensor(const char* op, const ItemName& name, const at::Tensor& tensor, const DtypeRule& rule) {
   TORCH_CHECK(tensor.defined(), op, ": ", name, " must be a tensor, got an undefined tensor");
   TORCH_CHECK(tensor.layout() == at::kStrided, op, ": ", name, " must be a dense (strided) tensor, got layout ",
               tensor.layout());
@@ -49,7 +55,7 @@ void check_float_tensor(const char* op, const std::string& name, const at::Tenso
                    dtype_name(tensor.scalar_type()));
 }
 
-void check_scalar_tensor(const char* op, const char* name, const at::Tensor& tensor) {
+void check_scalar_tensor(const char* op, const ItemName& name, const at::Tensor& tensor) {
   TORCH_CHECK(tensor.defined(), op, ": ", name, " must be a one-element float32 tensor, got an undefined tensor");
   TORCH_CHECK_TYPE(tensor.scalar_type() == at::kFloat, op, ": ", name,
                    " must be a one-element float32 tensor, got dtype ", dtype_name(tensor.scalar_type()));
@@ -57,13 +63,13 @@ void check_scalar_tensor(const char* op, const char* name, const at::Tensor& ten
               " elements (shape ", tensor.sizes(), ")");
 }
 
-void check_device(const char* op, const std::string& name, const at::Tensor& tensor, const c10::Device& expected,
-                  const std::string& expected_from) {
+void check_device(const char* op, const ItemName& name, const at::Tensor& tensor, const c10::Device& expected,
+                  const ItemName& expected_from) {
   TORCH_CHECK(tensor.device() == expected, op, ": ", name, " must be on ", expected, " (the device of ",
               expected_from, "), got ", tensor.device());
 }
 
-void check_contiguous(const char* op, const std::string& name, const at::Tensor& tensor) {
+void check_contiguous(const char* op, const ItemName& name, const at::Tensor& tensor) {
   TORCH_CHECK(tensor.is_contiguous(), op, ": ", name, " must be contiguous, got a tensor of shape ", tensor.sizes(),
               " with strides ", tensor.strides());
 }
@@ -80,15 +86,15 @@ bool same_memory_order(const at::Tensor& a, const at::Tensor& b) {
   return true;
 }
 
-void check_flat_in_memory(const char* op, const std::string& name, const at::Tensor& tensor) {
+void check_flat_in_memory(const char* op, const ItemName& name, const at::Tensor& tensor) {
   TORCH_CHECK(is_flat_in_memory(tensor), op, ": ", name,
               " must be dense in memory (contiguous, channels_last or another permutation of a contiguous "
               "tensor), got a tensor of shape ", tensor.sizes(), " with strides ", tensor.strides(),
               "; pass a dense copy and copy the result back");
 }
 
-void check_same_memory_order(const char* op, const std::string& name, const at::Tensor& tensor,
-                             const std::string& reference_name, const at::Tensor& reference) {
+void check_same_memory_order(const char* op, const ItemName& name, const at::Tensor& tensor,
+                             const ItemName& reference_name, const at::Tensor& reference) {
   TORCH_CHECK(same_memory_order(tensor, reference), op, ": ", name, " must have the memory layout of ",
               reference_name, " (strides ", reference.strides(), "), got strides ", tensor.strides(),
               " for shape ", tensor.sizes());
@@ -100,12 +106,12 @@ std::optional<c10::Device> check_tensor_list(const char* op, const char* name, a
     TORCH_CHECK_VALUE(rules.allow_empty, op, ": ", name, " must hold at least one tensor, got an empty list");
     return std::nullopt;
   }
-  const std::string first_name = indexed(name, 0);
+  const ItemName first_name = indexed(name, 0);
   check_float_tensor(op, first_name, list[0], rules.dtypes);
   const c10::Device device = list[0].device();
   const at::ScalarType dtype = list[0].scalar_type();
   for (size_t i = 0; i < list.size(); ++i) {
-    const std::string item = indexed(name, i);
+    const ItemName item = indexed(name, i);
     if (i > 0) {
       check_float_tensor(op, item, list[i], rules.dtypes);
       check_device(op, item, list[i], device, first_name);

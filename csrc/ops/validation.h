@@ -5,7 +5,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
+#include <cstdint>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -13,8 +15,25 @@ namespace ampkit::detail {
 
 // "float16", "bfloat16", ... (torch's Python spelling, which users see).
 std::string dtype_name(at::ScalarType dtype);
+// An argument's name in error messages: "scale", or "tensors[3]" for an item of a list. Written out
+// only when a check fails (TORCH_CHECK formats its message then): the checks run on every call of
+// every op, and building a std::string per list item cost a 10-tensor optimizer step ~20 % of its
+// fixed cost. Holds pointers: it lives no longer than the call it is passed to.
+class ItemName {
+ public:
+  ItemName(const char* name) : list_(name) {}                 // NOLINT: implicit, as a string is
+  ItemName(const std::string& name) : list_(name.c_str()) {}  // NOLINT
+  ItemName(const char* list, size_t index) : list_(list), index_(static_cast<int64_t>(index)) {}
+  std::string str() const;
+  friend std::ostream& operator<<(std::ostream& out, const ItemName& name);
+
+ private:
+  const char* list_;
+  int64_t index_ = -1;  // -1: not a list item
+};
+
 // "tensors[3]"
-std::string indexed(const char* list_name, size_t index);
+inline ItemName indexed(const char* list_name, size_t index) { return ItemName(list_name, index); }
 
 bool is_supported_float(at::ScalarType dtype);
 
@@ -30,16 +49,16 @@ bool is_supported_float_or_double(at::ScalarType dtype);
 inline constexpr DtypeRule kFloatsAndFloat64{is_supported_float_or_double, "float32, float16, bfloat16 or float64"};
 
 // A dtype of `rule` (fp32, fp16 or bf16 by default), strided layout, defined.
-void check_float_tensor(const char* op, const std::string& name, const at::Tensor& tensor,
+void check_float_tensor(const char* op, const ItemName& name, const at::Tensor& tensor,
                         const DtypeRule& rule = kMixedPrecisionFloats);
 
 // A one-element float32 tensor (a device-side scalar such as scale, inv_scale or found_inf).
-void check_scalar_tensor(const char* op, const char* name, const at::Tensor& tensor);
+void check_scalar_tensor(const char* op, const ItemName& name, const at::Tensor& tensor);
 
-void check_device(const char* op, const std::string& name, const at::Tensor& tensor,
-                  const c10::Device& expected, const std::string& expected_from);
+void check_device(const char* op, const ItemName& name, const at::Tensor& tensor,
+                  const c10::Device& expected, const ItemName& expected_from);
 
-void check_contiguous(const char* op, const std::string& name, const at::Tensor& tensor);
+void check_contiguous(const char* op, const ItemName& name, const at::Tensor& tensor);
 
 // ---- layouts ----
 // List kernels process a tensor as a flat run of numel elements starting at data_ptr(). True when
@@ -52,11 +71,11 @@ bool is_flat_in_memory(const at::Tensor& tensor);
 bool same_memory_order(const at::Tensor& a, const at::Tensor& b);
 
 // `tensor` is flat in memory (see is_flat_in_memory).
-void check_flat_in_memory(const char* op, const std::string& name, const at::Tensor& tensor);
+void check_flat_in_memory(const char* op, const ItemName& name, const at::Tensor& tensor);
 
 // tensor has reference's memory order, so element i of one flat run is element i of the other.
-void check_same_memory_order(const char* op, const std::string& name, const at::Tensor& tensor,
-                             const std::string& reference_name, const at::Tensor& reference);
+void check_same_memory_order(const char* op, const ItemName& name, const at::Tensor& tensor,
+                             const ItemName& reference_name, const at::Tensor& reference);
 
 struct ListRules {
   bool allow_empty = false;
@@ -77,7 +96,7 @@ void check_matching_lists(const char* op, const char* a_name, at::TensorList a, 
 // ---- aliasing (bad input: the same tensor twice where each must be its own) ----
 // One tensor an op reads or writes, with the name errors use ("params[3]", "found_inf").
 struct NamedTensor {
-  std::string name;
+  ItemName name;
   const at::Tensor* tensor;
 };
 
