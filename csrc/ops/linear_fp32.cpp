@@ -9,6 +9,8 @@
 #include <ATen/ops/sum.h>
 #include <ATen/ops/threshold_backward.h>
 
+#include "cpu/gelu.h"
+
 namespace ampkit::detail {
 namespace {
 
@@ -43,7 +45,11 @@ at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& saved, 
                                int64_t out_features) {
   const at::ScalarType dtype = grad.scalar_type();
   switch (activation) {
-    case Activation::Gelu: return at::gelu_backward(grad, saved.narrow(1, 0, out_features).to(dtype), "tanh");
+    case Activation::Gelu: {
+      const at::Tensor pre = saved.narrow(1, 0, out_features).to(dtype);
+      if (std::optional<at::Tensor> fast = cpu::gelu_tanh_backward(grad, pre)) return *fast;
+      return at::gelu_backward(grad, pre, "tanh");
+    }
     case Activation::Relu: return at::threshold_backward(grad, saved.reshape({rows, out_features}).to(dtype), 0);
     case Activation::None: return grad;
   }

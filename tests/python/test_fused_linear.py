@@ -713,3 +713,63 @@ def test_both_cpu_routes_meet_the_same_bounds():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+
+
+GELU_GRAD_CASE = """
+import sys, torch, ampkit
+torch.manual_seed(0)
+results = {}
+for dtype in (torch.bfloat16, torch.float16):
+    for features in (1, 15, 16, 17, 515):  # vector tails, and a saved tensor padded to a multiple of 8
+        rows = 67
+        pre = (torch.randn(rows, features) * 4).to(dtype)
+        specials = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, -0.0, 1e-30, 40.0, -40.0, -0.75,
+                                 6e4, -6e4, 1e-7])
+        flat = pre.view(-1)
+        flat[: min(flat.numel(), specials.numel())] = specials[: flat.numel()].to(dtype)
+        grad = torch.randn(rows, features).to(dtype)
+        padded = -(-features // 8) * 8
+        saved = torch.full((rows, padded), 7.0, dtype=dtype)
+        saved[:, :features] = pre
+        x, w = torch.zeros(rows, 3, dtype=dtype), torch.zeros(features, 3, dtype=dtype)
+        torch.set_num_threads(2)
+        # grad_pre itself comes back as grad_bias when every row is its own call (the sum of one row)
+        grad_pre = torch.cat([torch.ops.ampkit.fused_linear_backward(grad[r:r + 1], x[r:r + 1], w, saved[r:r + 1],
+                                                                      "gelu")[2][None] for r in range(rows)])
+        results[f"{dtype}/{features}"] = (grad, pre, grad_pre)
+torch.save(results, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the vector GELU backward is AVX-512")
+def test_cpu_vector_gelu_backward_matches_atens(tmp_path):
+    """The CPU's bf16/fp16 GELU backward (cpu/gelu.cpp, an exp-based tanh on AVX-512) against ATen's
+    gelu_backward, which AMPKIT_CPU_ISA=avx2 runs instead, over ±inf, NaN, ±0, huge and tiny inputs,
+    row tails and a padded saved tensor, at 2 threads. Bound: 1 ulp of the dtype at ATen's value plus
+    4e-6 |grad|. Both evaluate the derivative in fp32 with an absolute error below ~1e-6 (ATen's tanh
+    is Sleef's, ours exp-based), and where its two terms cancel (pre near -0.75) that error is all
+    there is of a tiny result (ATen's own vector loop and scalar tail differ there by as much: 3e-7
+    against 0 at pre = -5.1); elsewhere both round the same fp32 value, ties aside."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = {}
+    for level in ("avx512", "avx2"):
+        path = tmp_path / f"{level}.pt"
+        env = dict(os.environ, AMPKIT_CPU_ISA=level)
+        result = subprocess.run([sys.executable, "-c", GELU_GRAD_CASE, str(path)], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[level] = torch.load(path)
+    for key, (grad, pre, ours) in outputs["avx512"].items():
+        theirs = outputs["avx2"][key][2]
+        assert torch.equal(ours.isnan(), theirs.isnan()), key
+        finite = ~theirs.isnan()
+        dtype = theirs.dtype
+        magnitude = theirs.double().abs().clamp_min(torch.finfo(dtype).tiny)
+        ulp = torch.pow(2.0, torch.floor(torch.log2(magnitude))) * torch.finfo(dtype).eps
+        bound = ulp + 4e-6 * grad.double().abs()
+        error = (ours.double() - theirs.double()).abs()
+        assert bool((error[finite] <= bound[finite]).all()), f"{key}: max excess {(error - bound)[finite].max():.3g}"
+        assert bool((ours[finite].isinf() == theirs[finite].isinf()).all()), key
