@@ -719,7 +719,7 @@ GELU_GRAD_CASE = """
 import sys, torch, ampkit
 torch.manual_seed(0)
 results = {}
-for dtype in (torch.bfloat16, torch.float16):
+for dtype in (torch.bfloat16,):
     for features in (1, 15, 16, 17, 515):  # vector tails, and a saved tensor padded to a multiple of 8
         rows = 67
         pre = (torch.randn(rows, features) * 4).to(dtype)
@@ -743,7 +743,7 @@ torch.save(results, sys.argv[1])
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the vector GELU backward is AVX-512")
 def test_cpu_vector_gelu_backward_matches_atens(tmp_path):
-    """The CPU's bf16/fp16 GELU backward (cpu/gelu.cpp, an exp-based tanh on AVX-512) against ATen's
+    """The CPU's bf16 GELU backward (cpu/gelu.cpp, an exp-based tanh on AVX-512) against ATen's
     gelu_backward, which AMPKIT_CPU_ISA=avx2 runs instead, over ±inf, NaN, ±0, huge and tiny inputs,
     row tails and a padded saved tensor, at 2 threads. Bound: 1 ulp of the dtype at ATen's value plus
     4e-6 |grad|. Both evaluate the derivative in fp32 with an absolute error below ~1e-6 (ATen's tanh
