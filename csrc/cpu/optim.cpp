@@ -237,12 +237,13 @@ __attribute__((always_inline)) inline int64_t step_elements(const StepJob& job, 
   Compute* const state0 = static_cast<Compute*>(job.state[0]);
   Compute* const state1 = static_cast<Compute*>(job.state[1]);
   Compute* const state2 = static_cast<Compute*>(job.state[2]);
-  // A copy: the stores below could alias the job's coefficients as far as the compiler knows, which
-  // would make it re-read them from memory in every iteration.
+  // Copies: the stores below could alias the job's fields as far as the compiler knows, which would
+  // make it re-read them from memory in every iteration.
   const typename RuleT::Coefficients coefficients = *static_cast<const typename RuleT::Coefficients*>(job.coefficients);
   const Compute inv_scale = static_cast<Compute>(job.inv_scale);
   const Compute clip_coef = static_cast<Compute>(job.clip_coef);
   const bool write_back_grads = job.write_back_grads;
+  const bool stream_param = job.stream_param;
   const Vec zero = Level::broadcast(Compute(0));
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
@@ -260,7 +261,7 @@ __attribute__((always_inline)) inline int64_t step_elements(const StepJob& job, 
       Vec s2 = state2 != nullptr ? Level::load(state2 + i) : zero;
       weight = RuleT::update(weight, g, s0, s1, s2, coefficients);
       if (master != nullptr) Level::store(master + i, weight);
-      if (job.stream_param) {
+      if (stream_param) {
         Level::store_streaming(param + i, weight);
       } else {
         Level::store(param + i, weight);
@@ -270,7 +271,7 @@ __attribute__((always_inline)) inline int64_t step_elements(const StepJob& job, 
       if (state2 != nullptr) Level::store(state2 + i, s2);
     }
   }
-  if (job.stream_param) Level::end_streaming();  // ordered before the stores of whoever reads them next
+  if (stream_param) Level::end_streaming();  // ordered before the stores of whoever reads them next
   return i;
 }
 
