@@ -393,11 +393,9 @@ class _MasterWeightOptimizer(Optimizer):
                                  else "float32, float16, bfloat16")
                     raise TypeError(f"ampkit.optim.{name}: params[{index}] of group {group_index} has a {grad_dtype} "
                                     f"gradient; supported: {supported}")
+                self._init_state(param, group)
+                self._state_in_layout(param)
                 state = self.state[param]
-                if not state:
-                    self._init_state(param, group)
-                if self._state_strides.get(id(param)) != param.stride():
-                    self._state_in_layout(param)
                 key = (param.device, param_dtype, grad_dtype, "master" in state)
                 if key in buckets:
                     buckets[key].append(param)
