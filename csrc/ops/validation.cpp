@@ -29,10 +29,6 @@ std::string dtype_name(at::ScalarType dtype) {
   }
 }
 
-std::string ItemName::str() const {
-  return index_ < 0 ? std::string(list_) : std::string(list_) + "[" + std::to_string(index_) + "]";
-}
-
 std::ostream& operator<<(std::ostream& out, const ItemName& name) {
   out << name.list_;
   if (name.index_ >= 0) out << "[" << name.index_ << "]";

@@ -24,7 +24,6 @@ class ItemName {
   ItemName(const char* name) : list_(name) {}                 // NOLINT: implicit, as a string is
   ItemName(const std::string& name) : list_(name.c_str()) {}  // NOLINT
   ItemName(const char* list, size_t index) : list_(list), index_(static_cast<int64_t>(index)) {}
-  std::string str() const;
   friend std::ostream& operator<<(std::ostream& out, const ItemName& name);
 
  private:
