@@ -43,6 +43,9 @@ def main() -> None:
     for batch in ((64,) if args.quick else (64, 256)):
         x, y = inputs[:batch].to(device), targets[:batch].to(device)
 
+        # The base policy AdaptivePrecision starts from, so both sides route alike.
+        policy = ampkit.Policy.for_this_machine(device, dtype)
+
         def make(blame: str | None):
             adaptive = blame is not None
             model = example.build_model(gain=1.0).to(device)
@@ -55,7 +58,7 @@ def main() -> None:
             def steps():
                 for _ in range(chunk):
                     optimizer.zero_grad(set_to_none=True)
-                    region = controller.autocast() if adaptive else ampkit.autocast(device, dtype=dtype)
+                    region = controller.autocast() if adaptive else ampkit.autocast(device, policy=policy)
                     with region:
                         loss = F.cross_entropy(model(x), y)
                     scaler.scale(loss).backward()

@@ -5,8 +5,11 @@ examples/python/train_digits.py (``build_model``). One training step = zero_grad
 autocast, loss, backward, optimizer step (and the loss-scaler calls where there is a scaler).
 
 * ampkit:  low-precision model weights (``ampkit.optim.to_low_precision``; norms stay fp32),
-           ``ampkit.autocast``, ``ampkit.optim.AdamW`` with FP32 masters, ``ampkit.GradScaler``
-           (CUDA, fp16), FusedLinear (bias + GELU in the GEMM epilogue) in the GPT's MLPs.
+           ``ampkit.autocast`` with ``Policy.for_this_machine`` (torch's lists, less the ops this
+           machine runs slower in low precision: on a CPU without AMX, attention stays fp32;
+           on CUDA it is torch's lists), ``ampkit.optim.AdamW`` with FP32 masters,
+           ``ampkit.GradScaler`` (CUDA, fp16), FusedLinear (bias + GELU in the GEMM epilogue) in
+           the GPT's MLPs.
 * torch:   fp32 weights, ``torch.autocast``, ``torch.amp.GradScaler`` (CUDA, fp16),
            ``torch.optim.AdamW(fused=True)``, plain Linear-GELU-Linear MLPs.
 * fp32:    fp32 weights, no autocast, ``torch.optim.AdamW(fused=True)``.
@@ -97,7 +100,8 @@ def make_step(mode: str, workload: dict, device: str, dtype: torch.dtype, use_sc
         ampkit.optim.to_low_precision(model, dtype)
         optimizer = ampkit.optim.AdamW(model.parameters(), lr=1e-4)
         scaler = ampkit.GradScaler(device) if use_scaler else None
-        region = lambda: ampkit.autocast(device, dtype=dtype)  # noqa: E731
+        policy = ampkit.Policy.for_this_machine(device, dtype)
+        region = lambda: ampkit.autocast(device, policy=policy)  # noqa: E731
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         scaler = torch.amp.GradScaler(device) if use_scaler and mode == "torch" else None

@@ -209,6 +209,18 @@ TORCH_LIBRARY(ampkit_python, m) {
   m.def("torch_default_policy", [](std::string device, std::string dtype) {
     return wrap(autocast::Policy::torch_default(device_from(device), dtype_from(dtype)));
   });
+  m.def("for_this_machine_policy", [](std::string device, std::string dtype) {
+    return wrap(autocast::Policy::for_this_machine(device_from(device), dtype_from(dtype)));
+  });
+  m.def("slow_in_lower_precision", [](std::string device, std::string dtype) {
+    std::vector<std::string> ops;
+    std::vector<std::string> reasons;
+    for (auto& slow : autocast::slow_in_lower_precision(device_from(device), dtype_from(dtype))) {
+      ops.push_back(std::move(slow.op));
+      reasons.push_back(std::move(slow.reason));
+    }
+    return std::make_tuple(ops, reasons);
+  });
   m.def("autocast_install", [](PolicyRef policy) { autocast::install(policy->policy); });
   m.def("autocast_uninstall", [] { autocast::uninstall(); });
   m.def("autocast_is_installed", [](std::string device) { return autocast::is_installed(device_from(device)); });

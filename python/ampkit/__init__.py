@@ -16,7 +16,9 @@ __version__: str = _BUILD_INFO["version"]
 
 # The compiled library is loaded above; everything below builds on torch.ops.ampkit.*.
 from . import nn, optim  # noqa: E402
-from .autocasting import Policy, autocast, explain, global_policy, set_global_policy, set_module_policy  # noqa: E402
+from .autocasting import (  # noqa: E402
+    Policy, autocast, explain, global_policy, set_global_policy, set_module_policy, slow_in_lower_precision,
+)
 from .grad_scaler import GradScaler  # noqa: E402
 from .nn import FusedLinear, FusedMLP, fuse_linear_activations, fused_linear, fused_mlp  # noqa: E402
 from .multi_tensor import multi_tensor_scale_  # noqa: E402
@@ -45,6 +47,7 @@ __all__ = [
     "nn", "FusedLinear", "FusedMLP", "fuse_linear_activations", "fused_linear", "fused_mlp",
     # autocast policies
     "Policy", "autocast", "explain", "global_policy", "set_global_policy", "set_module_policy",
+    "slow_in_lower_precision",
     # amp=True: trainer, self-check, diagnostics
     "AmpCheck", "check_amp", "Trainer", "TrainHistory", "plot_history",
     # adaptive precision: promotes what overflows to FP32 while training

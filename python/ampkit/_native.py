@@ -97,6 +97,15 @@ def torch_default_policy(device: str, dtype: str):
     return _ops().torch_default_policy(device, dtype)
 
 
+def for_this_machine_policy(device: str, dtype: str):
+    return _ops().for_this_machine_policy(device, dtype)
+
+
+def slow_in_lower_precision(device: str, dtype: str) -> list[tuple[str, str]]:
+    ops, reasons = _ops().slow_in_lower_precision(device, dtype)
+    return list(zip(ops, reasons))
+
+
 def new_region(device: str, dtype: str | None, policy, enabled: bool):
     """An AutocastRegion object: enter(), exit()."""
     return _classes().AutocastRegion(device, dtype, policy, enabled)

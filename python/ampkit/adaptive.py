@@ -296,7 +296,7 @@ class AdaptivePrecision:
         # Decisions (host state; all of it is in state_dict()).
         self._active: torch.dtype | None = None if self._in_warmup() else dtype
         self._warmup_done = not self._in_warmup()
-        self._policy = Policy.default(device_type, dtype)
+        self._policy = Policy.for_this_machine(device_type, dtype)
         self._denied_ops: list[str] = []
         self._promoted: dict[str, dict[str, int | None]] = {}  # name -> {"clean": steps, "demote_after": m}
         self._backoff: dict[str, int] = {}
@@ -741,7 +741,7 @@ class AdaptivePrecision:
                 fail(ValueError, f"'window' blames {name!r}, which is not a module of this model")
         for name in state["denied_ops"]:
             try:
-                Policy.default(self.device_type, self.amp_dtype).deny(name)
+                Policy.for_this_machine(self.device_type, self.amp_dtype).deny(name)
             except (ValueError, RuntimeError) as error:
                 fail(ValueError, f"'denied_ops' holds {name!r}: {error}")
 
@@ -751,7 +751,7 @@ class AdaptivePrecision:
         self.check_state_dict(state)
         for name in list(self._promoted):
             self._demote(name)
-        self._policy = Policy.default(self.device_type, self.amp_dtype)
+        self._policy = Policy.for_this_machine(self.device_type, self.amp_dtype)
         self._denied_ops = list(state["denied_ops"])
         if self._denied_ops:
             self._policy = self._policy.deny(*self._denied_ops)

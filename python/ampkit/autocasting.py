@@ -123,6 +123,17 @@ class Policy:
             dtype = torch.bfloat16 if device == "cpu" else torch.float16
         return cls._wrap(_native.torch_default_policy(device, _dtype_name(dtype)))
 
+    @classmethod
+    def for_this_machine(cls, device_type: str = "cuda", dtype: torch.dtype | None = None) -> "Policy":
+        """:meth:`default` with the ops this machine runs slower in ``dtype`` than in float32 moved to
+        the deny list (:func:`slow_in_lower_precision` says which and why): faster, and at least as
+        accurate. Equal to :meth:`default` where nothing is slow (CUDA; CPUs with AMX). The rule is
+        read off the hardware, never timed, so every run routes alike."""
+        device = _device_name(device_type)
+        if dtype is None:
+            dtype = torch.bfloat16 if device == "cpu" else torch.float16
+        return cls._wrap(_native.for_this_machine_policy(device, _dtype_name(dtype)))
+
     def allow(self, *ops: str) -> "Policy":
         """A copy with ``ops`` moved to the allow list (run in the lower-precision dtype)."""
         return Policy._wrap(self._impl.allow(_names(ops, "Policy.allow")))
@@ -174,6 +185,16 @@ class Policy:
     def __repr__(self) -> str:
         sizes = ", ".join(f"{name}={len(self.ops(name))}" for name in _LISTS)
         return f"ampkit.Policy({self.device_type!r}, {self.dtype}, {sizes})"
+
+
+def slow_in_lower_precision(device_type: str = "cpu", dtype: torch.dtype | None = None) -> list[tuple[str, str]]:
+    """``[(op, reason), ...]``: the ops :meth:`Policy.for_this_machine` keeps in float32 on this machine.
+    On a CPU without packed ``dtype`` GEMMs (no AMX) that is ``aten::scaled_dot_product_attention``:
+    torch's flash attention there has no blocked low-precision path and runs slower than in fp32."""
+    device = _device_name(device_type)
+    if dtype is None:
+        dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    return _native.slow_in_lower_precision(device, _dtype_name(dtype))
 
 
 def uninstall() -> None:

@@ -28,7 +28,7 @@ from torch import nn
 
 from . import optim as ampkit_optim
 from .adaptive import AdaptivePrecision, PrecisionChange
-from .autocasting import autocast
+from .autocasting import Policy, autocast
 from .grad_scaler import GradScaler
 from .self_check import AmpCheck, check_amp
 
@@ -225,6 +225,7 @@ class Trainer:
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, a factory or None, got {type(optimizer).__name__}")
         # Loss scaling is for fp16's narrow exponent range; bf16 and fp32 share fp32's range.
         self.scaler = GradScaler(self.device.type, enabled=self.dtype == torch.float16, **(scaler_options or {}))
+        self._policy: Policy | None = None  # the autocast policy, made at the first step (_region)
         self.adaptive = self._make_adaptive(adaptive)
         self.history = TrainHistory()
         self.epoch = 0
@@ -262,7 +263,13 @@ class Trainer:
     def _region(self):
         if self.adaptive is not None:
             return self.adaptive.autocast()
-        return autocast(device_type=self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
+        if self.dtype is None:
+            return autocast(device_type=self.device.type, enabled=False)
+        if self._policy is None:
+            # torch's lists, less what this machine runs slower in low precision (SDPA on a CPU
+            # without AMX); built once, as building a policy resolves every op name.
+            self._policy = Policy.for_this_machine(self.device.type, self.dtype)
+        return autocast(device_type=self.device.type, policy=self._policy)
 
     # ---- data ----
     # What fit() and evaluate() read. Tensors and Datasets are batched (and for training shuffled,

@@ -184,3 +184,43 @@ TEST_CASE("explain records op, list and dtypes", "[autocast]") {
   CHECK(records[1].op == "aten::softmax.int");
   CHECK(records[1].outputs == std::vector<std::string>{"bfloat16"});
 }
+
+TEST_CASE("Policy::for_this_machine keeps attention in fp32 where this CPU runs it slower in low precision",
+          "[autocast]") {
+  namespace autocast = ampkit::autocast;
+  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    CHECK(autocast::slow_in_lower_precision(torch::kCUDA, dtype).empty());
+    CHECK(Policy::for_this_machine(torch::kCUDA, dtype) == Policy::torch_default(torch::kCUDA, dtype));
+    const auto slow = autocast::slow_in_lower_precision(torch::kCPU, dtype);
+    const auto fitted = Policy::for_this_machine(torch::kCPU, dtype);
+    const auto base = Policy::torch_default(torch::kCPU, dtype);
+    CHECK(base.list_of("scaled_dot_product_attention") == OpList::kAllow);
+    // The only difference from torch's lists: the slow ops, now denied.
+    auto expected = base;
+    for (const auto& op : slow) {
+      CHECK(op.reason.find("flash attention") != std::string::npos);
+      expected = expected.deny({op.op});
+    }
+    CHECK(fitted == expected);
+
+    torch::manual_seed(0);
+    auto q = torch::randn({2, 3, 16, 8}).to(dtype);
+    auto k = torch::randn({2, 3, 16, 8}).to(dtype);
+    auto v = torch::randn({2, 3, 16, 8}).to(dtype);
+    torch::Tensor out;
+    {
+      AutocastGuard guard(fitted);
+      out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+    }
+    if (slow.empty()) {
+      CHECK(out.scalar_type() == dtype);
+    } else {
+      REQUIRE(slow.size() == 1);
+      CHECK(slow[0].op == "aten::scaled_dot_product_attention");
+      CHECK(fitted.list_of("scaled_dot_product_attention") == OpList::kDeny);
+      CHECK(out.scalar_type() == torch::kFloat);
+      CHECK(torch::equal(out, at::scaled_dot_product_attention(q.to(torch::kFloat), k.to(torch::kFloat),
+                                                               v.to(torch::kFloat), {}, 0.0, true)));
+    }
+  }
+}

@@ -57,6 +57,10 @@ class Policy {
  public:
   // torch 2.11's own autocast lists for `device_type` (kCPU or kCUDA); `dtype` kHalf or kBFloat16.
   static Policy torch_default(c10::DeviceType device_type, c10::ScalarType dtype);
+  // torch_default with the ops this machine runs slower in `dtype` than in float32 moved to the
+  // deny list (slow_in_lower_precision): faster and at least as accurate. Equal to torch_default
+  // where nothing is slow (on CUDA, and on CPUs with packed low-precision GEMMs such as AMX).
+  static Policy for_this_machine(c10::DeviceType device_type, c10::ScalarType dtype);
 
   // Exactly these lists, nothing else. An op named in two lists, an unknown op, a device type
   // other than CPU/CUDA or a dtype other than fp16/bf16 is an error.
@@ -96,6 +100,18 @@ class Policy {
   std::shared_ptr<const std::map<std::string, OpList>> lists_;
   std::shared_ptr<const detail::CompiledPolicy> compiled_;
 };
+
+// An op whose lower-precision kernel on this machine is slower than its float32 one, and why.
+struct SlowOp {
+  std::string op;      // fully qualified, as Policy::ops lists it
+  std::string reason;  // the hardware fact and the measured cost
+};
+// The ops Policy::for_this_machine keeps in float32 on `device_type` in `dtype`. The rule is read off
+// the hardware, never timed, so every run of a program routes alike:
+//   CPU without packed `dtype` GEMMs (at::native::cpublas::could_pack false: no AMX): torch's flash
+//   attention has no blocked low-precision path there, and its bf16 forward+backward ran 2.3x and
+//   its fp16 6x slower than fp32 on an AVX512-BF16 CPU (benchmarks/bench_cpu_attention.py).
+std::vector<SlowOp> slow_in_lower_precision(c10::DeviceType device_type, c10::ScalarType dtype);
 
 // torch's own autocast routing for `device_type` (kCPU or kCUDA), as ampkit mirrors it: (op, route)
 // for every op torch routes there, e.g. ("aten::mm", "lower_precision"). Routes: lower_precision,
