@@ -64,6 +64,29 @@ bool first_arg_eligible(c10::DeviceType device_type, const First& first, const R
   }
 }
 
+// The first two tensor arguments of a call (nullptr where there are fewer), for machine rules.
+template <class... Args>
+std::pair<const at::Tensor*, const at::Tensor*> first_two_tensors(const Args&... args) {
+  const at::Tensor* found[2] = {nullptr, nullptr};
+  int count = 0;
+  auto visit = [&](const auto& value) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(value)>, at::Tensor>) {
+      if (count < 2) found[count++] = &value;
+    }
+  };
+  (visit(args), ...);
+  return {found[0], found[1]};
+}
+
+// route_for, then the current policy's machine rule when that says kLower.
+template <class... Args>
+Route call_route(const ThreadState& state, int device, uint32_t slot, const Args&... args) {
+  const Route route = route_for(state, device, slot);
+  if (route != Route::kLower) return route;
+  const auto [query, key] = first_two_tensors(args...);
+  return machine_route(state, device, slot, query, key);
+}
+
 template <uint32_t Slot, class Signature, Signature* F>
 struct Wrap;
 
@@ -96,12 +119,14 @@ struct Wrap<Slot, Ret(Args...), F> {
   static Ret call(c10::DispatchKeySet keys, Args... args) {
     const int device = device_of(keys);
     ThreadState& state = tls_state;
-    const Route route = route_for(state, device, Slot);
+    const Route route = call_route(state, device, Slot, args...);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key(device));
     if (C10_UNLIKELY(state.recorder != nullptr || state.output_watch != nullptr)) {
       Record record;
       if (state.recorder != nullptr) {
-        record = Record{slot_name(Slot), routed_by(state, device, Slot), {}, {}};
+        std::string list = routed_by(state, device, Slot);
+        if (route == Route::kFp32 && list == "allow") list += " (fp32 on this machine)";
+        record = Record{slot_name(Slot), std::move(list), {}, {}};
         (note(record.inputs, args), ...);
       }
       Ret result = run(route, device, args...);

@@ -1,6 +1,7 @@
 // ampkit::autocast::Policy: op-name resolution against the dispatcher, validation, and compilation
 // into the per-slot routing table the kernels read.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/cpu/Utils.h>
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
@@ -17,6 +18,8 @@ namespace {
 
 using detail::CompiledPolicy;
 using detail::Route;
+using detail::MachineRule;
+using detail::kShortAttentionKeys;
 
 std::string trim(const std::string& text) {
   const auto first = text.find_first_not_of(" \t\n");
@@ -88,8 +91,41 @@ Route route_of(OpList list, int device, uint32_t slot) {
   return Route::kPassthrough;
 }
 
+struct MachineRuleFor {
+  const char* op;
+  MachineRule rule;
+  SlowOp described;
+};
+
+// This machine's rules for `dtype` on `device_type` (see slow_in_lower_precision in autocast.h).
+std::vector<MachineRuleFor> machine_rules_for(c10::DeviceType device_type, c10::ScalarType dtype) {
+  std::vector<MachineRuleFor> rules;
+  if (device_type != c10::kCPU || at::native::cpublas::could_pack(dtype)) return rules;
+  const char* attention = "aten::scaled_dot_product_attention";
+  const std::string unpacked = "no packed " + ampkit::detail::dtype_name(dtype) +
+                               " GEMM on this CPU (no AMX): torch's flash attention runs its unpacked " +
+                               ampkit::detail::dtype_name(dtype) + " path";
+  if (dtype == c10::kHalf) {
+    rules.push_back({attention, MachineRule::kFp32,
+                     {attention, "every call", unpacked + ", 4.7-8.5x the float32 time at every shape measured"}});
+    return rules;
+  }
+  const auto capabilities = at::cpu::get_cpu_capabilities();
+  const auto avx512_bf16 = capabilities.find("avx512_bf16");
+  if (avx512_bf16 == capabilities.end() || !avx512_bf16->second.toBool()) {
+    rules.push_back({attention, MachineRule::kFp32,
+                     {attention, "every call", unpacked + " on bfloat16 arithmetic this CPU emulates (no AVX512-BF16)"}});
+    return rules;
+  }
+  rules.push_back({attention, MachineRule::kFp32ForShortKeys,
+                   {attention, "key length x head dim <= " + std::to_string(kShortAttentionKeys),
+                    unpacked + ", 1.3-4.2x the float32 time for such short keys (0.72-0.95x for longer ones, "
+                               "which stay bfloat16)"}});
+  return rules;
+}
+
 std::shared_ptr<const CompiledPolicy> compile(c10::DeviceType device_type, c10::ScalarType dtype,
-                                              const std::map<std::string, OpList>& lists) {
+                                              const std::map<std::string, OpList>& lists, bool fitted) {
   auto compiled = std::make_shared<CompiledPolicy>();
   compiled->device = device_type == c10::kCPU ? detail::kCpu : detail::kCuda;
   compiled->dtype = dtype;
@@ -111,6 +147,13 @@ std::shared_ptr<const CompiledPolicy> compile(c10::DeviceType device_type, c10::
     compiled->lists[slot] = static_cast<uint8_t>(list);
     compiled->named_slots.push_back(slot);
   }
+  if (fitted) {
+    for (const MachineRuleFor& rule : machine_rules_for(device_type, dtype)) {
+      const uint32_t slot = detail::slot_for(rule.op, compiled->device);
+      if (compiled->machine_rules.size() <= slot) compiled->machine_rules.resize(slot + 1, MachineRule::kNone);
+      compiled->machine_rules[slot] = rule.rule;
+    }
+  }
   return compiled;
 }
 
@@ -130,11 +173,11 @@ std::string list_name(OpList list) {
   return "?";
 }
 
-Policy::Policy(c10::DeviceType device_type, c10::ScalarType dtype, std::map<std::string, OpList> lists)
-    : device_type_(device_type), dtype_(dtype),
+Policy::Policy(c10::DeviceType device_type, c10::ScalarType dtype, std::map<std::string, OpList> lists, bool fitted)
+    : device_type_(device_type), dtype_(dtype), fitted_(fitted),
       lists_(std::make_shared<const std::map<std::string, OpList>>(std::move(lists))) {
   check_device_and_dtype(device_type_, dtype_);
-  compiled_ = compile(device_type_, dtype_, *lists_);
+  compiled_ = compile(device_type_, dtype_, *lists_, fitted_);
 }
 
 Policy::Policy(c10::DeviceType device_type, c10::ScalarType dtype, const std::vector<std::string>& allow,
@@ -159,7 +202,7 @@ Policy::Policy(c10::DeviceType device_type, c10::ScalarType dtype, const std::ve
     }
   }
   lists_ = std::make_shared<const std::map<std::string, OpList>>(std::move(lists));
-  compiled_ = compile(device_type_, dtype_, *lists_);
+  compiled_ = compile(device_type_, dtype_, *lists_, fitted_);
 }
 
 Policy Policy::torch_default(c10::DeviceType device_type, c10::ScalarType dtype) {
@@ -190,26 +233,19 @@ Policy Policy::torch_default(c10::DeviceType device_type, c10::ScalarType dtype)
   for (const std::string& own : detail::self_routed_ops()) {
     if (dispatcher.findSchema(detail::operator_name(own))) lists[own] = OpList::kAllow;
   }
-  return Policy(device_type, dtype, std::move(lists));
+  return Policy(device_type, dtype, std::move(lists), false);
 }
 
 std::vector<SlowOp> slow_in_lower_precision(c10::DeviceType device_type, c10::ScalarType dtype) {
   check_device_and_dtype(device_type, dtype);
   std::vector<SlowOp> slow;
-  if (device_type == c10::kCPU && !at::native::cpublas::could_pack(dtype)) {
-    slow.push_back({"aten::scaled_dot_product_attention",
-                    "no packed " + ampkit::detail::dtype_name(dtype) +
-                        " GEMM on this CPU (no AMX): torch's flash attention runs its unpacked low-precision path, "
-                        "slower than its float32 one (2.3x for bfloat16, 6x for float16 on an AVX512-BF16 CPU)"});
-  }
+  for (const MachineRuleFor& rule : machine_rules_for(device_type, dtype)) slow.push_back(rule.described);
   return slow;
 }
 
 Policy Policy::for_this_machine(c10::DeviceType device_type, c10::ScalarType dtype) {
-  std::vector<std::string> slow_ops;
-  for (const SlowOp& slow : slow_in_lower_precision(device_type, dtype)) slow_ops.push_back(slow.op);
-  const Policy policy = torch_default(device_type, dtype);
-  return slow_ops.empty() ? policy : policy.deny(slow_ops);
+  const Policy base = torch_default(device_type, dtype);
+  return Policy(device_type, dtype, *base.lists_, true);
 }
 
 std::vector<std::pair<std::string, std::string>> torch_routes(c10::DeviceType device_type) {
@@ -230,14 +266,14 @@ Policy Policy::moved(OpList list, const std::vector<std::string>& ops) const {
   for (const auto& name : ops) {
     for (const auto& qualified : resolve(name, list)) lists[qualified] = list;
   }
-  return Policy(device_type_, dtype_, std::move(lists));
+  return Policy(device_type_, dtype_, std::move(lists), fitted_);
 }
 
 Policy Policy::allow(const std::vector<std::string>& ops) const { return moved(OpList::kAllow, ops); }
 Policy Policy::deny(const std::vector<std::string>& ops) const { return moved(OpList::kDeny, ops); }
 Policy Policy::promote(const std::vector<std::string>& ops) const { return moved(OpList::kPromote, ops); }
 Policy Policy::passthrough(const std::vector<std::string>& ops) const { return moved(OpList::kPassthrough, ops); }
-Policy Policy::with_dtype(c10::ScalarType dtype) const { return Policy(device_type_, dtype, *lists_); }
+Policy Policy::with_dtype(c10::ScalarType dtype) const { return Policy(device_type_, dtype, *lists_, fitted_); }
 
 std::optional<OpList> Policy::list_of(const std::string& op) const {
   std::set<OpList> found;
@@ -266,7 +302,8 @@ std::vector<std::string> Policy::ops(OpList list) const {
 }
 
 bool Policy::operator==(const Policy& other) const {
-  return device_type_ == other.device_type_ && dtype_ == other.dtype_ && *lists_ == *other.lists_;
+  return device_type_ == other.device_type_ && dtype_ == other.dtype_ && fitted_ == other.fitted_ &&
+         *lists_ == *other.lists_;
 }
 
 }  // namespace ampkit::autocast

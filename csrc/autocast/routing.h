@@ -2,6 +2,7 @@
 // header-inline because it is on the per-op hot path.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/core/DeviceType.h>
 #include <c10/core/DispatchKey.h>
 #include <c10/core/DispatchKeySet.h>
@@ -41,6 +42,14 @@ inline int device_of(c10::DispatchKeySet keys) {
   return keys.highestPriorityTypeId() == c10::DispatchKey::AutocastCPU ? kCpu : kCuda;
 }
 
+// A rule of Policy::for_this_machine for an allowed op: where this machine runs the call faster in
+// fp32, the call goes to fp32 (checked per call, on the kLower route only).
+//   kFp32: every call (no low-precision kernel here beats fp32).
+//   kFp32ForShortKeys: attention whose key length x head dim is at most kShortAttentionKeys; torch's
+//     unpacked low-precision flash attention is slower than fp32 there and faster above.
+enum class MachineRule : uint8_t { kNone, kFp32, kFp32ForShortKeys };
+constexpr int64_t kShortAttentionKeys = 16384;
+
 // An installed-ready routing table. Slots: the ops ampkit knows at compile time first (in table
 // order), then ops named at run time, in the order first seen. Immutable once built.
 struct CompiledPolicy {
@@ -49,6 +58,7 @@ struct CompiledPolicy {
   std::vector<Route> routes;          // per slot; slots past the end: passthrough
   std::vector<uint8_t> lists;         // per slot: OpList value or kNotListed
   std::vector<uint32_t> named_slots;  // slots the policy names (they need kernels)
+  std::vector<MachineRule> machine_rules;  // per slot; empty for a policy not fitted to the machine
   mutable std::atomic<uint64_t> installed_generation{0};
 };
 
@@ -86,6 +96,27 @@ inline Route route_for(const ThreadState& state, int device, uint32_t slot) {
   const CompiledPolicy* policy = state.current[device];
   if (policy == nullptr) return torch_route(device, slot);
   return slot < policy->routes.size() ? policy->routes[slot] : Route::kPassthrough;
+}
+
+// The route of a call that route_for sent to kLower, after the current policy's machine rule for
+// `slot` (kLower when it has none). `query` and `key`: the call's first two tensors, if any.
+inline Route machine_route(const ThreadState& state, int device, uint32_t slot, const at::Tensor* query,
+                           const at::Tensor* key) {
+  const CompiledPolicy* policy = state.current[device];
+  if (policy == nullptr || slot >= policy->machine_rules.size()) return Route::kLower;
+  switch (policy->machine_rules[slot]) {
+    case MachineRule::kNone:
+      return Route::kLower;
+    case MachineRule::kFp32:
+      return Route::kFp32;
+    case MachineRule::kFp32ForShortKeys:
+      if (query != nullptr && key != nullptr && query->dim() >= 1 && key->dim() >= 2 &&
+          key->size(-2) * query->size(-1) <= kShortAttentionKeys) {
+        return Route::kFp32;
+      }
+      return Route::kLower;
+  }
+  return Route::kLower;
 }
 
 // "allow"/"deny"/... for the current policy, or "torch:<route>" outside ampkit policies.

@@ -178,6 +178,7 @@ void register_autocast_classes(torch::Library& m) {
       .def("device_type",
            [](const PolicyRef& self) { return c10::DeviceTypeName(self->policy.device_type(), /*lower_case=*/true); })
       .def("dtype", [](const PolicyRef& self) { return dtype_name(self->policy.dtype()); })
+      .def("fitted_to_machine", [](const PolicyRef& self) { return self->policy.fitted_to_machine(); })
       .def("list_of",
            [](const PolicyRef& self, std::string op) -> std::optional<std::string> {
              const auto list = self->policy.list_of(op);
@@ -214,12 +215,14 @@ TORCH_LIBRARY(ampkit_python, m) {
   });
   m.def("slow_in_lower_precision", [](std::string device, std::string dtype) {
     std::vector<std::string> ops;
+    std::vector<std::string> whens;
     std::vector<std::string> reasons;
     for (auto& slow : autocast::slow_in_lower_precision(device_from(device), dtype_from(dtype))) {
       ops.push_back(std::move(slow.op));
+      whens.push_back(std::move(slow.when));
       reasons.push_back(std::move(slow.reason));
     }
-    return std::make_tuple(ops, reasons);
+    return std::make_tuple(ops, whens, reasons);
   });
   m.def("autocast_install", [](PolicyRef policy) { autocast::install(policy->policy); });
   m.def("autocast_uninstall", [] { autocast::uninstall(); });

@@ -101,9 +101,9 @@ def for_this_machine_policy(device: str, dtype: str):
     return _ops().for_this_machine_policy(device, dtype)
 
 
-def slow_in_lower_precision(device: str, dtype: str) -> list[tuple[str, str]]:
-    ops, reasons = _ops().slow_in_lower_precision(device, dtype)
-    return list(zip(ops, reasons))
+def slow_in_lower_precision(device: str, dtype: str) -> list[tuple[str, str, str]]:
+    ops, whens, reasons = _ops().slow_in_lower_precision(device, dtype)
+    return list(zip(ops, whens, reasons))
 
 
 def new_region(device: str, dtype: str | None, policy, enabled: bool):

@@ -125,10 +125,13 @@ class Policy:
 
     @classmethod
     def for_this_machine(cls, device_type: str = "cuda", dtype: torch.dtype | None = None) -> "Policy":
-        """:meth:`default` with the ops this machine runs slower in ``dtype`` than in float32 moved to
-        the deny list (:func:`slow_in_lower_precision` says which and why): faster, and at least as
-        accurate. Equal to :meth:`default` where nothing is slow (CUDA; CPUs with AMX). The rule is
-        read off the hardware, never timed, so every run routes alike."""
+        """:meth:`default` fitted to this machine: a call of an allowed op that this machine runs
+        slower in ``dtype`` than in float32 runs in float32 (:func:`slow_in_lower_precision` says which
+        ops, for which shapes, and why): faster, and at least as accurate. The lists stay torch's and
+        edits keep the fitting (:attr:`fitted_to_machine`); :func:`explain` shows such a call as
+        ``allow (fp32 on this machine)``. Nothing changes where nothing is slow (CUDA; CPUs with
+        AMX). The rules read the hardware and the call's shapes, never a timer, so every run routes
+        alike."""
         device = _device_name(device_type)
         if dtype is None:
             dtype = torch.bfloat16 if device == "cpu" else torch.float16
@@ -158,6 +161,11 @@ class Policy:
         return self._impl.device_type()
 
     @property
+    def fitted_to_machine(self) -> bool:
+        """Made by :meth:`for_this_machine` (or edited from such a policy): its machine rules apply."""
+        return bool(self._impl.fitted_to_machine())
+
+    @property
     def dtype(self) -> torch.dtype:
         return _DTYPES[self._impl.dtype()]
 
@@ -184,13 +192,16 @@ class Policy:
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{name}={len(self.ops(name))}" for name in _LISTS)
-        return f"ampkit.Policy({self.device_type!r}, {self.dtype}, {sizes})"
+        fitted = ", fitted to this machine" if self.fitted_to_machine else ""
+        return f"ampkit.Policy({self.device_type!r}, {self.dtype}, {sizes}{fitted})"
 
 
-def slow_in_lower_precision(device_type: str = "cpu", dtype: torch.dtype | None = None) -> list[tuple[str, str]]:
-    """``[(op, reason), ...]``: the ops :meth:`Policy.for_this_machine` keeps in float32 on this machine.
-    On a CPU without packed ``dtype`` GEMMs (no AMX) that is ``aten::scaled_dot_product_attention``:
-    torch's flash attention there has no blocked low-precision path and runs slower than in fp32."""
+def slow_in_lower_precision(device_type: str = "cpu", dtype: torch.dtype | None = None) -> list[tuple[str, str, str]]:
+    """``[(op, when, reason), ...]``: the calls :meth:`Policy.for_this_machine` runs in float32 on this
+    machine. On a CPU without packed ``dtype`` GEMMs (no AMX), torch's flash attention
+    (``aten::scaled_dot_product_attention``) runs an unpacked low-precision path: in float16 always
+    slower than float32, in bfloat16 slower when key length x head dim <= 16384 (every call on a CPU
+    without AVX512-BF16)."""
     device = _device_name(device_type)
     if dtype is None:
         dtype = torch.bfloat16 if device == "cpu" else torch.float16

@@ -185,42 +185,50 @@ TEST_CASE("explain records op, list and dtypes", "[autocast]") {
   CHECK(records[1].outputs == std::vector<std::string>{"bfloat16"});
 }
 
-TEST_CASE("Policy::for_this_machine keeps attention in fp32 where this CPU runs it slower in low precision",
-          "[autocast]") {
+TEST_CASE("Policy::for_this_machine runs attention in fp32 where this CPU is slower in low precision", "[autocast]") {
   namespace autocast = ampkit::autocast;
+  const auto attention = [](const torch::Tensor& q, const torch::Tensor& kv) {
+    return at::scaled_dot_product_attention(q, kv, kv, {}, 0.0, /*is_causal=*/false);
+  };
   for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
     CHECK(autocast::slow_in_lower_precision(torch::kCUDA, dtype).empty());
-    CHECK(Policy::for_this_machine(torch::kCUDA, dtype) == Policy::torch_default(torch::kCUDA, dtype));
-    const auto slow = autocast::slow_in_lower_precision(torch::kCPU, dtype);
     const auto fitted = Policy::for_this_machine(torch::kCPU, dtype);
     const auto base = Policy::torch_default(torch::kCPU, dtype);
-    CHECK(base.list_of("scaled_dot_product_attention") == OpList::kAllow);
-    // The only difference from torch's lists: the slow ops, now denied.
-    auto expected = base;
-    for (const auto& op : slow) {
-      CHECK(op.reason.find("flash attention") != std::string::npos);
-      expected = expected.deny({op.op});
+    CHECK(fitted.fitted_to_machine());
+    CHECK_FALSE(base.fitted_to_machine());
+    CHECK(fitted != base);
+    for (const auto list : {OpList::kAllow, OpList::kDeny, OpList::kPromote, OpList::kPassthrough}) {
+      CHECK(fitted.ops(list) == base.ops(list));
     }
-    CHECK(fitted == expected);
+    CHECK(fitted.deny({"mm"}).fitted_to_machine());
+    CHECK(fitted.with_dtype(torch::kHalf).fitted_to_machine());
 
+    const auto slow = autocast::slow_in_lower_precision(torch::kCPU, dtype);
+    std::string when;
+    for (const auto& op : slow) {
+      CHECK(op.op == "aten::scaled_dot_product_attention");
+      CHECK(op.reason.find("flash attention") != std::string::npos);
+      when = op.when;
+    }
+    // 16 keys x head dim 8 = 128: short; 1024 keys x 32 = 32768: long.
     torch::manual_seed(0);
-    auto q = torch::randn({2, 3, 16, 8}).to(dtype);
-    auto k = torch::randn({2, 3, 16, 8}).to(dtype);
-    auto v = torch::randn({2, 3, 16, 8}).to(dtype);
-    torch::Tensor out;
+    const auto few = torch::randn({1, 2, 16, 8}).to(dtype);
+    const auto many = torch::randn({1, 2, 1024, 32}).to(dtype);
+    const auto few_queries_wide = torch::randn({1, 2, 16, 32}).to(dtype);
+    torch::Tensor short_out, long_out;
     {
       AutocastGuard guard(fitted);
-      out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+      short_out = attention(few, few);
+      long_out = attention(few_queries_wide, many);
     }
-    if (slow.empty()) {
-      CHECK(out.scalar_type() == dtype);
-    } else {
-      REQUIRE(slow.size() == 1);
-      CHECK(slow[0].op == "aten::scaled_dot_product_attention");
-      CHECK(fitted.list_of("scaled_dot_product_attention") == OpList::kDeny);
-      CHECK(out.scalar_type() == torch::kFloat);
-      CHECK(torch::equal(out, at::scaled_dot_product_attention(q.to(torch::kFloat), k.to(torch::kFloat),
-                                                               v.to(torch::kFloat), {}, 0.0, true)));
+    const bool short_fp32 = !when.empty();
+    const bool long_fp32 = when == "every call";
+    CHECK(short_out.scalar_type() == (short_fp32 ? torch::kFloat : dtype));
+    CHECK(long_out.scalar_type() == (long_fp32 ? torch::kFloat : dtype));
+    if (short_fp32) CHECK(torch::equal(short_out, attention(few.to(torch::kFloat), few.to(torch::kFloat))));
+    {
+      AutocastGuard guard(base);  // torch's lists: low precision whatever the shapes
+      CHECK(attention(few, few).scalar_type() == dtype);
     }
   }
 }

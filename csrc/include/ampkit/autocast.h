@@ -57,9 +57,10 @@ class Policy {
  public:
   // torch 2.11's own autocast lists for `device_type` (kCPU or kCUDA); `dtype` kHalf or kBFloat16.
   static Policy torch_default(c10::DeviceType device_type, c10::ScalarType dtype);
-  // torch_default with the ops this machine runs slower in `dtype` than in float32 moved to the
-  // deny list (slow_in_lower_precision): faster and at least as accurate. Equal to torch_default
-  // where nothing is slow (on CUDA, and on CPUs with packed low-precision GEMMs such as AMX).
+  // torch_default fitted to this machine: a call of an allowed op that this machine runs slower in
+  // `dtype` than in float32 runs in float32 (slow_in_lower_precision: which ops, for which shapes,
+  // and why). Faster, and at least as accurate. The lists are torch's, and edits keep the fitting;
+  // equal to torch_default where nothing is slow (CUDA; CPUs with AMX).
   static Policy for_this_machine(c10::DeviceType device_type, c10::ScalarType dtype);
 
   // Exactly these lists, nothing else. An op named in two lists, an unknown op, a device type
@@ -76,6 +77,8 @@ class Policy {
   // A copy with another lower-precision dtype and the same lists.
   Policy with_dtype(c10::ScalarType dtype) const;
 
+  // Made by for_this_machine (or edited from such a policy): its machine rules apply.
+  bool fitted_to_machine() const { return fitted_; }
   c10::DeviceType device_type() const { return device_type_; }
   c10::ScalarType dtype() const { return dtype_; }
   // Which list an op is in (nullopt: none). A name that resolves to several overloads must have
@@ -90,27 +93,33 @@ class Policy {
   const std::shared_ptr<const detail::CompiledPolicy>& compiled() const { return compiled_; }
 
  private:
-  Policy(c10::DeviceType device_type, c10::ScalarType dtype, std::map<std::string, OpList> lists);
+  Policy(c10::DeviceType device_type, c10::ScalarType dtype, std::map<std::string, OpList> lists, bool fitted);
   Policy moved(OpList list, const std::vector<std::string>& ops) const;
 
   c10::DeviceType device_type_;
   c10::ScalarType dtype_;
+  bool fitted_ = false;
   // fully qualified op name -> list; shared so that copying a Policy (the global one, one passed
   // to a region) costs two reference counts, not a map copy
   std::shared_ptr<const std::map<std::string, OpList>> lists_;
   std::shared_ptr<const detail::CompiledPolicy> compiled_;
 };
 
-// An op whose lower-precision kernel on this machine is slower than its float32 one, and why.
+// An op whose lower-precision kernel on this machine is slower than its float32 one: for which
+// calls, and why.
 struct SlowOp {
   std::string op;      // fully qualified, as Policy::ops lists it
+  std::string when;    // "every call", or the shapes
   std::string reason;  // the hardware fact and the measured cost
 };
-// The ops Policy::for_this_machine keeps in float32 on `device_type` in `dtype`. The rule is read off
-// the hardware, never timed, so every run of a program routes alike:
-//   CPU without packed `dtype` GEMMs (at::native::cpublas::could_pack false: no AMX): torch's flash
-//   attention has no blocked low-precision path there, and its bf16 forward+backward ran 2.3x and
-//   its fp16 6x slower than fp32 on an AVX512-BF16 CPU (benchmarks/bench_cpu_attention.py).
+// The calls Policy::for_this_machine runs in float32 on `device_type` in `dtype`. The rules are read
+// off the hardware and the call's shapes, never timed, so every run of a program routes alike. On a
+// CPU without packed `dtype` GEMMs (at::native::cpublas::could_pack false: no AMX) torch's flash
+// attention runs an unpacked low-precision path (benchmarks/bench_attention_precision.py):
+//   float16: every call (4.7-8.5x the fp32 time at every shape measured on an AVX512-BF16 CPU);
+//   bfloat16 with AVX512-BF16: when key length x head dim <= 16384 (1.3-4.2x the fp32 time there;
+//     0.72-0.95x above, where bf16 stays);
+//   bfloat16 without AVX512-BF16 (bf16 arithmetic emulated): every call.
 std::vector<SlowOp> slow_in_lower_precision(c10::DeviceType device_type, c10::ScalarType dtype);
 
 // torch's own autocast routing for `device_type` (kCPU or kCUDA), as ampkit mirrors it: (op, route)
