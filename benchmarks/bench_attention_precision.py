@@ -20,14 +20,12 @@ from targets import no_target
 
 import ampkit  # noqa: E402
 
-SDPA = "aten::scaled_dot_product_attention"
-
-
 def shapes(quick: bool) -> dict[str, tuple[int, int, int, int]]:
     """name -> (batch, heads, tokens, head dim)."""
     if quick:
         return {"small B2 H2 T32 D16": (2, 2, 32, 16)}
-    return {"tiny GPT B16 H4 T128 D32": (16, 4, 128, 32), "GPT-2 layer B4 H12 T512 D64": (4, 12, 512, 64)}
+    return {"tiny GPT B16 H4 T128 D32": (16, 4, 128, 32), "B8 H8 T256 D64": (8, 8, 256, 64),
+            "GPT-2 layer B4 H12 T512 D64": (4, 12, 512, 64)}
 
 
 def step_for(size: tuple[int, int, int, int], dtype: torch.dtype, device: str):
@@ -40,6 +38,13 @@ def step_for(size: tuple[int, int, int, int], dtype: torch.dtype, device: str):
         F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(grad)
 
     return step
+
+
+def routed_dtype(size: tuple[int, int, int, int], dtype: torch.dtype, device: str) -> torch.dtype:
+    """The dtype attention runs in under Policy.for_this_machine (its machine rules read the shapes)."""
+    q = torch.zeros(size, device=device, dtype=dtype)
+    with ampkit.autocast(device.split(":")[0], policy=ampkit.Policy.for_this_machine(device.split(":")[0], dtype)):
+        return F.scaled_dot_product_attention(q, q, q, is_causal=True).dtype
 
 
 def interleaved_medians(steps: dict, device: str, repeats: int) -> dict[str, float]:
@@ -71,8 +76,7 @@ def main() -> None:
     rows = []
     for name, size in shapes(args.quick).items():
         for dtype in (torch.bfloat16, torch.float16):
-            fitted = ampkit.Policy.for_this_machine(device_type, dtype)
-            routed = torch.float32 if fitted.list_of(SDPA) == "deny" else dtype
+            routed = routed_dtype(size, dtype, args.device)
             seconds = interleaved_medians({"fp32": step_for(size, torch.float32, args.device),
                                            "low": step_for(size, dtype, args.device)}, args.device, repeats)
             low_vs_fp32 = seconds["low"] / seconds["fp32"]

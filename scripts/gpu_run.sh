@@ -62,7 +62,7 @@ ROOT_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
 # The benchmarks, those whose figures settle open targets first (a cut invocation loses the last);
 # any other benchmarks/bench_*.py follows, except those whose targets are defined on the CPU only
 # (CPU_ONLY_BENCHES: the GPU minutes go to the GPU targets).
-CPU_ONLY_BENCHES=" bench_adaptive_overhead bench_adaptive_overhead_cpp "
+CPU_ONLY_BENCHES=" bench_adaptive_overhead bench_adaptive_overhead_cpp bench_attention_precision "
 BENCHES=()
 for bench in bench_fused_linear bench_unscale bench_optimizer bench_end_to_end bench_multi_tensor_scale \
              bench_autocast_overhead "$ROOT_DIR"/benchmarks/bench_*.py; do

@@ -60,7 +60,7 @@ def test_presets_hold_the_planned_stages():
     second, _, _ = plan("second")
     assert list(first) == ["build", "ctest", "pytest"]
     # Every benchmark but those whose targets are the CPU's only (scripts/gpu_run.sh: CPU_ONLY_BENCHES).
-    cpu_only = {"bench_adaptive_overhead", "bench_adaptive_overhead_cpp"}
+    cpu_only = {"bench_adaptive_overhead", "bench_adaptive_overhead_cpp", "bench_attention_precision"}
     benches = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "benchmarks"))
                      if f.startswith("bench_") and f[:-3] not in cpu_only)
     assert second["build"] < first["build"], "the second invocation reuses the first's build"

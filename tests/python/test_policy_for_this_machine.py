@@ -153,3 +153,25 @@ def test_trainer_and_adaptive_precision_start_from_this_machines_policy():
         assert model.attention_dtypes and set(model.attention_dtypes) == {expected}, adaptive
     controller = ampkit.AdaptivePrecision(TinyAttention(), "cpu", torch.bfloat16)
     assert controller.policy == ampkit.Policy.for_this_machine("cpu", torch.bfloat16)
+
+
+def test_the_attention_benchmark_reports_the_policys_choice(tmp_path):
+    """benchmarks/bench_attention_precision.py --quick: the figures behind the rules, and the dtype
+    the fitted policy picked for each row (which must agree with the rules)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = tmp_path / "attention.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(repo, "python"),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "bench_attention_precision.py", "--device", "cpu", "--quick", "--json", str(out)],
+                   cwd=os.path.join(repo, "benchmarks"), env=env, check=True, capture_output=True, timeout=300)
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["dtype"] for row in rows} == {"bfloat16", "float16"}
+    for row in rows:
+        dtype = getattr(torch, row["dtype"])
+        assert row["for_this_machine"] == ("float32" if fp32_here(dtype, 32, 16) else row["dtype"])
+        assert row["fp32_ms"] > 0 and row["low_ms"] > 0
