@@ -17,6 +17,10 @@ def describe_environment() -> str:
         f"torch CUDA runtime: {torch.version.cuda}; CUDA available: {torch.cuda.is_available()}",
         f"CPU kernels: {info['cpu_kernel_threads']} thread(s) of torch.get_num_threads()={torch.get_num_threads()}",
     ]
+    for dtype in (torch.bfloat16, torch.float16):
+        for op, when, _ in ampkit.slow_in_lower_precision("cpu", dtype):
+            lines.append(f"CPU autocast, Policy.for_this_machine: {op} in float32 instead of "
+                         f"{str(dtype).replace('torch.', '')} ({when})")
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             major, minor = torch.cuda.get_device_capability(index)
