@@ -59,8 +59,8 @@ class Policy {
   static Policy torch_default(c10::DeviceType device_type, c10::ScalarType dtype);
   // torch_default fitted to this machine: a call of an allowed op that this machine runs slower in
   // `dtype` than in float32 runs in float32 (slow_in_lower_precision: which ops, for which shapes,
-  // and why). Faster, and at least as accurate. The lists are torch's, and edits keep the fitting;
-  // equal to torch_default where nothing is slow (CUDA; CPUs with AMX).
+  // and why): at least as accurate, and faster. The lists are torch's, and edits keep the fitting;
+  // the routing is torch_default's where nothing is slow (CUDA; CPUs with AMX).
   static Policy for_this_machine(c10::DeviceType device_type, c10::ScalarType dtype);
 
   // Exactly these lists, nothing else. An op named in two lists, an unknown op, a device type
@@ -117,8 +117,9 @@ struct SlowOp {
 // CPU without packed `dtype` GEMMs (at::native::cpublas::could_pack false: no AMX) torch's flash
 // attention runs an unpacked low-precision path (benchmarks/bench_attention_precision.py):
 //   float16: every call (4.7-8.5x the fp32 time at every shape measured on an AVX512-BF16 CPU);
-//   bfloat16 with AVX512-BF16: when key length x head dim <= 16384 (1.3-4.2x the fp32 time there;
-//     0.72-0.95x above, where bf16 stays);
+//   bfloat16 with AVX512-BF16: when key length x head dim <= 16384 (1.3-4.2x the fp32 time below
+//     16384 and 0.88-1.45x at it, 1.06x on average over the four head dims; 0.72-0.95x above,
+//     where bf16 stays);
 //   bfloat16 without AVX512-BF16 (bf16 arithmetic emulated): every call.
 std::vector<SlowOp> slow_in_lower_precision(c10::DeviceType device_type, c10::ScalarType dtype);
 
