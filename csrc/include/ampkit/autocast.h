@@ -118,8 +118,8 @@ struct SlowOp {
 // attention runs an unpacked low-precision path (benchmarks/bench_attention_precision.py):
 //   float16: every call (4.7-8.5x the fp32 time at every shape measured on an AVX512-BF16 CPU);
 //   bfloat16 with AVX512-BF16: when key length x head dim <= 16384 (1.3-4.2x the fp32 time below
-//     16384 and 0.88-1.45x at it, 1.06x on average over the four head dims; 0.72-0.95x above,
-//     where bf16 stays);
+//     16384; at 16384 0.88-1.45x: fp32 ahead for head dims 32 and 128, behind for 16 and 64;
+//     0.72-0.95x above, where bf16 stays);
 //   bfloat16 without AVX512-BF16 (bf16 arithmetic emulated): every call.
 std::vector<SlowOp> slow_in_lower_precision(c10::DeviceType device_type, c10::ScalarType dtype);
 
