@@ -107,7 +107,7 @@ std::vector<MachineRuleFor> machine_rules_for(c10::DeviceType device_type, c10::
                                ampkit::detail::dtype_name(dtype) + " path";
   if (dtype == c10::kHalf) {
     rules.push_back({attention, MachineRule::kFp32,
-                     {attention, "every call", unpacked + ", 4.7-8.5x the float32 time at every shape measured"}});
+                     {attention, "every call", unpacked + ", 1.9-8.5x the float32 time at every shape measured"}});
     return rules;
   }
   const auto capabilities = at::cpu::get_cpu_capabilities();

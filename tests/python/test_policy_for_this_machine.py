@@ -3,9 +3,10 @@ that this machine runs slower in low precision than in fp32 runs in fp32. Also w
 (Trainer, AdaptivePrecision).
 
 On a CPU without AMX, torch's flash attention has no packed bf16/fp16 path. On the AVX512-BF16 CPU
-this was built on (benchmarks/bench_attention_precision.py), its forward+backward took 4.7-8.5x
-the fp32 time in fp16 at every shape, and in bf16 1.3-4.2x when key length x head dim <= 16384 but
-0.72-0.95x above: so fp16 attention always goes to fp32 there, bf16 attention only for short keys."""
+this was built on (benchmarks/bench_attention_precision.py), its forward+backward took 1.9-8.5x
+the fp32 time in fp16 at every shape, and in bf16 1.3-4.2x when key length x head dim < 16384,
+0.88-1.45x at 16384 and 0.72-0.95x above: so fp16 attention always goes to fp32 there, bf16
+attention only for short keys (<= 16384)."""
 from __future__ import annotations
 
 import platform

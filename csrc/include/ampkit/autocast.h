@@ -116,7 +116,7 @@ struct SlowOp {
 // off the hardware and the call's shapes, never timed, so every run of a program routes alike. On a
 // CPU without packed `dtype` GEMMs (at::native::cpublas::could_pack false: no AMX) torch's flash
 // attention runs an unpacked low-precision path (benchmarks/bench_attention_precision.py):
-//   float16: every call (4.7-8.5x the fp32 time at every shape measured on an AVX512-BF16 CPU);
+//   float16: every call (1.9-8.5x the fp32 time at every shape measured on an AVX512-BF16 CPU);
 //   bfloat16 with AVX512-BF16: when key length x head dim <= 16384 (1.3-4.2x the fp32 time below
 //     16384; at 16384 0.88-1.45x: fp32 ahead for head dims 32 and 128, behind for 16 and 64;
 //     0.72-0.95x above, where bf16 stays);
