@@ -5,9 +5,9 @@ examples/python/train_digits.py (``build_model``). One training step = zero_grad
 autocast, loss, backward, optimizer step (and the loss-scaler calls where there is a scaler).
 
 * ampkit:  low-precision model weights (``ampkit.optim.to_low_precision``; norms stay fp32),
-           ``ampkit.autocast`` with ``Policy.for_this_machine`` (torch's lists, less the ops this
-           machine runs slower in low precision: on a CPU without AMX, attention stays fp32;
-           on CUDA it is torch's lists), ``ampkit.optim.AdamW`` with FP32 masters,
+           ``ampkit.autocast`` with ``Policy.for_this_machine`` (torch's lists, with the calls this
+           machine runs slower in low precision sent to fp32: on a CPU without AMX, attention over
+           short keys; on CUDA, torch's routing), ``ampkit.optim.AdamW`` with FP32 masters,
            ``ampkit.GradScaler`` (CUDA, fp16), FusedLinear (bias + GELU in the GEMM epilogue) in
            the GPT's MLPs.
 * torch:   fp32 weights, ``torch.autocast``, ``torch.amp.GradScaler`` (CUDA, fp16),

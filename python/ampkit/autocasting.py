@@ -74,6 +74,14 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return _DTYPE_NAMES[dtype]
 
 
+def _device_and_amp_dtype(device_type: str | torch.device, dtype: torch.dtype | None) -> tuple[str, torch.dtype]:
+    """'cpu'/'cuda' and the lower-precision dtype; None means torch's default (CPU bf16, CUDA fp16)."""
+    device = _device_name(device_type)
+    if dtype is None:
+        dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    return device, dtype
+
+
 def _names(ops: Iterable[str], where: str) -> list[str]:
     if isinstance(ops, str):
         ops = [ops]
@@ -118,9 +126,7 @@ class Policy:
     @classmethod
     def default(cls, device_type: str = "cuda", dtype: torch.dtype | None = None) -> "Policy":
         """torch 2.11's own lists for ``device_type``; dtype defaults to torch's (CPU bf16, CUDA fp16)."""
-        device = _device_name(device_type)
-        if dtype is None:
-            dtype = torch.bfloat16 if device == "cpu" else torch.float16
+        device, dtype = _device_and_amp_dtype(device_type, dtype)
         return cls._wrap(_native.torch_default_policy(device, _dtype_name(dtype)))
 
     @classmethod
@@ -132,9 +138,7 @@ class Policy:
         ``allow (fp32 on this machine)``. Nothing changes where nothing is slow (CUDA; CPUs with
         AMX). The rules read the hardware and the call's shapes, never a timer, so every run routes
         alike."""
-        device = _device_name(device_type)
-        if dtype is None:
-            dtype = torch.bfloat16 if device == "cpu" else torch.float16
+        device, dtype = _device_and_amp_dtype(device_type, dtype)
         return cls._wrap(_native.for_this_machine_policy(device, _dtype_name(dtype)))
 
     def allow(self, *ops: str) -> "Policy":
@@ -202,9 +206,7 @@ def slow_in_lower_precision(device_type: str = "cpu", dtype: torch.dtype | None 
     (``aten::scaled_dot_product_attention``) runs an unpacked low-precision path: in float16 always
     slower than float32, in bfloat16 slower when key length x head dim <= 16384 (every call on a CPU
     without AVX512-BF16)."""
-    device = _device_name(device_type)
-    if dtype is None:
-        dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    device, dtype = _device_and_amp_dtype(device_type, dtype)
     return _native.slow_in_lower_precision(device, _dtype_name(dtype))
 
 

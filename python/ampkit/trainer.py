@@ -225,8 +225,11 @@ class Trainer:
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, a factory or None, got {type(optimizer).__name__}")
         # Loss scaling is for fp16's narrow exponent range; bf16 and fp32 share fp32's range.
         self.scaler = GradScaler(self.device.type, enabled=self.dtype == torch.float16, **(scaler_options or {}))
-        self._policy: Policy | None = None  # the autocast policy, made at the first step (_region)
         self.adaptive = self._make_adaptive(adaptive)
+        # Without adaptive precision: torch's lists, with the calls this machine runs slower in low
+        # precision sent to fp32 (attention on a CPU without AMX).
+        self._policy = (Policy.for_this_machine(self.device.type, self.dtype)
+                        if self.adaptive is None and self.dtype is not None else None)
         self.history = TrainHistory()
         self.epoch = 0
         self.global_step = 0
@@ -263,12 +266,8 @@ class Trainer:
     def _region(self):
         if self.adaptive is not None:
             return self.adaptive.autocast()
-        if self.dtype is None:
-            return autocast(device_type=self.device.type, enabled=False)
         if self._policy is None:
-            # torch's lists, less what this machine runs slower in low precision (SDPA on a CPU
-            # without AMX); built once, as building a policy resolves every op name.
-            self._policy = Policy.for_this_machine(self.device.type, self.dtype)
+            return autocast(device_type=self.device.type, enabled=False)
         return autocast(device_type=self.device.type, policy=self._policy)
 
     # ---- data ----
