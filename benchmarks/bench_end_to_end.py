@@ -22,12 +22,24 @@ Timing: on CUDA one mode after another (each allocator peak is its own), the med
 steps; on the CPU the three modes take turns step by step, in every order in turn, and each reports
 its median, so a load that comes and goes falls on every mode alike (``--threads`` sets the
 intra-op threads).
+
+CPU heap (``--heap``): glibc hands freed memory back to the kernel (heap trimming, and mmap for
+large blocks), so the next step faults its pages in again: 1000-2000 minor faults a step on the
+digits CNN, and which mode of one process pays more depends on where each mode's frees land in the
+shared heap (it moved the CNN's ampkit/torch ratio between 0.88x and 1.02x from run to run).
+``kept`` (the default) sets glibc to keep freed memory (mallopt: no trimming below 1 GiB, no mmap
+below 32 MiB, what ``GLIBC_TUNABLES=glibc.malloc.trim_threshold=1073741824:glibc.malloc.mmap_threshold=33554432``
+does for a whole program), so the modes are compared on their work; ``glibc`` keeps glibc's
+defaults. Each mode's minor page faults per step are reported either way.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import itertools
+import resource
 import statistics
 import time
 
@@ -151,30 +163,55 @@ def measure_interleaved(workload: dict, args, dtype: torch.dtype, use_scaler: bo
         step()
         step()  # grads, optimizer state, caches
     samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+    faults = {mode: 0 for mode in MODES}
     orders = list(itertools.permutations(MODES))
     for turn in range(repeats):
         for mode in orders[turn % len(orders)]:
             step = runs[mode][2]
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             step()
             samples[mode].append(time.perf_counter() - start)
+            faults[mode] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     results = {}
     for mode, (model, optimizer, _) in runs.items():
         seconds = statistics.median(samples[mode])
         results[mode] = {"steps_per_s": 1.0 / seconds, "ms": seconds * 1e3,
-                         "state_mb": training_state_bytes(model, optimizer) / 2**20}
+                         "state_mb": training_state_bytes(model, optimizer) / 2**20,
+                         "faults": faults[mode] / repeats}
     del runs
     gc.collect()
     return results
 
 
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """glibc keeps freed memory in this process instead of returning it to the kernel (see --heap).
+    False where the C library has no mallopt (not glibc)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1 and mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1
+
+
 def main() -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=None, help="intra-op threads on the CPU (default: torch's)")
+    p.add_argument("--heap", choices=("kept", "glibc"), default="kept",
+                   help="CPU: 'kept' keeps freed memory in the process, so no mode pays page faults for "
+                        "re-growing the heap; 'glibc': glibc's defaults (see the module docstring)")
     args = p.parse_args()
     on_cuda = args.device.startswith("cuda")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    heap = "not set (cuda)" if on_cuda else "glibc"
+    if not on_cuda and args.heap == "kept":
+        heap = "kept" if keep_freed_memory() else "glibc (this C library has no mallopt)"
     dtype = torch.float16 if on_cuda else torch.bfloat16
     use_scaler = on_cuda  # fp16 needs loss scaling; bf16 has fp32's exponent range
     repeats = args.repeats or (3 if args.quick else (50 if on_cuda else 15))
@@ -195,12 +232,19 @@ def main() -> None:
         for mode in MODES:
             row[f"{mode}_{memory_key}"] = round(results[mode][memory_key], 2)
         row["mem_vs_torch_amp"] = round(ours[memory_key] / native[memory_key], 2)
+        if not on_cuda:
+            for mode in MODES:
+                row[f"{mode}_faults"] = round(results[mode]["faults"])
         rows.append(row)
     memory_key = "peak_mb" if on_cuda else "state_mb"
     columns = (["model", "dtype"] + [f"{m}_steps_s" for m in MODES] + ["vs_torch_amp", "vs_fp32"]
-               + [f"{m}_{memory_key}" for m in MODES] + ["mem_vs_torch_amp"])
-    report("End-to-end training steps: ampkit AMP vs torch AMP vs FP32 (ratios: ampkit steps/s over the other)",
-           rows, columns, args, extra={"memory": memory_key, "repeats": repeats, "loss_scaling": use_scaler},
+               + [f"{m}_{memory_key}" for m in MODES] + ["mem_vs_torch_amp"]
+               + ([] if on_cuda else [f"{m}_faults" for m in MODES]))
+    title = "End-to-end training steps: ampkit AMP vs torch AMP vs FP32 (ratios: ampkit steps/s over the other)"
+    if not on_cuda:
+        title += f"; heap: {heap}; *_faults: minor page faults per step"
+    report(title, rows, columns, args,
+           extra={"memory": memory_key, "repeats": repeats, "loss_scaling": use_scaler, "heap": heap},
            targets=TARGETS)
 
 

@@ -2,7 +2,8 @@
 // the dispatcher (TORCH_LIBRARY ampkit_python) instead of as a CPython extension module. Python
 // loads it with torch.ops.load_library, so it uses no Python C API at all: one build serves every
 // CPython that runs this torch (the wheel is tagged abi3). Stateful autocast objects are torch
-// custom classes (torch.classes.ampkit_python.*); the rest are ops (torch.ops.ampkit_python.*).
+// custom classes (torch.classes.ampkit_python.*); the rest are ops (torch.ops.ampkit_python.*),
+// except the region entry points, plain C functions (ampkit_autocast_enter/_exit, at the end).
 // Devices and dtypes cross as strings ("cpu", "bfloat16"); python/ampkit/_native.py converts.
 #include <torch/custom_class.h>
 #include <torch/library.h>
@@ -55,35 +56,56 @@ using PolicyRef = c10::intrusive_ptr<PolicyObject>;
 
 PolicyRef wrap(autocast::Policy policy) { return c10::make_intrusive<PolicyObject>(std::move(policy)); }
 
-// A region entered and left from Python (the `with` statement drives it).
-struct AutocastRegion : torch::CustomClassHolder {
-  AutocastRegion(const std::string& device, std::optional<std::string> dtype, std::optional<PolicyRef> policy,
-                 bool enabled)
-      : device_(device_from(device)), enabled_(enabled) {
-    if (dtype) dtype_ = dtype_from(*dtype);
-    if (policy) policy_ = (*policy)->policy;
+// The regions Python opens: `with ampkit.autocast(...)` calls ampkit_autocast_enter and
+// ampkit_autocast_exit (below) through ctypes. A region is opened once per training step, after the
+// backward pass has evicted the caches; there, a custom-class construction plus two boxed method
+// calls cost ~160 us and two plain C calls ~10 us (torch.autocast: ~14 us). Each thread keeps its
+// open regions on a stack, as torch keeps its autocast state per thread.
+struct OpenRegions {
+  std::vector<std::unique_ptr<AutocastGuard>> stack;
+  // A region still open when its thread ends (or the process exits) is not left: leaving restores
+  // torch's thread-local autocast state, which may already be gone by then.
+  ~OpenRegions() {
+    for (auto& guard : stack) static_cast<void>(guard.release());
   }
-  void enter() {
-    TORCH_CHECK(!guard_, "ampkit.autocast: this region was entered already");
-    if (policy_) {
-      guard_ = std::make_unique<AutocastGuard>(*policy_, enabled_);
-    } else if (dtype_) {
-      guard_ = std::make_unique<AutocastGuard>(device_, *dtype_, enabled_);
-    } else if (!enabled_) {
-      guard_ = std::make_unique<AutocastGuard>(device_, c10::kBFloat16, false);
-    } else {
-      guard_ = std::make_unique<AutocastGuard>(device_);
-    }
-  }
-  void exit() { guard_.reset(); }
-
- private:
-  c10::DeviceType device_;
-  std::optional<c10::ScalarType> dtype_;
-  std::optional<autocast::Policy> policy_;
-  bool enabled_;
-  std::unique_ptr<AutocastGuard> guard_;
 };
+thread_local OpenRegions open_regions;
+thread_local std::string region_error;
+
+enum RegionStatus : int64_t { kRegionValueError = -1, kRegionTypeError = -2, kRegionRuntimeError = -3 };
+
+int64_t region_failure(const std::exception& error, RegionStatus status) {
+  region_error = error.what();
+  // c10 errors carry their C++ backtrace in what(); the message alone is what the user needs.
+  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&error)) region_error = c10_error->msg();
+  return status;
+}
+
+template <typename Body>
+int64_t guarded(Body body) {
+  try {
+    return body();
+  } catch (const c10::ValueError& error) {
+    return region_failure(error, kRegionValueError);
+  } catch (const c10::TypeError& error) {
+    return region_failure(error, kRegionTypeError);
+  } catch (const std::exception& error) {
+    return region_failure(error, kRegionRuntimeError);
+  }
+}
+
+constexpr int32_t kNoDtype = 0;
+
+c10::ScalarType region_dtype(int32_t code) {
+  TORCH_CHECK_VALUE(code == 1 || code == 2, "ampkit.autocast: dtype code must be 1 (float16) or 2 (bfloat16), got ",
+                    code);
+  return code == 1 ? c10::kHalf : c10::kBFloat16;
+}
+
+c10::DeviceType region_device(int32_t code) {
+  TORCH_CHECK_VALUE(code == 0 || code == 1, "ampkit.autocast: device code must be 0 (cpu) or 1 (cuda), got ", code);
+  return code == 0 ? c10::kCPU : c10::kCUDA;
+}
 
 // explain(): (op, list, input dtypes, output dtypes) for every op routed while recording.
 using OpRecordTuple = std::tuple<std::string, std::string, std::vector<std::string>, std::vector<std::string>>;
@@ -188,11 +210,6 @@ void register_autocast_classes(torch::Library& m) {
       .def("ops", [](const PolicyRef& self, std::string list) { return self->policy.ops(list_from(list)); })
       .def("equals", [](const PolicyRef& self, PolicyRef other) { return self->policy == other->policy; });
 
-  m.class_<AutocastRegion>("AutocastRegion")
-      .def(torch::init<std::string, std::optional<std::string>, std::optional<PolicyRef>, bool>())
-      .def("enter", &AutocastRegion::enter)
-      .def("exit", &AutocastRegion::exit);
-
   m.class_<ExplainRecording>("ExplainRecording")
       .def(torch::init<>())
       .def("start", &ExplainRecording::start)
@@ -224,6 +241,9 @@ TORCH_LIBRARY(ampkit_python, m) {
     }
     return std::make_tuple(ops, whens, reasons);
   });
+  // What ampkit_autocast_enter takes for the policy: the object's address, valid while the Python
+  // Policy holding it lives (the region's autocast object keeps it alive across enter).
+  m.def("policy_address", [](PolicyRef policy) { return reinterpret_cast<int64_t>(policy.get()); });
   m.def("autocast_install", [](PolicyRef policy) { autocast::install(policy->policy); });
   m.def("autocast_uninstall", [] { autocast::uninstall(); });
   m.def("autocast_is_installed", [](std::string device) { return autocast::is_installed(device_from(device)); });
@@ -250,3 +270,58 @@ TORCH_LIBRARY(ampkit_python, m) {
   m.def("check_sgd_hyperparameters", &check_sgd_hyperparameters);
   m.def("check_adam_hyperparameters", &check_adam_hyperparameters);
 }
+
+// The region entry points (see open_regions). Errors never cross the C boundary as exceptions: a
+// negative return names the Python exception type (RegionStatus) and ampkit_autocast_error() the
+// message.
+extern "C" {
+
+// Opens a region on this thread. `policy`: a policy_address, or null for torch's lists in `dtype`
+// (1 float16, 2 bfloat16; 0: the global policy, else torch's default dtype, for `device` (0 cpu,
+// 1 cuda)). Returns the region's depth on this thread's stack (>= 1), or a RegionStatus.
+__attribute__((visibility("default"))) int64_t ampkit_autocast_enter(const void* policy, int32_t device,
+                                                                     int32_t dtype, int32_t enabled) {
+  using namespace ampkit::python;
+  return guarded([&]() -> int64_t {
+    const c10::DeviceType device_type = region_device(device);
+    std::unique_ptr<ampkit::AutocastGuard> guard;
+    if (policy != nullptr) {
+      const auto& chosen = static_cast<const PolicyObject*>(policy)->policy;
+      TORCH_CHECK_VALUE(chosen.device_type() == device_type, "ampkit.autocast: the policy is for ",
+                        c10::DeviceTypeName(chosen.device_type(), true), " but the region is for ",
+                        c10::DeviceTypeName(device_type, true));
+      guard = std::make_unique<ampkit::AutocastGuard>(chosen, enabled != 0);
+    } else if (dtype != kNoDtype) {
+      guard = std::make_unique<ampkit::AutocastGuard>(device_type, region_dtype(dtype), enabled != 0);
+    } else if (enabled == 0) {
+      guard = std::make_unique<ampkit::AutocastGuard>(device_type, c10::kBFloat16, false);
+    } else {
+      guard = std::make_unique<ampkit::AutocastGuard>(device_type);
+    }
+    open_regions.stack.push_back(std::move(guard));
+    return static_cast<int64_t>(open_regions.stack.size());
+  });
+}
+
+// Closes the innermost region on this thread, which must be the one at `depth` (regions close in
+// the reverse order they opened, on the thread that opened them). Returns 0 or a RegionStatus.
+__attribute__((visibility("default"))) int64_t ampkit_autocast_exit(int64_t depth) {
+  using namespace ampkit::python;
+  return guarded([&]() -> int64_t {
+    const auto open = static_cast<int64_t>(open_regions.stack.size());
+    TORCH_CHECK(open > 0, "ampkit.autocast: leaving a region, but no region is open on this thread (a region must be "
+                "left on the thread that entered it)");
+    TORCH_CHECK(depth == open, "ampkit.autocast: leaving the region entered at depth ", depth, " while the innermost "
+                "open region on this thread is at depth ", open, "; regions must be left in the reverse order they "
+                "were entered");
+    open_regions.stack.pop_back();
+    return 0;
+  });
+}
+
+// The message of this thread's last failed enter or exit.
+__attribute__((visibility("default"))) const char* ampkit_autocast_error() {
+  return ampkit::python::region_error.c_str();
+}
+
+}  // extern "C"

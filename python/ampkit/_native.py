@@ -2,12 +2,14 @@
 
 That library registers, with the dispatcher, the autocast policy objects as torch custom classes
 (``torch.classes.ampkit_python.*``) and the build information, activation names and argument
-contracts as ops (``torch.ops.ampkit_python.*``). It is loaded with ``torch.ops.load_library``
-and uses no Python C API, so one build serves every CPython that runs this torch. This module
+contracts as ops (``torch.ops.ampkit_python.*``), and exports two plain C functions that open and
+leave autocast regions, called through ctypes. It is loaded with ``torch.ops.load_library`` and
+uses no Python C API, so one build serves every CPython that runs this torch. This module
 gives those registrations Python names; nothing else in the package touches them directly.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 
 import torch
@@ -22,6 +24,7 @@ def load_library() -> None:
         raise ImportError(f"ampkit's compiled library is missing ({LIBRARY} not found): build and install it with "
                           "`pip install --no-build-isolation -e .` from the repository, or run scripts/build.sh")
     torch.ops.load_library(LIBRARY)
+    _bind_region_calls()
 
 
 def _ops():
@@ -106,9 +109,48 @@ def slow_in_lower_precision(device: str, dtype: str) -> list[tuple[str, str, str
     return list(zip(ops, whens, reasons))
 
 
-def new_region(device: str, dtype: str | None, policy, enabled: bool):
-    """An AutocastRegion object: enter(), exit()."""
-    return _classes().AutocastRegion(device, dtype, policy, enabled)
+# ---- autocast regions: two plain C calls through ctypes (see ampkit_autocast_enter) ----
+
+REGION_DEVICE_CODES = {"cpu": 0, "cuda": 1}
+REGION_DTYPE_CODES = {None: 0, "float16": 1, "bfloat16": 2}
+_REGION_ERRORS = {-1: ValueError, -2: TypeError, -3: RuntimeError}
+_region_calls: dict = {}
+
+
+def _bind_region_calls() -> None:
+    library = ctypes.CDLL(LIBRARY)  # the handle torch.ops.load_library opened; CDLL releases the GIL
+    enter, leave, error = library.ampkit_autocast_enter, library.ampkit_autocast_exit, library.ampkit_autocast_error
+    enter.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32]
+    enter.restype = ctypes.c_int64
+    leave.argtypes = [ctypes.c_int64]
+    leave.restype = ctypes.c_int64
+    error.argtypes = []
+    error.restype = ctypes.c_char_p
+    _region_calls.update(enter=enter, exit=leave, error=error)
+
+
+def _region_failure(status: int) -> Exception:
+    message = _region_calls["error"]().decode("utf-8", errors="replace")
+    return _REGION_ERRORS.get(status, RuntimeError)(message)
+
+
+def region_enter(policy_address: int, device_code: int, dtype_code: int, enabled: bool) -> int:
+    """Opens an autocast region on this thread (policy_address: policy_address() of a live policy,
+    or 0); returns its depth, which region_exit takes."""
+    depth = _region_calls["enter"](policy_address or None, device_code, dtype_code, int(enabled))
+    if depth < 0:
+        raise _region_failure(depth)
+    return depth
+
+
+def region_exit(depth: int) -> None:
+    status = _region_calls["exit"](depth)
+    if status < 0:
+        raise _region_failure(status)
+
+
+def policy_address(policy) -> int:
+    return int(_ops().policy_address(policy))
 
 
 def new_recording():

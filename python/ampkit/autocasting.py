@@ -54,6 +54,8 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _device_name(device_type: str | torch.device) -> str:
+    if device_type == "cpu" or device_type == "cuda":  # the common spelling, without parsing (once a step)
+        return device_type
     if not isinstance(device_type, (str, torch.device)):
         raise TypeError(f"device_type must be 'cpu' or 'cuda', got {type(device_type).__name__}")
     try:
@@ -95,7 +97,7 @@ def _names(ops: Iterable[str], where: str) -> list[str]:
 class Policy:
     """Autocast op lists for one device type. Immutable: edits return a new policy."""
 
-    __slots__ = ("_impl",)
+    __slots__ = ("_impl", "_fixed")
 
     def __init__(
         self,
@@ -160,9 +162,18 @@ class Policy:
     def with_dtype(self, dtype: torch.dtype) -> "Policy":
         return Policy._wrap(self._impl.with_dtype(_dtype_name(dtype)))
 
+    def _fixed_facts(self) -> tuple[str, torch.dtype, int]:
+        """(device type, dtype, native address): fixed for this immutable policy, so read once. A
+        region is opened every training step, when a native call costs tens of microseconds."""
+        try:
+            return self._fixed
+        except AttributeError:
+            self._fixed = (self._impl.device_type(), _DTYPES[self._impl.dtype()], _native.policy_address(self._impl))
+            return self._fixed
+
     @property
     def device_type(self) -> str:
-        return self._impl.device_type()
+        return self._fixed_facts()[0]
 
     @property
     def fitted_to_machine(self) -> bool:
@@ -171,7 +182,7 @@ class Policy:
 
     @property
     def dtype(self) -> torch.dtype:
-        return _DTYPES[self._impl.dtype()]
+        return self._fixed_facts()[1]
 
     def list_of(self, op: str) -> str | None:
         """'allow', 'deny', 'promote', 'passthrough', or None when the op is in no list."""
@@ -269,28 +280,33 @@ class autocast:  # noqa: N801  (named like torch.autocast, which it replaces)
         self.device_type = _device_name(device_type)
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be an ampkit.Policy or None, got {type(policy).__name__}")
-        if policy is not None and policy.device_type != self.device_type:
-            raise ValueError(f"policy is for {policy.device_type} but the region is for {self.device_type}")
-        if policy is not None and dtype is not None and dtype != policy.dtype:
-            raise ValueError(f"dtype {dtype} differs from the policy's dtype {policy.dtype}; use policy.with_dtype()")
+        policy_address = 0
+        if policy is not None:
+            policy_device, policy_dtype, policy_address = policy._fixed_facts()
+            if policy_device != self.device_type:
+                raise ValueError(f"policy is for {policy_device} but the region is for {self.device_type}")
+            if dtype is not None and dtype != policy_dtype:
+                raise ValueError(f"dtype {dtype} differs from the policy's dtype {policy_dtype}; use policy.with_dtype()")
         if not isinstance(enabled, bool):
             raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
         self.dtype = dtype
         self.policy = policy
         self.enabled = enabled
         self._dtype_name = None if dtype is None else _dtype_name(dtype)
-        self._regions: list = []
+        if self._dtype_name not in _native.REGION_DTYPE_CODES:
+            raise ValueError(f"ampkit autocast: dtype must be float16 or bfloat16, got {self._dtype_name}")
+        self._operands = (policy_address, _native.REGION_DEVICE_CODES[self.device_type],
+                          _native.REGION_DTYPE_CODES[self._dtype_name], enabled)
+        self._depths: list[int] = []
 
     def __enter__(self) -> "autocast":
-        region = _native.new_region(
-            self.device_type, self._dtype_name, None if self.policy is None else self.policy._impl, self.enabled
-        )
-        region.enter()
-        self._regions.append(region)
+        # self.policy stays referenced while the region opens, so its native address stays valid.
+        self._depths.append(_native.region_enter(*self._operands))
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._regions.pop().exit()
+        _native.region_exit(self._depths[-1])  # popped only once left: a refused exit leaves it open
+        self._depths.pop()
 
     # The install helpers, reachable from the public class too: ampkit.autocast.uninstall().
     uninstall = staticmethod(uninstall)

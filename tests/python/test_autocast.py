@@ -8,6 +8,7 @@ is edited, the reference is the op run by hand on inputs cast as the list says, 
 """
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -464,6 +465,68 @@ def test_region_state_is_restored_when_the_body_raises():
             raise KeyError("x")
     assert not torch.is_autocast_enabled("cpu")
     assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_regions_left_out_of_order_are_refused_and_stay_open():
+    a = torch.randn(4, 4)
+    outer, inner = ampkit.autocast("cpu", dtype=torch.bfloat16), ampkit.autocast("cpu", dtype=torch.float16)
+    outer.__enter__()
+    inner.__enter__()
+    try:
+        with pytest.raises(RuntimeError, match="entered at depth 1 while the innermost open region on this thread "
+                                               "is at depth 2; regions must be left in the reverse order"):
+            outer.__exit__(None, None, None)
+        assert torch.mm(a, a).dtype == torch.float16  # the refused exit changed nothing
+    finally:
+        inner.__exit__(None, None, None)
+        assert torch.mm(a, a).dtype == torch.bfloat16
+        outer.__exit__(None, None, None)  # still open after the refusal, so it can be left now
+    assert not torch.is_autocast_enabled("cpu")
+    assert torch.mm(a, a).dtype == torch.float32
+
+
+def test_a_region_left_on_another_thread_is_refused():
+    region = ampkit.autocast("cpu")
+    errors = []
+
+    def leave_here():
+        try:
+            region.__exit__(None, None, None)
+        except RuntimeError as error:
+            errors.append(str(error))
+        errors.append(torch.is_autocast_enabled("cpu"))  # this thread's state was never touched
+
+    with region:
+        thread = threading.Thread(target=leave_here)
+        thread.start()
+        thread.join(10)
+        assert torch.is_autocast_enabled("cpu")  # still open on the thread that entered it
+    assert len(errors) == 2 and "no region is open on this thread" in errors[0] and errors[1] is False
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_region_keeps_its_policy_when_the_policy_object_is_dropped():
+    a = torch.randn(4, 4)
+    region = ampkit.autocast("cpu", policy=ampkit.Policy.default("cpu").deny("mm"))
+    with region:
+        region.policy = None  # the region holds the native policy from the moment it opened
+        gc.collect()
+        assert torch.mm(a, a).dtype == torch.float32 and torch.matmul(a, a).dtype == torch.bfloat16
+
+
+def test_native_region_errors_cross_as_python_exceptions():
+    # The C entry points return a status instead of throwing across ctypes; each maps to the
+    # exception type the C++ check names, with its message and without a C++ backtrace.
+    from ampkit import _native
+
+    with pytest.raises(ValueError, match=r"^ampkit.autocast: dtype code must be 1 \(float16\) or 2 \(bfloat16\), got 7$"):
+        _native.region_enter(0, 0, 7, True)
+    with pytest.raises(ValueError, match="device code must be 0 \\(cpu\\) or 1 \\(cuda\\), got 5"):
+        _native.region_enter(0, 5, 0, True)
+    cuda_policy = ampkit.Policy.default("cuda")
+    with pytest.raises(ValueError, match="the policy is for cuda but the region is for cpu"):
+        _native.region_enter(cuda_policy._fixed_facts()[2], 0, 0, True)
+    assert not torch.is_autocast_enabled("cpu")
 
 
 def test_regions_are_per_thread_and_policy_swaps_are_safe():
