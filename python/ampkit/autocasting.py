@@ -41,6 +41,7 @@ other threads run ops inside autocast regions.
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -297,16 +298,23 @@ class autocast:  # noqa: N801  (named like torch.autocast, which it replaces)
             raise ValueError(f"ampkit autocast: dtype must be float16 or bfloat16, got {self._dtype_name}")
         self._operands = (policy_address, _native.REGION_DEVICE_CODES[self.device_type],
                           _native.REGION_DTYPE_CODES[self._dtype_name], enabled)
-        self._depths: list[int] = []
+        # The depths this object's open regions have on each thread's stack: one object may be
+        # entered on several threads at once (a module-level region, or nested re-entry).
+        self._depths: dict[int, list[int]] = {}
 
     def __enter__(self) -> "autocast":
-        # self.policy stays referenced while the region opens, so its native address stays valid.
-        self._depths.append(_native.region_enter(*self._operands))
+        # self._operands holds the policy's address; self.policy keeps it alive while the region opens.
+        depth = _native.region_enter(*self._operands)
+        self._depths.setdefault(threading.get_ident(), []).append(depth)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        _native.region_exit(self._depths[-1])  # popped only once left: a refused exit leaves it open
-        self._depths.pop()
+        depths = self._depths.get(threading.get_ident())
+        if not depths:
+            raise RuntimeError("ampkit.autocast: leaving a region that this thread did not enter with this object (a "
+                               "region must be left on the thread that entered it)")
+        _native.region_exit(depths[-1])  # popped only once left: a refused exit leaves the region open
+        depths.pop()
 
     # The install helpers, reachable from the public class too: ampkit.autocast.uninstall().
     uninstall = staticmethod(uninstall)

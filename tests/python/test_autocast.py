@@ -8,6 +8,7 @@ is edited, the reference is the op run by hand on inputs cast as the list says, 
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import subprocess
@@ -501,7 +502,29 @@ def test_a_region_left_on_another_thread_is_refused():
         thread.start()
         thread.join(10)
         assert torch.is_autocast_enabled("cpu")  # still open on the thread that entered it
-    assert len(errors) == 2 and "no region is open on this thread" in errors[0] and errors[1] is False
+    assert len(errors) == 2 and "must be left on the thread that entered it" in errors[0] and errors[1] is False
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_one_region_object_entered_on_two_threads_at_once():
+    region = ampkit.autocast("cpu", dtype=torch.float16)
+    a = torch.randn(4, 4)
+    entered, results = threading.Barrier(2, timeout=10), {}
+
+    def worker(name):
+        with ampkit.autocast("cpu", dtype=torch.bfloat16) if name == "nested" else contextlib.nullcontext():
+            with region:
+                entered.wait()  # both threads are inside the same object's region now
+                results[name] = torch.mm(a, a).dtype
+            results[name + " after"] = torch.mm(a, a).dtype
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in ("nested", "plain")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results == {"nested": torch.float16, "plain": torch.float16, "nested after": torch.bfloat16,
+                       "plain after": torch.float32}
     assert not torch.is_autocast_enabled("cpu")
 
 
