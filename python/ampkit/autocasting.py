@@ -278,32 +278,36 @@ class autocast:  # noqa: N801  (named like torch.autocast, which it replaces)
         policy: Policy | None = None,
         enabled: bool = True,
     ) -> None:
-        self.device_type = _device_name(device_type)
+        self._device_type = _device_name(device_type)
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be an ampkit.Policy or None, got {type(policy).__name__}")
         policy_address = 0
         if policy is not None:
             policy_device, policy_dtype, policy_address = policy._fixed_facts()
-            if policy_device != self.device_type:
-                raise ValueError(f"policy is for {policy_device} but the region is for {self.device_type}")
+            if policy_device != self._device_type:
+                raise ValueError(f"policy is for {policy_device} but the region is for {self._device_type}")
             if dtype is not None and dtype != policy_dtype:
                 raise ValueError(f"dtype {dtype} differs from the policy's dtype {policy_dtype}; use policy.with_dtype()")
         if not isinstance(enabled, bool):
             raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
-        self.dtype = dtype
-        self.policy = policy
-        self.enabled = enabled
-        self._dtype_name = None if dtype is None else _dtype_name(dtype)
-        if self._dtype_name not in _native.REGION_DTYPE_CODES:
-            raise ValueError(f"ampkit autocast: dtype must be float16 or bfloat16, got {self._dtype_name}")
-        self._operands = (policy_address, _native.REGION_DEVICE_CODES[self.device_type],
-                          _native.REGION_DTYPE_CODES[self._dtype_name], enabled)
+        dtype_name = None if dtype is None else _dtype_name(dtype)
+        if dtype_name not in _native.REGION_DTYPE_CODES:
+            raise ValueError(f"ampkit autocast: dtype must be float16 or bfloat16, got {dtype_name}")
+        # Fixed here, as the native call takes them: read-only attributes below. self._policy keeps
+        # the native policy alive for as long as its address may be entered.
+        self._dtype, self._policy, self._enabled = dtype, policy, enabled
+        self._operands = (policy_address, _native.REGION_DEVICE_CODES[self._device_type],
+                          _native.REGION_DTYPE_CODES[dtype_name], enabled)
         # The depths this object's open regions have on each thread's stack: one object may be
         # entered on several threads at once (a module-level region, or nested re-entry).
         self._depths: dict[int, list[int]] = {}
 
+    device_type = property(lambda self: self._device_type, doc="'cpu' or 'cuda'.")
+    dtype = property(lambda self: self._dtype, doc="The dtype asked for (None: the policy's or the default).")
+    policy = property(lambda self: self._policy, doc="The Policy asked for, or None.")
+    enabled = property(lambda self: self._enabled)
+
     def __enter__(self) -> "autocast":
-        # self._operands holds the policy's address; self.policy keeps it alive while the region opens.
         depth = _native.region_enter(*self._operands)
         self._depths.setdefault(threading.get_ident(), []).append(depth)
         return self

@@ -528,13 +528,17 @@ def test_one_region_object_entered_on_two_threads_at_once():
     assert not torch.is_autocast_enabled("cpu")
 
 
-def test_a_region_keeps_its_policy_when_the_policy_object_is_dropped():
+def test_a_region_keeps_its_policy_alive_and_its_settings_fixed():
     a = torch.randn(4, 4)
-    region = ampkit.autocast("cpu", policy=ampkit.Policy.default("cpu").deny("mm"))
-    with region:
-        region.policy = None  # the region holds the native policy from the moment it opened
-        gc.collect()
-        assert torch.mm(a, a).dtype == torch.float32 and torch.matmul(a, a).dtype == torch.bfloat16
+    region = ampkit.autocast("cpu", policy=ampkit.Policy.default("cpu").deny("mm"))  # the only reference
+    gc.collect()
+    for _ in range(2):  # entered again after the first exit: the policy is still the same live object
+        with region:
+            gc.collect()
+            assert torch.mm(a, a).dtype == torch.float32 and torch.matmul(a, a).dtype == torch.bfloat16
+    for name in ("policy", "dtype", "enabled", "device_type"):
+        with pytest.raises(AttributeError):
+            setattr(region, name, None)  # what the region enters is fixed when it is made
 
 
 def test_native_region_errors_cross_as_python_exceptions():
