@@ -327,7 +327,7 @@ class autocast:  # noqa: N801  (named like torch.autocast, which it replaces)
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            with autocast(self.device_type, self.dtype, self.policy, self.enabled):
+            with self:  # re-entrant, per thread: a recursive or concurrent call opens its own region
                 return fn(*args, **kwargs)
 
         return wrapper
