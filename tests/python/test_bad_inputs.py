@@ -474,6 +474,21 @@ def test_refused_aliasing_call_writes_nothing():
     assert torch.equal(grad, torch.full((4,), 8.0)) and found_inf.item() == 0.0
 
 
+@pytest.mark.parametrize("first_buffer", [0, 1])
+def test_aliasing_error_names_the_first_pair_in_list_order(first_buffer):
+    # Two buffers, each written twice: the error names the earliest tensor that overlaps an earlier
+    # one, whichever buffer sits lower in memory (the check groups the tensors by storage).
+    buffers = [torch.zeros(8), torch.zeros(8)]
+    low, high = sorted(buffers, key=lambda t: t.data_ptr())
+    a, b = (low, high) if first_buffer == 0 else (high, low)
+    outputs = [a[:4], b[:4], a[2:6], b[2:6]]
+    with pytest.raises(RuntimeError, match=re.escape("outputs[2] shares memory with outputs[0]")):
+        mts([torch.ones(4)] * 4, outputs)
+    outputs = [a[:4], b[:4], b[2:6], a[2:6]]
+    with pytest.raises(RuntimeError, match=re.escape("outputs[2] shares memory with outputs[1]")):
+        mts([torch.ones(4)] * 4, outputs)
+
+
 def test_disjoint_views_of_one_buffer_are_accepted():
     # DDP/FSDP keep gradients as views into one flat bucket: that is not aliasing.
     flat = torch.full((8,), 2.0)
