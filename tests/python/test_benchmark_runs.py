@@ -37,3 +37,14 @@ def test_autocast_overhead_times_the_region_itself(tmp_path):
         assert row["ampkit_us"] > 0 and row["torch_us"] > 0
         assert abs(row["ratio"] - row["ampkit_us"] / row["torch_us"]) < 0.01
     assert any(t["name"] == "region enter+exit vs torch.autocast" for t in result["targets"])
+
+
+def test_optimizer_reports_the_byte_bound_beside_the_speedup(tmp_path):
+    result = run_benchmark(tmp_path, "bench_optimizer.py")
+    assert result["bytes_per_param"] == 28 and result["torch_bytes_per_param"] == 36  # the CPU counts the copy's line reads
+    assert abs(result["byte_bound"] - 36 / 28) < 1e-3
+    assert [row["dtype"] for row in result["rows"]] == ["float16", "bfloat16"]
+    for row in result["rows"]:
+        assert row["torch_GBps"] > 0 and row["ampkit_GBps"] > 0
+        # speedup = byte bound x (ampkit's GB/s over torch's): the two columns tell the same story
+        assert abs(row["pct_of_byte_bound"] / 100 - row["ampkit_GBps"] / row["torch_GBps"]) < 0.05
