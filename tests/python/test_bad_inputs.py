@@ -8,7 +8,6 @@ The C++ counterpart is tests/cpp/test_bad_inputs.cpp.
 """
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
