@@ -169,16 +169,21 @@ AMPKIT_X86_V4 inline __m512 widen_bf16(__m256i narrow) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(narrow), 16));
 }
 
-// c10::BFloat16's rounding (nearest even, every NaN to 0x7FC0) in integer ops. Not
-// vcvtneps2bf16 (AVX512_BF16): it flushes subnormals to zero, c10::BFloat16 keeps them.
-AMPKIT_X86_V4 inline __m256i narrow_bf16(__m512 values) {
+// c10::BFloat16's rounding (nearest even, every NaN to 0x7FC0) in integer ops, kept in fp32 lanes:
+// each lane's high half is the bf16, its low half zero, so the lane is also the rounded value
+// widened back. Not vcvtneps2bf16 (AVX512_BF16): it flushes subnormals to zero, c10::BFloat16
+// keeps them.
+AMPKIT_X86_V4 inline __m512i round_to_bf16_lanes(__m512 values) {
   const __m512i bits = _mm512_castps_si512(values);
   const __m512i bias =
       _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7FFF));
-  __m512i high_halves = _mm512_srli_epi32(_mm512_add_epi32(bits, bias), 16);
+  const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(bits, bias), _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)));
   const __mmask16 is_nan = _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q);
-  high_halves = _mm512_mask_mov_epi32(high_halves, is_nan, _mm512_set1_epi32(0x7FC0));
-  return _mm512_cvtepi32_epi16(high_halves);
+  return _mm512_mask_mov_epi32(rounded, is_nan, _mm512_set1_epi32(0x7FC00000));
+}
+
+AMPKIT_X86_V4 inline __m256i narrow_bf16(__m512 values) {
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_to_bf16_lanes(values), 16));
 }
 
 AMPKIT_X86_V4 inline __m512 load16(const float* data) { return _mm512_loadu_ps(data); }
