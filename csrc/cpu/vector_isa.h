@@ -157,12 +157,16 @@ AMPKIT_X86_V3 inline void store8(c10::BFloat16* data, __m256 values) {
 
 AMPKIT_X86_V4 inline __m512 widen_f16(__m256i halves) { return _mm512_cvtph_ps(halves); }
 
-// Rounds to nearest even like narrow_f16, then writes c10::Half's NaN (sign | 0x7E00).
-AMPKIT_X86_V4 inline __m256i narrow_f16_canonical(__m512 values) {
-  const __m256i halves = _mm512_cvtps_ph(values, _MM_FROUND_TO_NEAREST_INT);
+// canonical_f16_nan for 16 halves.
+AMPKIT_X86_V4 inline __m256i canonical_f16_nans(__m256i halves) {
   const __m256i magnitude = _mm256_and_si256(halves, _mm256_set1_epi16(0x7FFF));
   const __m256i is_nan = _mm256_cmpgt_epi16(magnitude, _mm256_set1_epi16(0x7C00));
   return _mm256_andnot_si256(_mm256_and_si256(is_nan, _mm256_set1_epi16(0x01FF)), halves);
+}
+
+// Rounds to nearest even like narrow_f16, then writes c10::Half's NaN (sign | 0x7E00).
+AMPKIT_X86_V4 inline __m256i narrow_f16_canonical(__m512 values) {
+  return canonical_f16_nans(_mm512_cvtps_ph(values, _MM_FROUND_TO_NEAREST_INT));
 }
 
 AMPKIT_X86_V4 inline __m512 widen_bf16(__m256i narrow) {
