@@ -169,28 +169,35 @@ inline bool finish_block(T* data, int64_t i, int64_t end, float factor, const do
 
 // Store values as T and return what was stored, widened back to fp32 (for the norm), from the
 // registers: reading the stores back costs the 16-bit loops half their speed (store forwarding).
+// fp16 and bf16 store their own way (below).
 AMPKIT_X86_V3 inline __m256 store8_and_widen(float* data, __m256 values) {
   _mm256_storeu_ps(data, values);
   return values;
-}
-AMPKIT_X86_V3 inline __m256 store8_and_widen(c10::Half* data, __m256 values) {
-  const __m128i halves = x86::canonical_f16_nan(x86::narrow_f16(values));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(data), halves);
-  return x86::widen_f16(halves);
-}
-AMPKIT_X86_V3 inline __m256 store8_and_widen(c10::BFloat16* data, __m256 values) {
-  const __m128i narrow = x86::narrow_bf16(values);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(data), narrow);
-  return x86::widen_bf16(narrow);
 }
 AMPKIT_X86_V4 inline __m512 store16_and_widen(float* data, __m512 values) {
   _mm512_storeu_ps(data, values);
   return values;
 }
-AMPKIT_X86_V4 inline __m512 store16_and_widen(c10::BFloat16* data, __m512 values) {
-  const __m256i narrow = x86::narrow_bf16(values);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(data), narrow);
-  return x86::widen_bf16(narrow);
+
+// fp16 stores F16C's rounding as it comes, NaN payload included, and the norm squares those halves
+// widened back: making NaNs canonical in the loop lengthens the chain from the product to the
+// square by four integer ops, which held the AVX-512 loop with the norm to ~7.5 G elem/s on this
+// project's Zen 5 (~10.9 without). Only a block that can hold a NaN gets them made canonical after
+// its loop (canonical_f16_nans_in): a product of a finite grad and a finite, non-zero factor is
+// never NaN, and a grad that is not finite sets the block's flag. A NaN squares to NaN either way.
+AMPKIT_X86_V3 inline __m256 store8_and_widen_raw(c10::Half* data, __m256 values) {
+  const __m128i halves = x86::narrow_f16(values);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(data), halves);
+  return x86::widen_f16(halves);
+}
+
+bool may_hold_nan(bool found, float factor) { return found || !(std::isfinite(factor) && factor != 0.0f); }
+
+AMPKIT_X86_V3 void canonical_f16_nans_in(c10::Half* data, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; i += 16) {  // [begin, end) is whole groups of 16
+    auto* at = reinterpret_cast<__m256i*>(data + i);
+    _mm256_storeu_si256(at, x86::canonical_f16_nans(_mm256_loadu_si256(at)));
+  }
 }
 
 // 8 elements from i: test, unscale, and add their squares to lanes [4 * 2q, 4 * 2q + 8).
@@ -200,7 +207,12 @@ AMPKIT_X86_V3 inline void group8_avx2(T* data, int64_t i, __m256 factors, __m256
   prefetch_ahead(data + i);
   __m256 values = x86::load8(data + i);
   non_finite = _mm256_or_ps(non_finite, _mm256_sub_ps(values, values));  // x - x: NaN unless x is finite
-  if (Write) values = store8_and_widen(data + i, _mm256_mul_ps(values, factors));  // the norm squares what was written
+  // the norm squares what was written
+  if constexpr (Write && std::is_same_v<T, c10::Half>) {
+    values = store8_and_widen_raw(data + i, _mm256_mul_ps(values, factors));
+  } else if constexpr (Write) {
+    values = store8_and_widen(data + i, _mm256_mul_ps(values, factors));
+  }
   if (Norm) {
     const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(values));
     const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(values, 1));
@@ -225,26 +237,16 @@ AMPKIT_X86_V3 bool block_avx2(void* raw, int64_t begin, int64_t end, float facto
   alignas(32) double square_lanes[kSquareLanes];
   for (int q = 0; q < kSquareLanes / 4; ++q) _mm256_store_pd(square_lanes + 4 * q, squares[q]);
   const bool found = _mm256_movemask_ps(_mm256_cmp_ps(non_finite, non_finite, _CMP_UNORD_Q)) != 0;
+  if constexpr (Write && std::is_same_v<T, c10::Half>) {
+    if (may_hold_nan(found, factor)) canonical_f16_nans_in(data, begin, i);
+  }
   return finish_block<T, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
 }
 
-// fp16 stores F16C's rounding as it comes, NaN payload included, and the norm squares those halves
-// widened back: making NaNs canonical in the loop lengthens the chain from the product to the
-// square by four integer ops, which held the loop with the norm to ~7.5 G elem/s on this
-// project's Zen 5 (~10.9 without). Only a block that can hold a NaN gets them made canonical after
-// its loop (canonical_f16_nans_in): a product of a finite grad and a finite, non-zero factor is
-// never NaN, and a grad that is not finite sets the block's flag. A NaN squares to NaN either way.
 AMPKIT_X86_V4 inline __m512 store16_and_widen_raw(c10::Half* data, __m512 values) {
   const __m256i halves = _mm512_cvtps_ph(values, _MM_FROUND_TO_NEAREST_INT);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(data), halves);
   return x86::widen_f16(halves);
-}
-
-AMPKIT_X86_V4 void canonical_f16_nans_in(c10::Half* data, int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; i += 16) {  // [begin, end) is whole groups of 16
-    auto* at = reinterpret_cast<__m256i*>(data + i);
-    _mm256_storeu_si256(at, x86::canonical_f16_nans(_mm256_loadu_si256(at)));
-  }
 }
 
 // 16 elements from i: test, unscale, and add their squares to lanes [8 * 2q, 8 * 2q + 16).
@@ -285,20 +287,73 @@ AMPKIT_X86_V4 bool block_avx512(void* raw, int64_t begin, int64_t end, float fac
   for (int q = 0; q < kSquareLanes / 8; ++q) _mm512_store_pd(square_lanes + 8 * q, squares[q]);
   const bool found = _mm512_cmp_ps_mask(non_finite, non_finite, _CMP_UNORD_Q) != 0;
   if constexpr (Write && std::is_same_v<T, c10::Half>) {
-    if (found || !(std::isfinite(factor) && factor != 0.0f)) canonical_f16_nans_in(data, begin, i);
+    if (may_hold_nan(found, factor)) canonical_f16_nans_in(data, begin, i);
   }
   return finish_block<T, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
 }
 
-// bf16 on AVX-512: one 64-byte load holds 32 elements, the even ones in the low halves of its
-// 32-bit words and the odd ones in the high halves. Widening is then a shift or a mask, and the
-// store joins the two rounded vectors with a shift and an or: none of the lane-crossing
-// conversions (vpmovzxwd, vpmovdw) that held the generic loop to ~6.5 G elem/s with the norm on
-// this project's Zen 5 (~10 here, standalone). The squares still go to lane l for element l of
-// each group of kSquareLanes: the even vector's halves hold lanes 0, 2, .., 14 and 16, .., 30, the
-// odd vector's 1, .., 15 and 17, .., 31; they are put back in lane order before the fold.
-static_assert(kSquareLanes == 32, "one 64-byte load of bf16 is one group of square lanes");
+// bf16: a load holds the even elements in the low halves of its 32-bit words and the odd ones in
+// the high halves. Widening is then a shift or a mask, and the store joins the two rounded vectors
+// with a shift and an or: none of the lane-crossing conversions (vpmovzxwd, vpmovdw) that held the
+// generic AVX-512 loop to ~6.5 G elem/s with the norm on this project's Zen 5 (~10 here,
+// standalone). The squares still go to lane l for element l of each group of kSquareLanes; the
+// even/odd vectors hold every other lane, and they are put back in lane order before the fold.
+static_assert(kSquareLanes == 32, "one group of square lanes is one 64-byte load of bf16");
 
+// 16 bf16 from data + i (one 32-byte load) for the AVX2 block: test, unscale, store, and add the
+// squares of elements 2j + parity to squares[2 * parity] (j < 4) and squares[2 * parity + 1].
+template <bool Write, bool Norm>
+AMPKIT_X86_V3 inline void group16_avx2_bf16(c10::BFloat16* data, int64_t i, __m256 factors, __m256& non_finite,
+                                            __m256d* squares) {
+  prefetch_ahead(data + i);
+  const __m256i high_halves = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(data + i));
+  __m256 values[2] = {_mm256_castsi256_ps(_mm256_slli_epi32(words, 16)),
+                      _mm256_castsi256_ps(_mm256_and_si256(words, high_halves))};
+  for (int parity = 0; parity < 2; ++parity) {
+    non_finite = _mm256_or_ps(non_finite, _mm256_sub_ps(values[parity], values[parity]));
+    if (Write) values[parity] = _mm256_castsi256_ps(x86::round_to_bf16_lanes(_mm256_mul_ps(values[parity], factors)));
+    if (Norm) {
+      const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(values[parity]));
+      const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(values[parity], 1));
+      squares[2 * parity] = _mm256_add_pd(squares[2 * parity], _mm256_mul_pd(low, low));
+      squares[2 * parity + 1] = _mm256_add_pd(squares[2 * parity + 1], _mm256_mul_pd(high, high));
+    }
+  }
+  if (Write) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(data + i),
+                        _mm256_or_si256(_mm256_castps_si256(values[1]), _mm256_srli_epi32(_mm256_castps_si256(values[0]), 16)));
+  }
+}
+
+template <bool Write, bool Norm>
+AMPKIT_X86_V3 bool block_avx2_bf16(void* raw, int64_t begin, int64_t end, float factor, double& sum_of_squares) {
+  auto* data = static_cast<c10::BFloat16*>(raw);
+  const __m256 factors = _mm256_set1_ps(factor);
+  __m256 non_finite = _mm256_setzero_ps();
+  // squares[4 * half + 2 * parity + part]: lanes 16 * half + 8 * part + 2k + parity, k < 4
+  __m256d squares[8];
+  for (__m256d& lanes : squares) lanes = _mm256_setzero_pd();
+  int64_t i = begin;
+  for (; i + kSquareLanes <= end; i += kSquareLanes) {
+    group16_avx2_bf16<Write, Norm>(data, i, factors, non_finite, squares);
+    group16_avx2_bf16<Write, Norm>(data, i + 16, factors, non_finite, squares + 4);
+  }
+  alignas(32) double by_vector[8][4];
+  for (int q = 0; q < 8; ++q) _mm256_store_pd(by_vector[q], squares[q]);
+  double square_lanes[kSquareLanes];
+  for (int half = 0; half < 2; ++half) {
+    for (int parity = 0; parity < 2; ++parity) {
+      for (int part = 0; part < 2; ++part) {
+        for (int k = 0; k < 4; ++k) square_lanes[16 * half + 8 * part + 2 * k + parity] = by_vector[4 * half + 2 * parity + part][k];
+      }
+    }
+  }
+  const bool found = _mm256_movemask_ps(_mm256_cmp_ps(non_finite, non_finite, _CMP_UNORD_Q)) != 0;
+  return finish_block<c10::BFloat16, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
+}
+
+// AVX-512: one 64-byte load is one group of kSquareLanes.
 template <bool Write, bool Norm>
 AMPKIT_X86_V4 bool block_avx512_bf16(void* raw, int64_t begin, int64_t end, float factor, double& sum_of_squares) {
   auto* data = static_cast<c10::BFloat16*>(raw);
@@ -350,13 +405,16 @@ BlockFn select_vector_block(CpuIsa isa, bool write, bool norm) {
       if (write) return norm ? block_avx512_bf16<true, true> : block_avx512_bf16<true, false>;
       return norm ? block_avx512_bf16<false, true> : block_avx512_bf16<false, false>;
     }
+    if (write) return norm ? block_avx2_bf16<true, true> : block_avx2_bf16<true, false>;
+    return norm ? block_avx2_bf16<false, true> : block_avx2_bf16<false, false>;
+  } else {
+    if (isa == CpuIsa::kAvx512) {
+      if (write) return norm ? block_avx512<T, true, true> : block_avx512<T, true, false>;
+      return norm ? block_avx512<T, false, true> : block_avx512<T, false, false>;
+    }
+    if (write) return norm ? block_avx2<T, true, true> : block_avx2<T, true, false>;
+    return norm ? block_avx2<T, false, true> : block_avx2<T, false, false>;
   }
-  if (isa == CpuIsa::kAvx512) {
-    if (write) return norm ? block_avx512<T, true, true> : block_avx512<T, true, false>;
-    return norm ? block_avx512<T, false, true> : block_avx512<T, false, false>;
-  }
-  if (write) return norm ? block_avx2<T, true, true> : block_avx2<T, true, false>;
-  return norm ? block_avx2<T, false, true> : block_avx2<T, false, false>;
 }
 
 #endif

@@ -117,6 +117,13 @@ AMPKIT_X86_V3 inline __m128i canonical_f16_nan(__m128i halves) {
   return _mm_andnot_si128(_mm_and_si128(is_nan, _mm_set1_epi16(0x01FF)), halves);  // F16C sets the quiet bit 0x0200
 }
 
+// canonical_f16_nan for 16 halves.
+AMPKIT_X86_V3 inline __m256i canonical_f16_nans(__m256i halves) {
+  const __m256i magnitude = _mm256_and_si256(halves, _mm256_set1_epi16(0x7FFF));
+  const __m256i is_nan = _mm256_cmpgt_epi16(magnitude, _mm256_set1_epi16(0x7C00));
+  return _mm256_andnot_si256(_mm256_and_si256(is_nan, _mm256_set1_epi16(0x01FF)), halves);
+}
+
 // ---- bf16: AVX2 integer ops. Widening is a 16-bit shift; narrowing rounds to nearest even and
 // maps every NaN to 0x7FC0, exactly as c10::BFloat16's conversion does.
 
@@ -124,13 +131,19 @@ AMPKIT_X86_V3 inline __m256 widen_bf16(__m128i narrow) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(narrow), 16));
 }
 
-AMPKIT_X86_V3 inline __m128i narrow_bf16(__m256 values) {
+// The rounding in fp32 lanes: each lane's high half is the bf16, its low half zero, so the lane is
+// also the rounded value widened back.
+AMPKIT_X86_V3 inline __m256i round_to_bf16_lanes(__m256 values) {
   const __m256i bits = _mm256_castps_si256(values);
   const __m256i bias =
       _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1)), _mm256_set1_epi32(0x7FFF));
-  __m256i high_halves = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
+  const __m256i rounded = _mm256_and_si256(_mm256_add_epi32(bits, bias), _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)));
   const __m256 is_nan = _mm256_cmp_ps(values, values, _CMP_UNORD_Q);
-  high_halves = _mm256_blendv_epi8(high_halves, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(is_nan));
+  return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC00000), _mm256_castps_si256(is_nan));
+}
+
+AMPKIT_X86_V3 inline __m128i narrow_bf16(__m256 values) {
+  const __m256i high_halves = _mm256_srli_epi32(round_to_bf16_lanes(values), 16);
   return _mm_packus_epi32(_mm256_castsi256_si128(high_halves), _mm256_extracti128_si256(high_halves, 1));
 }
 
@@ -156,13 +169,6 @@ AMPKIT_X86_V3 inline void store8(c10::BFloat16* data, __m256 values) {
 // ---- AVX-512: 16 elements. The same conversions as above, a vector twice as wide.
 
 AMPKIT_X86_V4 inline __m512 widen_f16(__m256i halves) { return _mm512_cvtph_ps(halves); }
-
-// canonical_f16_nan for 16 halves.
-AMPKIT_X86_V4 inline __m256i canonical_f16_nans(__m256i halves) {
-  const __m256i magnitude = _mm256_and_si256(halves, _mm256_set1_epi16(0x7FFF));
-  const __m256i is_nan = _mm256_cmpgt_epi16(magnitude, _mm256_set1_epi16(0x7C00));
-  return _mm256_andnot_si256(_mm256_and_si256(is_nan, _mm256_set1_epi16(0x01FF)), halves);
-}
 
 // Rounds to nearest even like narrow_f16, then writes c10::Half's NaN (sign | 0x7E00).
 AMPKIT_X86_V4 inline __m256i narrow_f16_canonical(__m512 values) {
