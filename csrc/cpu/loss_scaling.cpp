@@ -244,7 +244,7 @@ AMPKIT_X86_V3 bool block_avx2(void* raw, int64_t begin, int64_t end, float facto
 }
 
 AMPKIT_X86_V4 inline __m512 store16_and_widen_raw(c10::Half* data, __m512 values) {
-  const __m256i halves = _mm512_cvtps_ph(values, _MM_FROUND_TO_NEAREST_INT);
+  const __m256i halves = x86::narrow_f16(values);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(data), halves);
   return x86::widen_f16(halves);
 }
@@ -300,6 +300,22 @@ AMPKIT_X86_V4 bool block_avx512(void* raw, int64_t begin, int64_t end, float fac
 // even/odd vectors hold every other lane, and they are put back in lane order before the fold.
 static_assert(kSquareLanes == 32, "one group of square lanes is one 64-byte load of bf16");
 
+// The square lanes in order from the blocks' accumulators, Width doubles each. Accumulator
+// 4 * load + 2 * parity + part holds, for the load of 4 * Width elements at 4 * Width * load, the
+// squares of its elements 2 * Width * part + 2k + parity (k < Width).
+template <int Width>
+void square_lanes_in_order(const double (*by_vector)[Width], double* square_lanes) {
+  for (int load = 0; load < kSquareLanes / (4 * Width); ++load) {
+    for (int parity = 0; parity < 2; ++parity) {
+      for (int part = 0; part < 2; ++part) {
+        for (int k = 0; k < Width; ++k) {
+          square_lanes[4 * Width * load + 2 * Width * part + 2 * k + parity] = by_vector[4 * load + 2 * parity + part][k];
+        }
+      }
+    }
+  }
+}
+
 // 16 bf16 from data + i (one 32-byte load) for the AVX2 block: test, unscale, store, and add the
 // squares of elements 2j + parity to squares[2 * parity] (j < 4) and squares[2 * parity + 1].
 template <bool Write, bool Norm>
@@ -331,8 +347,7 @@ AMPKIT_X86_V3 bool block_avx2_bf16(void* raw, int64_t begin, int64_t end, float 
   auto* data = static_cast<c10::BFloat16*>(raw);
   const __m256 factors = _mm256_set1_ps(factor);
   __m256 non_finite = _mm256_setzero_ps();
-  // squares[4 * half + 2 * parity + part]: lanes 16 * half + 8 * part + 2k + parity, k < 4
-  __m256d squares[8];
+  __m256d squares[8];  // see square_lanes_in_order
   for (__m256d& lanes : squares) lanes = _mm256_setzero_pd();
   int64_t i = begin;
   for (; i + kSquareLanes <= end; i += kSquareLanes) {
@@ -342,13 +357,7 @@ AMPKIT_X86_V3 bool block_avx2_bf16(void* raw, int64_t begin, int64_t end, float 
   alignas(32) double by_vector[8][4];
   for (int q = 0; q < 8; ++q) _mm256_store_pd(by_vector[q], squares[q]);
   double square_lanes[kSquareLanes];
-  for (int half = 0; half < 2; ++half) {
-    for (int parity = 0; parity < 2; ++parity) {
-      for (int part = 0; part < 2; ++part) {
-        for (int k = 0; k < 4; ++k) square_lanes[16 * half + 8 * part + 2 * k + parity] = by_vector[4 * half + 2 * parity + part][k];
-      }
-    }
-  }
+  square_lanes_in_order<4>(by_vector, square_lanes);
   const bool found = _mm256_movemask_ps(_mm256_cmp_ps(non_finite, non_finite, _CMP_UNORD_Q)) != 0;
   return finish_block<c10::BFloat16, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
 }
@@ -360,8 +369,7 @@ AMPKIT_X86_V4 bool block_avx512_bf16(void* raw, int64_t begin, int64_t end, floa
   const __m512 factors = _mm512_set1_ps(factor);
   const __m512i high_halves = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   __m512 non_finite = _mm512_setzero_ps();
-  // [0]: lanes 0, 2, .., 14  [1]: 16, 18, .., 30  [2]: 1, 3, .., 15  [3]: 17, 19, .., 31
-  __m512d squares[4];
+  __m512d squares[4];  // see square_lanes_in_order
   for (__m512d& lanes : squares) lanes = _mm512_setzero_pd();
   int64_t i = begin;
   for (; i + kSquareLanes <= end; i += kSquareLanes) {
@@ -385,15 +393,10 @@ AMPKIT_X86_V4 bool block_avx512_bf16(void* raw, int64_t begin, int64_t end, floa
                                                     _mm512_srli_epi32(_mm512_castps_si512(values[0]), 16)));
     }
   }
-  alignas(64) double by_parity[4][8];
-  for (int q = 0; q < 4; ++q) _mm512_store_pd(by_parity[q], squares[q]);
+  alignas(64) double by_vector[4][8];
+  for (int q = 0; q < 4; ++q) _mm512_store_pd(by_vector[q], squares[q]);
   double square_lanes[kSquareLanes];
-  for (int k = 0; k < 8; ++k) {
-    square_lanes[2 * k] = by_parity[0][k];
-    square_lanes[16 + 2 * k] = by_parity[1][k];
-    square_lanes[2 * k + 1] = by_parity[2][k];
-    square_lanes[17 + 2 * k] = by_parity[3][k];
-  }
+  square_lanes_in_order<8>(by_vector, square_lanes);
   const bool found = _mm512_cmp_ps_mask(non_finite, non_finite, _CMP_UNORD_Q) != 0;
   return finish_block<c10::BFloat16, Write, Norm>(data, i, end, factor, square_lanes, sum_of_squares) || found;
 }

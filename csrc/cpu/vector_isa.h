@@ -170,10 +170,11 @@ AMPKIT_X86_V3 inline void store8(c10::BFloat16* data, __m256 values) {
 
 AMPKIT_X86_V4 inline __m512 widen_f16(__m256i halves) { return _mm512_cvtph_ps(halves); }
 
+// narrow_f16 for 16 floats (NaN sign and payload kept).
+AMPKIT_X86_V4 inline __m256i narrow_f16(__m512 values) { return _mm512_cvtps_ph(values, _MM_FROUND_TO_NEAREST_INT); }
+
 // Rounds to nearest even like narrow_f16, then writes c10::Half's NaN (sign | 0x7E00).
-AMPKIT_X86_V4 inline __m256i narrow_f16_canonical(__m512 values) {
-  return canonical_f16_nans(_mm512_cvtps_ph(values, _MM_FROUND_TO_NEAREST_INT));
-}
+AMPKIT_X86_V4 inline __m256i narrow_f16_canonical(__m512 values) { return canonical_f16_nans(narrow_f16(values)); }
 
 AMPKIT_X86_V4 inline __m512 widen_bf16(__m256i narrow) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(narrow), 16));
